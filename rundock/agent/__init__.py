@@ -1,0 +1,1 @@
+"""The compute host's side: runs one job through its lifecycle."""

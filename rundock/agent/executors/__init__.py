@@ -1,0 +1,1 @@
+"""How a job's command is executed: one module per executor."""

@@ -1,0 +1,53 @@
+"""Run the job as a local process in its own process group."""
+
+from __future__ import annotations
+
+import subprocess
+
+from rundock.agent.cancel import stop_tree
+from rundock.agent.logpump import LogPump
+
+
+class ProcessExecutor:
+    """Primitives the lifecycle needs: start, poll, stop, logs, exit code."""
+
+    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], driver_log: str) -> None:
+        self.argv = argv
+        self.cwd = cwd
+        self.env = env
+        self.driver_log = driver_log
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pump: LogPump | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._pump = LogPump(self._proc.stdout, self._proc.stderr, self.driver_log)
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if still running after ``timeout`` seconds."""
+        assert self._proc is not None
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace_seconds: float) -> list[int]:
+        """SIGTERM the job's group and every descendant, wait, SIGKILL; return survivors."""
+        survivors = stop_tree(self._proc.pid if self._proc else None, grace_seconds)
+        if self._proc is not None:
+            self._proc.wait()
+        return survivors
+
+    def finish_logs(self) -> list[str]:
+        """Wait for the output pipes to drain; return the tail of stderr."""
+        if self._pump is None:
+            return []
+        self._pump.join()
+        return self._pump.stderr_tail()

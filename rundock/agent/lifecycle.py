@@ -1,0 +1,221 @@
+"""One job's lifecycle on its compute host.
+
+Preparing (materialize the snapshot, check the interpreter) → Queued (wait
+for a run slot) → Running (execute, watch outputs, honour cancel and the
+time limit) → Finalizing (stop every process of the run, store outputs and
+logs) → Completed | Failed | Canceled.
+
+Stop order at the end, and why: the job's whole tree is stopped first (no
+process may write after the final scan); then the output pipes drain; then
+the final scan stores every file; then the journal is synced; only then is
+the terminal status written, so a reader that sees it also sees every file.
+The heartbeat runs from the start until the terminal status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+from typing import Any
+
+from rundock.agent.cancel import become_subreaper
+from rundock.agent.executors.process import ProcessExecutor
+from rundock.agent.heartbeat import Heartbeat
+from rundock.agent.job import JobSpec, cancel_requested
+from rundock.agent.joblib import ensure_job_lib
+from rundock.agent.materialize import materialize
+from rundock.agent.outputs import OutputCollector
+from rundock.agent.slots import Slot, try_acquire
+from rundock.context import run as ctx
+from rundock.context.journal import JournalWriter
+from rundock.history.artifacts import ArtifactStore
+from rundock.history.store import open_store
+from rundock.history.sync import SYSTEM_LOGS_DIR, Syncer
+from rundock.states import RunStatus
+
+log = logging.getLogger("rundock.agent")
+
+POLL_SECONDS = 0.1
+DRIVER_LOG = "driver_log.txt"
+PREPARE_LOG = "prepare_log.txt"
+
+
+@dataclasses.dataclass
+class Outcome:
+    status: RunStatus
+    detail: str
+    error: dict[str, Any] | None = None
+
+
+class PrepareError(Exception):
+    """The job cannot start on this host (missing interpreter, broken snapshot)."""
+
+
+class Agent:
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = os.path.abspath(run_dir)
+        self.spec = JobSpec.load(self.run_dir)
+        self.src = os.path.join(self.run_dir, "src")
+        self.logs_dir = os.path.join(self.run_dir, SYSTEM_LOGS_DIR)
+        os.makedirs(self.logs_dir, exist_ok=True)
+        self.store = open_store(self.spec.store_uri)
+        self.artifacts = ArtifactStore(self.spec.artifacts_root)
+        self.journal = JournalWriter(self.run_dir, "agent")
+        self.syncer = Syncer(self.run_dir, self.spec.run_id, self.store, self.artifacts, self.spec.attempt)
+        self.heartbeat = Heartbeat(self.journal, self.spec.heartbeat_seconds, on_beat=self.syncer.poke)
+        self.collector = OutputCollector(self.src, self.artifacts, self.journal)
+        self.executor: ProcessExecutor | None = None
+        self.slot: Slot | None = None
+
+    # -- helpers ---------------------------------------------------------------------
+    def state(self, status: RunStatus, detail: str = "", error: dict[str, Any] | None = None) -> None:
+        self.journal.append("state", status=status.value, detail=detail, error=error)
+        self.syncer.poke()
+
+    def note(self, logname: str, line: str) -> None:
+        with open(os.path.join(self.logs_dir, logname), "a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}\n")
+
+    def canceled(self) -> bool:
+        return cancel_requested(self.run_dir)
+
+    # -- phases -------------------------------------------------------------------------
+    def prepare(self) -> list[str]:
+        spec = self.spec
+        self.state(RunStatus.PREPARING, f"materializing snapshot {spec.snapshot_id[:12]} on {socket.gethostname()}")
+        started = time.monotonic()
+        manifest = self.store.get_snapshot(spec.snapshot_id)
+        materialize(manifest, self.artifacts, self.src)
+        self.note(PREPARE_LOG, f"materialized {len(manifest)} files from snapshot {spec.snapshot_id} "
+                               f"in {time.monotonic() - started:.2f} s")
+        interpreter = shutil.which(spec.interpreter) or (spec.interpreter if os.access(spec.interpreter, os.X_OK)
+                                                         else None)
+        if interpreter is None:
+            raise PrepareError(f"the Python interpreter {spec.interpreter!r} was not found on "
+                               f"{socket.gethostname()}; set environment.python.interpreter_path to an "
+                               "existing interpreter (for example the output of `which python3`)")
+        self.note(PREPARE_LOG, f"interpreter: {interpreter}")
+        script = os.path.join(self.src, spec.script)
+        argv = [interpreter, script] if spec.script.endswith(".py") or not os.access(script, os.X_OK) else [script]
+        return argv + [str(a) for a in spec.arguments]
+
+    def wait_for_slot(self) -> bool:
+        """Take a run slot; False if the run was canceled while it waited."""
+        spec = self.spec
+        slots_dir = spec.slots_dir or os.path.join(os.path.dirname(self.run_dir), ".slots")
+        self.slot = try_acquire(slots_dir, spec.max_concurrent_runs)
+        if self.slot is not None:
+            self.state(RunStatus.QUEUED, f"run slot {self.slot.index + 1} of {spec.max_concurrent_runs} is free")
+            return True
+        self.state(RunStatus.QUEUED, f"waiting for a free run slot: all {spec.max_concurrent_runs} "
+                                     f"slots of target '{spec.target}' are busy")
+        while self.slot is None:
+            if self.canceled():
+                return False
+            time.sleep(0.2)
+            self.slot = try_acquire(slots_dir, spec.max_concurrent_runs)
+        return True
+
+    def job_env(self) -> dict[str, str]:
+        spec = self.spec
+        env = dict(os.environ)
+        env.update(spec.environment_variables)
+        lib = ensure_job_lib(os.path.join(os.path.dirname(os.path.dirname(self.run_dir)), "lib"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH", "")) if p)
+        env.update({ctx.ENV_RUN_ID: spec.run_id, ctx.ENV_RUN_DIR: self.run_dir, ctx.ENV_EXPERIMENT: spec.experiment,
+                    ctx.ENV_DISPLAY_NAME: spec.display_name or spec.run_id, "PYTHONUNBUFFERED": "1"})
+        return env
+
+    def execute(self, argv: list[str]) -> Outcome:
+        spec = self.spec
+        self.executor = ProcessExecutor(argv, self.src, self.job_env(), os.path.join(self.logs_dir, DRIVER_LOG))
+        self.collector.start()
+        self.executor.start()
+        with open(os.path.join(self.run_dir, "processes.json"), "w", encoding="utf-8") as fh:
+            json.dump({"host": socket.gethostname(), "agent_pid": os.getpid(), "job_pgid": self.executor.pid}, fh)
+        self.state(RunStatus.RUNNING, f"running {os.path.basename(argv[1] if len(argv) > 1 else argv[0])} "
+                                      f"(pid {self.executor.pid})")
+        deadline = time.monotonic() + spec.max_run_duration_seconds
+        while True:
+            code = self.executor.wait(POLL_SECONDS)
+            if code is not None:
+                break
+            if self.canceled():
+                self.state(RunStatus.FINALIZING, "cancel requested: stopping the job's processes")
+                self.executor.stop(spec.cancel_grace_seconds)
+                return Outcome(RunStatus.CANCELED, "canceled on request")
+            if time.monotonic() > deadline:
+                self.state(RunStatus.FINALIZING, "time limit reached: stopping the job's processes")
+                self.executor.stop(spec.cancel_grace_seconds)
+                return Outcome(RunStatus.FAILED, "timeout", {
+                    "code": "Timeout", "message": f"the run exceeded max_run_duration_seconds="
+                                                  f"{spec.max_run_duration_seconds:g} and was stopped"})
+        self.state(RunStatus.FINALIZING, f"script exited with code {code}")
+        self.executor.stop(min(spec.cancel_grace_seconds, 2.0))  # processes the script left behind
+        tail = self.executor.finish_logs()
+        if code != 0:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            message = f"the script {how}" + ("; last lines of stderr:\n" + "\n".join(tail) if tail else "")
+            return Outcome(RunStatus.FAILED, f"script {how}", {
+                "code": "UserError", "message": message, "exit_code": code, "stderr_tail": tail})
+        requested = os.path.join(self.run_dir, ctx.FAIL_FILE)
+        if os.path.exists(requested):
+            with open(requested, encoding="utf-8") as fh:
+                error = json.load(fh)
+            return Outcome(RunStatus.FAILED, "run.fail() was called", error)
+        return Outcome(RunStatus.COMPLETED, "script exited with code 0")
+
+    def finalize(self, outcome: Outcome) -> None:
+        self.state(RunStatus.FINALIZING, "storing outputs and logs")
+        if self.executor is not None:
+            self.executor.finish_logs()
+            self.collector.stop()
+        stored = self.collector.final_scan()
+        self.note("finalize_log.txt", f"final scan stored {stored} changed files; ending {outcome.status.value}")
+        for name in sorted(os.listdir(self.logs_dir)):
+            self.collector.store_as(os.path.join(self.logs_dir, name), f"{SYSTEM_LOGS_DIR}/{name}")
+        self.syncer.sync_once()  # every file record reaches the history before the terminal status
+        self.heartbeat.stop()
+        self.state(outcome.status, outcome.detail, outcome.error)
+        self.syncer.stop()
+        if self.slot is not None:
+            self.slot.release()
+
+    def run(self) -> Outcome:
+        become_subreaper()
+        self.syncer.start()
+        self.heartbeat.start()
+        try:
+            if self.canceled():
+                outcome = Outcome(RunStatus.CANCELED, "canceled before it started")
+            else:
+                argv = self.prepare()
+                if not self.wait_for_slot() or self.canceled():
+                    outcome = Outcome(RunStatus.CANCELED, "canceled while queued")
+                else:
+                    outcome = self.execute(argv)
+        except PrepareError as exc:
+            self.note(PREPARE_LOG, f"error: {exc}")
+            outcome = Outcome(RunStatus.FAILED, "setup failed", {"code": "SetupError", "message": str(exc)})
+        except Exception as exc:  # anything else is a bug or a broken host: fail the run, say why
+            log.exception("run %s failed in the agent", self.spec.run_id)
+            if self.executor is not None:
+                self.executor.stop(self.spec.cancel_grace_seconds)
+            outcome = Outcome(RunStatus.FAILED, "agent error", {"code": "AgentError",
+                                                                "message": f"{type(exc).__name__}: {exc}"})
+        self.finalize(outcome)
+        return outcome
+
+
+def main(run_dir: str) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    outcome = Agent(run_dir).run()
+    log.info("run ended %s: %s", outcome.status.value, outcome.detail)
+    return 0

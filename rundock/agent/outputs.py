@@ -1,0 +1,112 @@
+"""Collect ``./outputs`` and ``./logs`` into the run history while the job runs.
+
+Watchdog events are only hints: a file is stored when it is closed, or once it
+has been quiet for a moment; ``final_scan`` (after the job's processes are
+gone) stores every file whose content is not already recorded, so each file
+present at the end is in the history with a matching hash whatever the
+watcher missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler, FileSystemMovedEvent
+from watchdog.observers import Observer
+
+from rundock.context.journal import JournalWriter
+from rundock.history.artifacts import ArtifactStore, sha256_file
+
+log = logging.getLogger(__name__)
+
+WATCHED_DIRS = ("outputs", "logs")
+QUIET_SECONDS = 0.5
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, collector: "OutputCollector") -> None:
+        self.collector = collector
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        path = event.dest_path if isinstance(event, FileSystemMovedEvent) else event.src_path
+        self.collector.mark(os.fsdecode(path), closed=isinstance(event, FileClosedEvent))
+
+
+class OutputCollector:
+    """Stores files under the watched folders of ``src_dir`` as journal file records."""
+
+    def __init__(self, src_dir: str, artifacts: ArtifactStore, journal: JournalWriter) -> None:
+        self.src_dir = src_dir
+        self.artifacts = artifacts
+        self.journal = journal
+        self._known: dict[str, str] = {}
+        self._dirty: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._observer = Observer()
+        self._thread = threading.Thread(target=self._loop, name="rundock-outputs", daemon=True)
+
+    def start(self) -> None:
+        for name in WATCHED_DIRS:
+            path = os.path.join(self.src_dir, name)
+            os.makedirs(path, exist_ok=True)
+            self._observer.schedule(_Handler(self), path, recursive=True)
+        self._observer.start()
+        self._thread.start()
+
+    def mark(self, path: str, closed: bool) -> None:
+        with self._lock:
+            self._dirty[path] = 0.0 if closed else time.monotonic()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            now = time.monotonic()
+            with self._lock:
+                ready = [p for p, t in self._dirty.items() if now - t >= QUIET_SECONDS or t == 0.0]
+                for path in ready:
+                    del self._dirty[path]
+            for path in ready:
+                self.store(path)
+
+    def store(self, path: str) -> bool:
+        """Store one file of the watched folders if its content is new; return whether it was recorded."""
+        name = os.path.relpath(path, self.src_dir).replace(os.sep, "/")
+        if name.startswith("../"):
+            return False
+        return self.store_as(path, name)
+
+    def store_as(self, path: str, name: str) -> bool:
+        """Store ``path`` as the run file ``name`` if its content is new."""
+        if not os.path.isfile(path) or os.path.islink(path):
+            return False
+        try:
+            digest, size = sha256_file(path)
+            if self._known.get(name) == digest:
+                return False
+            digest, size, _ = self.artifacts.put_file(path, digest)
+        except OSError as exc:  # deleted or unreadable mid-run; the final scan decides
+            log.debug("not stored yet: %s (%s)", path, exc)
+            return False
+        self.journal.append("file", name=name, digest=digest, size=size)
+        self._known[name] = digest
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._observer.stop()
+        self._observer.join()
+        self._thread.join()
+
+    def final_scan(self) -> int:
+        """Store every file under the watched folders not yet recorded as it is now."""
+        stored = 0
+        for name in WATCHED_DIRS:
+            for root, _dirs, files in os.walk(os.path.join(self.src_dir, name)):
+                for fname in sorted(files):
+                    stored += self.store(os.path.join(root, fname))
+        return stored

@@ -1,0 +1,109 @@
+"""The run journal: append-only JSON-lines files with sequence numbers.
+
+Standard library only. Every writer (the agent, each process of the job) owns
+one file ``<run_dir>/journal/<source>.jsonl``; each record carries the
+writer's sequence number, so a reader can ship records any number of times
+and the run history applies each (run, attempt, source, seq) once.
+
+A record is written with a single ``os.write`` on an ``O_APPEND`` descriptor:
+once ``append`` returns, the record survives the writing process crashing or
+being killed, and a reader never sees half a record as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any
+
+JOURNAL_DIR = "journal"
+_SUFFIX = ".jsonl"
+_TAIL_BYTES = 65536
+
+
+def _last_seq(path: str) -> int:
+    """The sequence number of the last complete record in ``path`` (0 if none)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - _TAIL_BYTES))
+            tail = fh.read()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(tail.split(b"\n")):
+        try:
+            return int(json.loads(line)["seq"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0
+
+
+class JournalWriter:
+    """Appends records for one source; safe to share between threads."""
+
+    def __init__(self, run_dir: str, source: str) -> None:
+        directory = os.path.join(run_dir, JOURNAL_DIR)
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, source + _SUFFIX)
+        self.source = source
+        self._lock = threading.Lock()
+        self._seq = _last_seq(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, record_type: str, /, **fields: Any) -> int:
+        """Write one record of ``record_type``; return its sequence number."""
+        with self._lock:
+            self._seq += 1
+            record = {"seq": self._seq, "t": time.time(), "type": record_type}
+            record.update(fields)
+            data = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+            written = os.write(self._fd, data)
+            if written != len(data):  # only on a full disk or a quota
+                raise OSError(f"short write to the run journal {self.path} ({written} of {len(data)} bytes)")
+            return self._seq
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class JournalReader:
+    """Reads the records that appeared since the last call, for every source."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.directory = os.path.join(run_dir, JOURNAL_DIR)
+        self._offsets: dict[str, int] = {}
+
+    def read_new(self) -> list[tuple[str, dict[str, Any]]]:
+        """Complete records not returned before, as (source, record), per source in order."""
+        try:
+            names = sorted(n for n in os.listdir(self.directory) if n.endswith(_SUFFIX))
+        except FileNotFoundError:
+            return []
+        out: list[tuple[str, dict[str, Any]]] = []
+        for name in names:
+            source = name[: -len(_SUFFIX)]
+            path = os.path.join(self.directory, name)
+            offset = self._offsets.get(source, 0)
+            try:
+                if os.path.getsize(path) <= offset:
+                    continue
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
+            end = data.rfind(b"\n") + 1  # a trailing partial record waits for its newline
+            self._offsets[source] = offset + end
+            for line in data[:end].splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    out.append((source, json.loads(line)))
+                except ValueError:
+                    continue  # a torn write from a crashed writer carries no sequence number
+        return out

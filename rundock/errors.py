@@ -1,0 +1,48 @@
+"""Exceptions raised by rundock: one base, a shallow tree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RundockError(Exception):
+    """Base class of every error rundock raises on purpose."""
+
+
+class ConfigError(RundockError, ValueError):
+    """A run configuration, environment or workspace setting is invalid."""
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None) -> None:
+        where = ", ".join(p for p in (source and f"in {source}", field and f"field '{field}'") if p)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.source = source
+        self.field = field
+
+
+class SnapshotError(RundockError):
+    """The source folder cannot be packaged (too big, a link leaving it, unreadable)."""
+
+
+class RunNotFoundError(RundockError, KeyError):
+    """No run with that id in the run history."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "run not found"
+
+
+class RunFailedError(RundockError):
+    """A run ended Failed; carries its id and error details."""
+
+    def __init__(self, run_id: str, error: dict[str, Any] | None) -> None:
+        self.run_id = run_id
+        self.error = error or {}
+        message = self.error.get("message") or "no error details were recorded"
+        super().__init__(f"Run {run_id} failed: {message}")
+
+
+class StoreError(RundockError):
+    """The run history cannot be read or written."""
+
+
+class InvalidArtifactNameError(RundockError, ValueError):
+    """A file name would leave the run's namespace (absolute, '..', empty)."""

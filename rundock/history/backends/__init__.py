@@ -1,0 +1,1 @@
+"""Run history backends, one module each; each registers its URI scheme."""

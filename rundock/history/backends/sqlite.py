@@ -1,0 +1,332 @@
+"""The embedded run history: one SQLite file in WAL mode.
+
+Every write runs in ``BEGIN IMMEDIATE`` so that a writer takes the write lock
+before it reads: with WAL, a deferred transaction that upgrades from read to
+write can fail at once with "database is locked" whatever the busy timeout;
+an immediate one waits its turn. Several processes (agents, jobs' syncers,
+the CLI) write to the same file at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from typing import Any, Iterable, Iterator, Mapping
+
+from rundock.errors import RunNotFoundError, StoreError
+from rundock.history.records import (FileRecord, JournalPlan, MetricRecord, RunRecord, StatusChange,
+                                     plan_journal)
+from rundock.history.store import RunStore, new_run_id, register_backend
+from rundock.states import RunStatus, can_transition
+
+BUSY_TIMEOUT_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, last_number INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, experiment TEXT NOT NULL, number INTEGER NOT NULL, status TEXT NOT NULL,
+    created_at REAL NOT NULL, parent_id TEXT, run_type TEXT NOT NULL, display_name TEXT, description TEXT,
+    target TEXT NOT NULL, run_definition TEXT NOT NULL, snapshot_id TEXT, submitted_by TEXT, run_dir TEXT,
+    start_at REAL, end_at REAL, status_detail TEXT NOT NULL DEFAULT '', error TEXT,
+    last_heartbeat REAL, heartbeat_interval REAL);
+CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs (experiment, number);
+CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_id);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
+CREATE TABLE IF NOT EXISTS status_history (
+    ord INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, status TEXT NOT NULL, at REAL NOT NULL,
+    detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS status_history_by_run ON status_history (run_id);
+CREATE TABLE IF NOT EXISTS tags (run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT, PRIMARY KEY (run_id, key));
+CREATE TABLE IF NOT EXISTS properties (
+    run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (run_id, key));
+CREATE TABLE IF NOT EXISTS metrics (
+    ord INTEGER PRIMARY KEY, run_id TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, value TEXT,
+    step INTEGER, description TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (run_id, name);
+CREATE TABLE IF NOT EXISTS files (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (run_id, name));
+CREATE TABLE IF NOT EXISTS log_chunks (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, pos INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (run_id, name, pos));
+CREATE TABLE IF NOT EXISTS journal_marks (
+    run_id TEXT NOT NULL, attempt INTEGER NOT NULL, source TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (run_id, attempt, source));
+CREATE TABLE IF NOT EXISTS snapshots (snapshot_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, created_at REAL NOT NULL);
+"""
+
+_RUN_COLUMNS = ("run_id, experiment, number, status, created_at, parent_id, run_type, display_name, description, "
+                "target, run_definition, snapshot_id, submitted_by, run_dir, start_at, end_at, status_detail, "
+                "error, last_heartbeat, heartbeat_interval")
+
+
+class SqliteRunStore(RunStore):
+    """RunStore in one SQLite file; safe across threads and processes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            with self._write() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the run history {self.path}: {exc}") from exc
+
+    @classmethod
+    def from_uri(cls, uri: str) -> "SqliteRunStore":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri.split(":", 1)[1]
+        return cls(path)
+
+    # -- transactions --------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"run history {self.path} is unavailable: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:  # a full disk surfaces here
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"cannot write the run history {self.path}: {exc}") from exc
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, tuple(args)))
+
+    # -- runs ------------------------------------------------------------------------
+    def create_run(self, experiment: str, *, run_id: str | None = None, parent_id: str | None = None,
+                   run_type: str = "rundock.scriptrun", display_name: str | None = None,
+                   description: str | None = None, target: str = "local",
+                   run_definition: dict[str, Any] | None = None, snapshot_id: str | None = None,
+                   submitted_by: str | None = None, run_dir: str | None = None,
+                   tags: Mapping[str, str | None] | None = None,
+                   properties: Mapping[str, str] | None = None) -> RunRecord:
+        now = time.time()
+        run_id = run_id or new_run_id(experiment, now)
+        with self._write() as db:
+            db.execute("INSERT INTO experiments (name, last_number) VALUES (?, 1) "
+                       "ON CONFLICT (name) DO UPDATE SET last_number = last_number + 1", (experiment,))
+            (number,) = db.execute("SELECT last_number FROM experiments WHERE name = ?", (experiment,)).fetchone()
+            try:
+                db.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 20)})", (
+                    run_id, experiment, number, RunStatus.NOT_STARTED.value, now, parent_id, run_type,
+                    display_name, description, target, json.dumps(run_definition or {}), snapshot_id,
+                    submitted_by, run_dir, None, None, "", None, None, None))
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"a run with id {run_id!r} already exists") from exc
+            db.execute("INSERT INTO status_history (run_id, status, at, detail) VALUES (?, ?, ?, ?)",
+                       (run_id, RunStatus.NOT_STARTED.value, now, "run created"))
+            db.executemany("INSERT INTO tags VALUES (?, ?, ?)", [(run_id, k, v) for k, v in (tags or {}).items()])
+            db.executemany("INSERT INTO properties VALUES (?, ?, ?)",
+                           [(run_id, k, str(v)) for k, v in (properties or {}).items()])
+        return self.get_run(run_id)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise RunNotFoundError(f"no run {run_id!r} in the run history {self.path}")
+        return self._hydrate(rows)[0]
+
+    def list_runs(self, *, experiment: str | None = None, statuses: Iterable[str] | None = None,
+                  parent_id: str | None = None, run_type: str | None = None, target: str | None = None,
+                  include_children: bool = True) -> list[RunRecord]:
+        where, args = [], []
+        for column, value in (("experiment", experiment), ("parent_id", parent_id), ("run_type", run_type),
+                              ("target", target)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if statuses is not None:
+            wanted = [RunStatus(s).value for s in statuses]
+            where.append(f"status IN ({', '.join('?' * len(wanted))})" if wanted else "0")
+            args.extend(wanted)
+        if not include_children and parent_id is None:
+            where.append("parent_id IS NULL")
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return self._hydrate(self._read(sql + " ORDER BY created_at DESC, number DESC", args))
+
+    def _hydrate(self, rows: list[sqlite3.Row]) -> list[RunRecord]:
+        runs = []
+        for row in rows:
+            (run_id, experiment, number, status, created_at, parent_id, run_type, display_name, description,
+             target, run_definition, snapshot_id, submitted_by, run_dir, start_at, end_at, status_detail,
+             error, last_heartbeat, heartbeat_interval) = row
+            runs.append(RunRecord(
+                run_id=run_id, experiment=experiment, number=number, status=RunStatus(status),
+                created_at=created_at, parent_id=parent_id, run_type=run_type, display_name=display_name,
+                description=description, target=target, run_definition=json.loads(run_definition),
+                snapshot_id=snapshot_id, submitted_by=submitted_by, run_dir=run_dir, start_at=start_at,
+                end_at=end_at, status_detail=status_detail, error=json.loads(error) if error else None,
+                last_heartbeat=last_heartbeat, heartbeat_interval=heartbeat_interval))
+        if runs:
+            by_id = {r.run_id: r for r in runs}
+            marks = ", ".join("?" * len(by_id))
+            for run_id, key, value in self._read(f"SELECT run_id, key, value FROM tags WHERE run_id IN ({marks})",
+                                                 by_id):
+                by_id[run_id].tags[key] = value
+            for run_id, key, value in self._read(
+                    f"SELECT run_id, key, value FROM properties WHERE run_id IN ({marks})", by_id):
+                by_id[run_id].properties[key] = value
+        return runs
+
+    def update_run(self, run_id: str, *, display_name: str | None = None, description: str | None = None,
+                   run_dir: str | None = None) -> None:
+        changes = {k: v for k, v in (("display_name", display_name), ("description", description),
+                                     ("run_dir", run_dir)) if v is not None}
+        if not changes:
+            return
+        with self._write() as db:
+            sets = ", ".join(f"{k} = ?" for k in changes)
+            if db.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*changes.values(), run_id)).rowcount == 0:
+                raise RunNotFoundError(f"no run {run_id!r} in the run history {self.path}")
+
+    def transition(self, run_id: str, status: RunStatus | str, *, detail: str = "",
+                   error: dict[str, Any] | None = None, at: float | None = None) -> bool:
+        with self._write() as db:
+            return self._transition(db, run_id, RunStatus(status), detail, error, at or time.time())
+
+    @staticmethod
+    def _transition(db: sqlite3.Connection, run_id: str, status: RunStatus, detail: str,
+                    error: dict[str, Any] | None, at: float) -> bool:
+        row = db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFoundError(f"no run {run_id!r} in the run history")
+        if not can_transition(row[0], status):
+            return False
+        db.execute(
+            "UPDATE runs SET status = ?, status_detail = ?, error = COALESCE(?, error), "
+            "start_at = CASE WHEN ? AND start_at IS NULL THEN ? ELSE start_at END, "
+            "end_at = CASE WHEN ? THEN ? ELSE end_at END WHERE run_id = ?",
+            (status.value, detail, json.dumps(error) if error else None, status == RunStatus.RUNNING, at,
+             status.is_terminal, at, run_id))
+        db.execute("INSERT INTO status_history (run_id, status, at, detail) VALUES (?, ?, ?, ?)",
+                   (run_id, status.value, at, detail))
+        return True
+
+    def status_history(self, run_id: str) -> list[StatusChange]:
+        return [StatusChange(RunStatus(s), at, d) for s, at, d in self._read(
+            "SELECT status, at, detail FROM status_history WHERE run_id = ? ORDER BY ord", (run_id,))]
+
+    # -- run data ----------------------------------------------------------------------
+    def journal_mark(self, run_id: str, attempt: int, source: str) -> int:
+        rows = self._read("SELECT seq FROM journal_marks WHERE run_id = ? AND attempt = ? AND source = ?",
+                          (run_id, attempt, source))
+        return int(rows[0][0]) if rows else 0
+
+    def apply_journal(self, run_id: str, attempt: int, source: str, records: list[dict[str, Any]]) -> int:
+        with self._write() as db:
+            row = db.execute("SELECT seq FROM journal_marks WHERE run_id = ? AND attempt = ? AND source = ?",
+                             (run_id, attempt, source)).fetchone()
+            mark = int(row[0]) if row else 0
+            plan = plan_journal(records, mark)
+            if plan.last_seq == mark:
+                return mark
+            self._execute(db, run_id, plan)
+            db.execute("INSERT INTO journal_marks VALUES (?, ?, ?, ?) ON CONFLICT (run_id, attempt, source) "
+                       "DO UPDATE SET seq = excluded.seq", (run_id, attempt, source, plan.last_seq))
+            return plan.last_seq
+
+    def apply_plan(self, run_id: str, plan: JournalPlan) -> None:
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise RunNotFoundError(f"no run {run_id!r} in the run history {self.path}")
+            self._execute(db, run_id, plan)
+
+    def _execute(self, db: sqlite3.Connection, run_id: str, plan: JournalPlan) -> None:
+        if plan.metrics:
+            db.executemany(
+                "INSERT INTO metrics (run_id, name, kind, value, step, description, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, m.name, m.kind, json.dumps(m.value), m.step, m.description, m.at) for m in plan.metrics])
+        if plan.tags:
+            db.executemany("INSERT INTO tags VALUES (?, ?, ?) ON CONFLICT (run_id, key) DO UPDATE SET value = "
+                           "excluded.value", [(run_id, k, v) for k, v in plan.tags.items()])
+        if plan.properties:
+            db.executemany("INSERT OR IGNORE INTO properties VALUES (?, ?, ?)",
+                           [(run_id, k, v) for k, v in plan.properties.items()])
+        if plan.files:
+            db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, name) DO UPDATE SET "
+                           "digest = excluded.digest, size = excluded.size, at = excluded.at",
+                           [(run_id, f.name, f.digest, f.size, f.at) for f in plan.files])
+        for status, at, detail, error in plan.states:
+            self._transition(db, run_id, status, detail, error, at)
+        if plan.heartbeat is not None:
+            db.execute("UPDATE runs SET last_heartbeat = MAX(COALESCE(last_heartbeat, 0), ?), "
+                       "heartbeat_interval = ? WHERE run_id = ?", (*plan.heartbeat, run_id))
+
+    def get_metric_records(self, run_id: str, name: str | None = None) -> list[MetricRecord]:
+        sql = "SELECT name, kind, value, step, description, at FROM metrics WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if name is not None:
+            sql += " AND name = ?"
+            args.append(name)
+        return [MetricRecord(n, k, json.loads(v), s, d, at) for n, k, v, s, d, at in self._read(sql + " ORDER BY ord",
+                                                                                               args)]
+
+    def remove_tags(self, run_id: str, keys: Iterable[str]) -> None:
+        with self._write() as db:
+            db.executemany("DELETE FROM tags WHERE run_id = ? AND key = ?", [(run_id, k) for k in keys])
+
+    def list_files(self, run_id: str) -> dict[str, FileRecord]:
+        return {n: FileRecord(n, d, s, at) for n, d, s, at in self._read(
+            "SELECT name, digest, size, at FROM files WHERE run_id = ? ORDER BY name", (run_id,))}
+
+    def append_log(self, run_id: str, name: str, offset: int, data: bytes) -> None:
+        if data:
+            with self._write() as db:
+                db.execute("INSERT OR IGNORE INTO log_chunks VALUES (?, ?, ?, ?)", (run_id, name, offset, data))
+
+    def read_log(self, run_id: str, name: str, offset: int = 0) -> bytes:
+        rows = self._read("SELECT pos, data FROM log_chunks WHERE run_id = ? AND name = ? "
+                          "AND pos + length(data) > ? ORDER BY pos", (run_id, name, offset))
+        out, at = bytearray(), offset
+        for pos, data in rows:
+            if pos > at:
+                break  # a gap: the rest arrives later
+            out += data[at - pos:]
+            at = pos + len(data)
+        return bytes(out)
+
+    def log_names(self, run_id: str) -> list[str]:
+        return [r[0] for r in self._read("SELECT DISTINCT name FROM log_chunks WHERE run_id = ? ORDER BY name",
+                                         (run_id,))]
+
+    # -- snapshots -----------------------------------------------------------------------
+    def put_snapshot(self, snapshot_id: str, manifest: list[dict[str, Any]]) -> bool:
+        with self._write() as db:
+            cur = db.execute("INSERT OR IGNORE INTO snapshots VALUES (?, ?, ?)",
+                             (snapshot_id, json.dumps(manifest), time.time()))
+            return cur.rowcount > 0
+
+    def get_snapshot(self, snapshot_id: str) -> list[dict[str, Any]]:
+        rows = self._read("SELECT manifest FROM snapshots WHERE snapshot_id = ?", (snapshot_id,))
+        if not rows:
+            raise StoreError(f"no snapshot {snapshot_id!r} in the run history {self.path}")
+        return list(json.loads(rows[0][0]))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+register_backend("sqlite", SqliteRunStore.from_uri)

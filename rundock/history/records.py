@@ -1,0 +1,114 @@
+"""Plain records the run history hands out, and the plan of a journal batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from typing import Any
+
+from rundock.states import RunStatus
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """A unix time as ISO 8601 UTC with a trailing Z (Azure ML's format)."""
+    if ts is None:
+        return None
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One run as stored; ``status`` is the stored status (see liveness for NotResponding)."""
+
+    run_id: str
+    experiment: str
+    number: int
+    status: RunStatus
+    created_at: float
+    parent_id: str | None = None
+    run_type: str = "rundock.scriptrun"
+    display_name: str | None = None
+    description: str | None = None
+    target: str = "local"
+    run_definition: dict[str, Any] = dataclasses.field(default_factory=dict)
+    snapshot_id: str | None = None
+    submitted_by: str | None = None
+    run_dir: str | None = None
+    start_at: float | None = None
+    end_at: float | None = None
+    status_detail: str = ""
+    error: dict[str, Any] | None = None
+    last_heartbeat: float | None = None
+    heartbeat_interval: float | None = None
+    tags: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    properties: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusChange:
+    status: RunStatus
+    at: float
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricRecord:
+    """One logged value: kind is scalar, list, row or table."""
+
+    name: str
+    kind: str
+    value: Any
+    step: int | None = None
+    description: str = ""
+    at: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecord:
+    name: str
+    digest: str
+    size: int
+    at: float
+
+
+@dataclasses.dataclass
+class JournalPlan:
+    """What a batch of journal records does to a run, in application order."""
+
+    last_seq: int = 0
+    metrics: list[MetricRecord] = dataclasses.field(default_factory=list)
+    tags: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    properties: dict[str, str] = dataclasses.field(default_factory=dict)
+    files: list[FileRecord] = dataclasses.field(default_factory=list)
+    states: list[tuple[RunStatus, float, str, dict[str, Any] | None]] = dataclasses.field(default_factory=list)
+    heartbeat: tuple[float, float] | None = None
+
+
+def plan_journal(records: list[dict[str, Any]], after_seq: int) -> JournalPlan:
+    """Turn journal records with ``seq > after_seq`` into a plan (pure, no I/O).
+
+    File records must already carry ``digest`` and ``size`` (the syncer
+    ingests staged paths into the artifact store before planning).
+    """
+    plan = JournalPlan(last_seq=after_seq)
+    for rec in records:
+        seq = int(rec["seq"])
+        if seq <= after_seq:
+            continue
+        plan.last_seq = max(plan.last_seq, seq)
+        kind, at = rec.get("type"), float(rec.get("t", 0.0))
+        if kind == "metric":
+            plan.metrics.append(MetricRecord(rec["name"], rec.get("kind", "scalar"), rec.get("value"),
+                                             rec.get("step"), rec.get("description") or "", at))
+        elif kind == "tags":
+            plan.tags.update(rec["values"])
+        elif kind == "properties":
+            for key, val in rec["values"].items():
+                plan.properties.setdefault(key, val)
+        elif kind == "file":
+            plan.files.append(FileRecord(rec["name"], rec["digest"], int(rec["size"]), at))
+        elif kind == "state":
+            plan.states.append((RunStatus(rec["status"]), at, rec.get("detail", ""), rec.get("error")))
+        elif kind == "heartbeat":
+            plan.heartbeat = (at, float(rec["interval"]))
+    return plan

@@ -1,0 +1,198 @@
+"""The run history interface: a small abstract core plus conveniences built on it.
+
+Backends are chosen by URI scheme (``sqlite:///path``) through ``open_store``;
+every backend passes the same contract tests (tests/contract).
+"""
+
+from __future__ import annotations
+
+import abc
+import secrets
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+from rundock.errors import ConfigError
+from rundock.history import liveness
+from rundock.history.records import FileRecord, JournalPlan, MetricRecord, RunRecord, StatusChange
+from rundock.states import RunStatus
+
+Filter = str | Mapping[str, Any] | None
+
+
+def new_run_id(experiment: str, now: float | None = None) -> str:
+    """``<experiment>_<unix seconds>_<8 hex>``."""
+    return f"{experiment}_{int(time.time() if now is None else now)}_{secrets.token_hex(4)}"
+
+
+class RunStore(abc.ABC):
+    """Runs, their states, metrics, tags, properties, files, logs and snapshots."""
+
+    # -- runs -----------------------------------------------------------------
+    @abc.abstractmethod
+    def create_run(self, experiment: str, *, run_id: str | None = None, parent_id: str | None = None,
+                   run_type: str = "rundock.scriptrun", display_name: str | None = None,
+                   description: str | None = None, target: str = "local",
+                   run_definition: dict[str, Any] | None = None, snapshot_id: str | None = None,
+                   submitted_by: str | None = None, run_dir: str | None = None,
+                   tags: Mapping[str, str | None] | None = None,
+                   properties: Mapping[str, str] | None = None) -> RunRecord:
+        """Create a NotStarted run with the next number of its experiment."""
+
+    @abc.abstractmethod
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run, or RunNotFoundError."""
+
+    @abc.abstractmethod
+    def list_runs(self, *, experiment: str | None = None, statuses: Iterable[str] | None = None,
+                  parent_id: str | None = None, run_type: str | None = None, target: str | None = None,
+                  include_children: bool = True) -> list[RunRecord]:
+        """Runs matching the filters, newest first (tag/property filters: see ``find_runs``)."""
+
+    @abc.abstractmethod
+    def update_run(self, run_id: str, *, display_name: str | None = None, description: str | None = None,
+                   run_dir: str | None = None) -> None:
+        """Change a run's mutable attributes."""
+
+    @abc.abstractmethod
+    def transition(self, run_id: str, status: RunStatus | str, *, detail: str = "",
+                   error: dict[str, Any] | None = None, at: float | None = None) -> bool:
+        """Move the run to ``status`` if the transition table allows it; return whether it moved."""
+
+    @abc.abstractmethod
+    def status_history(self, run_id: str) -> list[StatusChange]:
+        """Every status the run went through, with times and details, oldest first."""
+
+    # -- run data ---------------------------------------------------------------
+    @abc.abstractmethod
+    def apply_journal(self, run_id: str, attempt: int, source: str, records: list[dict[str, Any]]) -> int:
+        """Apply the records with a sequence number above the stored mark, atomically.
+
+        In the same transaction the mark for (run, attempt, source) moves to the
+        highest sequence number applied, so shipping a record twice is harmless.
+        Returns the new mark.
+        """
+
+    @abc.abstractmethod
+    def apply_plan(self, run_id: str, plan: JournalPlan) -> None:
+        """Apply changes made outside a job (client calls) atomically."""
+
+    @abc.abstractmethod
+    def journal_mark(self, run_id: str, attempt: int, source: str) -> int:
+        """The last sequence number applied for (run, attempt, source); 0 if none."""
+
+    @abc.abstractmethod
+    def get_metric_records(self, run_id: str, name: str | None = None) -> list[MetricRecord]:
+        """Logged values in logging order."""
+
+    @abc.abstractmethod
+    def remove_tags(self, run_id: str, keys: Iterable[str]) -> None:
+        """Remove tags (missing keys are ignored)."""
+
+    @abc.abstractmethod
+    def list_files(self, run_id: str) -> dict[str, FileRecord]:
+        """The run's files by name (latest version of each)."""
+
+    @abc.abstractmethod
+    def append_log(self, run_id: str, name: str, offset: int, data: bytes) -> None:
+        """Store a chunk of a live log at ``offset``; storing the same chunk twice is harmless."""
+
+    @abc.abstractmethod
+    def read_log(self, run_id: str, name: str, offset: int = 0) -> bytes:
+        """The contiguous bytes of a live log from ``offset`` on."""
+
+    @abc.abstractmethod
+    def log_names(self, run_id: str) -> list[str]:
+        """Names of the live logs of a run."""
+
+    # -- snapshots --------------------------------------------------------------
+    @abc.abstractmethod
+    def put_snapshot(self, snapshot_id: str, manifest: list[dict[str, Any]]) -> bool:
+        """Record a snapshot manifest; False if it was already known."""
+
+    @abc.abstractmethod
+    def get_snapshot(self, snapshot_id: str) -> list[dict[str, Any]]:
+        """A snapshot's manifest (path, digest, size, mode per file)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    # -- conveniences built on the primitives ----------------------------------------
+    def log_metrics(self, run_id: str, metrics: list[MetricRecord]) -> None:
+        """Log a batch of values from outside a job."""
+        self.apply_plan(run_id, JournalPlan(metrics=metrics))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str | None]) -> None:
+        self.apply_plan(run_id, JournalPlan(tags=dict(tags)))
+
+    def add_properties(self, run_id: str, properties: Mapping[str, str]) -> None:
+        """Add immutable properties; a key that exists with another value raises ValueError."""
+        current = self.get_run(run_id).properties
+        for key, val in properties.items():
+            if key in current and current[key] != str(val):
+                raise ValueError(f"property {key!r} of run {run_id} is already {current[key]!r}; "
+                                 "properties are immutable (use tags for values that change)")
+        self.apply_plan(run_id, JournalPlan(properties={k: str(v) for k, v in properties.items()}))
+
+    def add_file(self, run_id: str, name: str, digest: str, size: int) -> None:
+        self.apply_plan(run_id, JournalPlan(files=[FileRecord(name, digest, size, time.time())]))
+
+    def heartbeat(self, run_id: str, interval: float, at: float | None = None) -> None:
+        self.apply_plan(run_id, JournalPlan(heartbeat=(at or time.time(), interval)))
+
+    def find_runs(self, *, tags: Filter = None, properties: Filter = None, status: str | None = None,
+                  **filters: Any) -> list[RunRecord]:
+        """``list_runs`` plus tag/property filters: ``"key"`` or ``{"key": "value"}``."""
+        runs = self.list_runs(statuses=[status] if status else None, **filters)
+        return [r for r in runs if _matches(r.tags, tags) and _matches(r.properties, properties)]
+
+    def sweep_lost(self, now: float | None = None, lost_after: float | None = None,
+                   on_lost: Callable[[RunRecord], None] | None = None) -> list[str]:
+        """End Failed every run whose agent has been silent past ``lost_after``; return their ids."""
+        now = time.time() if now is None else now
+        limit = liveness.lost_after_seconds() if lost_after is None else lost_after
+        lost = []
+        for run in self.list_runs(statuses=[s.value for s in liveness.AGENT_OWNED]):
+            if liveness.is_lost(run, now, limit):
+                silent = now - (run.last_heartbeat or run.created_at)
+                error = {"code": "AgentLost", "message": f"agent lost: no heartbeat for {silent:.0f} s "
+                         f"(limit {limit:.0f} s); the agent process died or its host is unreachable"}
+                if self.transition(run.run_id, RunStatus.FAILED, detail="agent lost", error=error, at=now):
+                    lost.append(run.run_id)
+                    if on_lost is not None:
+                        on_lost(run)
+        return lost
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _matches(values: Mapping[str, Any], wanted: Filter) -> bool:
+    if wanted is None:
+        return True
+    if isinstance(wanted, str):
+        return wanted in values
+    return all(k in values and (v is None or values[k] == str(v)) for k, v in wanted.items())
+
+
+_BACKENDS: dict[str, Callable[[str], RunStore]] = {}
+
+
+def register_backend(scheme: str, factory: Callable[[str], RunStore]) -> None:
+    """Make ``open_store`` build ``factory(uri)`` for URIs of ``scheme``."""
+    _BACKENDS[scheme] = factory
+
+
+def open_store(uri: str) -> RunStore:
+    """Open the run history at ``uri`` (e.g. ``sqlite:////home/me/.rundock/history.db``)."""
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    if not _BACKENDS:
+        from rundock.history.backends import sqlite  # noqa: F401  (registers itself)
+    factory = _BACKENDS.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in sorted(_BACKENDS))
+        raise ConfigError(f"unknown run history URI {uri!r}; expected one of: {known}", field="history")
+    return factory(uri)

@@ -1,0 +1,113 @@
+"""Ship a run directory's journal and live logs to the run history.
+
+Idempotent: records are applied once per (run id, attempt, source, sequence
+number) and log chunks once per (run id, log name, offset), so a syncer can
+start over from the beginning after a crash and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from rundock.context.journal import JournalReader
+from rundock.history.artifacts import ArtifactStore
+from rundock.history.store import RunStore
+
+log = logging.getLogger(__name__)
+
+SYSTEM_LOGS_DIR = "system_logs"
+MAX_LOG_CHUNK = 256 * 1024
+
+
+class Syncer:
+    """Ships one run directory; ``sync_once`` may be called from any thread."""
+
+    def __init__(self, run_dir: str, run_id: str, store: RunStore, artifacts: ArtifactStore, attempt: int = 0) -> None:
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.attempt = attempt
+        self.store = store
+        self.artifacts = artifacts
+        self._journal = JournalReader(run_dir)
+        self._log_offsets: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one pass -----------------------------------------------------------------------
+    def sync_once(self) -> int:
+        """Ship what is new; return the number of journal records read."""
+        with self._lock:
+            records = self._journal.read_new()
+            by_source: dict[str, list[dict[str, Any]]] = {}
+            for source, rec in records:
+                if rec.get("type") == "file" and "digest" not in rec:
+                    self._ingest(rec)
+                by_source.setdefault(source, []).append(rec)
+            for source, recs in by_source.items():
+                self.store.apply_journal(self.run_id, self.attempt, source, recs)
+            self._ship_logs()
+            return len(records)
+
+    def _ingest(self, rec: dict[str, Any]) -> None:
+        path = rec.get("path", "")
+        full = path if os.path.isabs(path) else os.path.join(self.run_dir, path)
+        try:
+            digest, size, _ = self.artifacts.put_file(full)
+        except OSError as exc:
+            log.warning("run %s: file %s for %s could not be stored: %s", self.run_id, full, rec.get("name"), exc)
+            rec["type"] = "skipped"
+            return
+        rec["digest"], rec["size"] = digest, size
+
+    def _ship_logs(self) -> None:
+        directory = os.path.join(self.run_dir, SYSTEM_LOGS_DIR)
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(directory, name)
+            offset = self._log_offsets.get(name, 0)
+            try:
+                if os.path.getsize(path) <= offset:
+                    continue
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    while data := fh.read(MAX_LOG_CHUNK):
+                        self.store.append_log(self.run_id, f"{SYSTEM_LOGS_DIR}/{name}", offset, data)
+                        offset += len(data)
+            except FileNotFoundError:
+                continue
+            self._log_offsets[name] = offset
+
+    # -- background loop ------------------------------------------------------------------
+    def start(self, period: float = 0.25) -> None:
+        """Sync every ``period`` seconds (sooner after ``poke``) until ``stop``."""
+        self._thread = threading.Thread(target=self._loop, args=(period,), name="rundock-sync", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Ask the background loop to sync now."""
+        self._wake.set()
+
+    def _loop(self, period: float) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(period)
+            self._wake.clear()
+            try:
+                self.sync_once()
+            except Exception:  # the next pass retries; the final sync raises
+                log.exception("run %s: sync to the run history failed; retrying", self.run_id)
+
+    def stop(self) -> None:
+        """Stop the loop and ship everything that is left (raises if the history is unreachable)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sync_once()

@@ -1,0 +1,80 @@
+"""RunConfiguration: what to run and where, saved and loaded as YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import yaml
+
+from rundock.errors import ConfigError
+from rundock.runconfig.environment import Environment
+from rundock.runconfig.schema import from_mapping, to_mapping
+
+DEFAULT_MAX_RUN_DURATION = 30 * 24 * 3600
+RUNCONFIG_SUFFIX = ".runconfig.yml"
+
+
+@dataclasses.dataclass
+class RunConfiguration:
+    """The run definition (Azure ML's ``RunConfiguration``)."""
+
+    script: str | None = None
+    arguments: list[Any] = dataclasses.field(default_factory=list)
+    target: str = "local"
+    environment: Environment | None = None
+    max_run_duration_seconds: int = DEFAULT_MAX_RUN_DURATION
+    cancel_grace_seconds: float = 10.0
+
+    def to_mapping(self) -> dict[str, Any]:
+        return dict(to_mapping(self))
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], source: str | None = None) -> "RunConfiguration":
+        config = from_mapping(cls, data, source=source)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str | None = None) -> None:
+        """Check values that types alone do not catch."""
+        if self.max_run_duration_seconds <= 0:
+            raise ConfigError("expected a positive number of seconds", source=source,
+                              field="max_run_duration_seconds")
+        if self.cancel_grace_seconds < 0:
+            raise ConfigError("expected zero or more seconds", source=source, field="cancel_grace_seconds")
+        for i, arg in enumerate(self.arguments):
+            if not isinstance(arg, (str, int, float, bool)):
+                raise ConfigError(f"expected a string or number, got {type(arg).__name__}", source=source,
+                                  field=f"arguments[{i}]")
+
+    def save(self, path: str | None = None, name: str | None = None) -> str:
+        """Write the configuration as YAML; return the file's path.
+
+        ``path`` is a file, or a folder in which ``<name>.runconfig.yml`` is written.
+        """
+        target = _resolve(path or ".", name)
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        with open(target, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(self.to_mapping(), fh, sort_keys=False)
+        return target
+
+    @classmethod
+    def load(cls, path: str | None = None, name: str | None = None) -> "RunConfiguration":
+        """Read a configuration written by ``save`` (or by hand); errors name the file and field."""
+        source = _resolve(path or ".", name)
+        try:
+            with open(source, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        except FileNotFoundError:
+            raise ConfigError("file not found; create it with RunConfiguration.save() or `rundock submit`",
+                              source=source) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}", source=source) from None
+        return cls.from_mapping(data, source=source)
+
+
+def _resolve(path: str, name: str | None) -> str:
+    if os.path.isdir(path) or name is not None:
+        return os.path.join(path, (name or "runconfig") + RUNCONFIG_SUFFIX)
+    return path

@@ -1,0 +1,79 @@
+"""ScriptRunConfig: a script in a source folder, with its run configuration."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from rundock.errors import ConfigError
+from rundock.runconfig.environment import Environment
+from rundock.runconfig.run_configuration import DEFAULT_MAX_RUN_DURATION, RunConfiguration
+
+SOURCE = "ScriptRunConfig"
+
+
+class ScriptRunConfig:
+    """Azure ML's ``ScriptRunConfig``: source folder + script + arguments + configuration."""
+
+    def __init__(self, source_directory: str | os.PathLike[str] = ".", script: str | None = None,
+                 arguments: list[Any] | None = None, run_config: RunConfiguration | None = None,
+                 compute_target: Any = None, environment: Environment | None = None,
+                 max_run_duration_seconds: int | None = None) -> None:
+        self.source_directory = os.fspath(source_directory)
+        self.run_config = copy.deepcopy(run_config) if run_config is not None else RunConfiguration()
+        if script is not None:
+            self.run_config.script = script
+        if arguments is not None:
+            self.run_config.arguments = list(arguments)
+        if compute_target is not None:
+            self.run_config.target = compute_target if isinstance(compute_target, str) else compute_target.name
+        if environment is not None:
+            self.run_config.environment = environment
+        if max_run_duration_seconds is not None:
+            self.run_config.max_run_duration_seconds = max_run_duration_seconds
+        elif run_config is None:
+            self.run_config.max_run_duration_seconds = DEFAULT_MAX_RUN_DURATION
+
+    @property
+    def script(self) -> str | None:
+        return self.run_config.script
+
+    @property
+    def arguments(self) -> list[Any]:
+        return self.run_config.arguments
+
+    @property
+    def environment(self) -> Environment | None:
+        return self.run_config.environment
+
+    def validate(self) -> None:
+        """Check everything that can be checked before a run is created."""
+        if not os.path.isdir(self.source_directory):
+            raise ConfigError(f"{self.source_directory!r} is not a folder; give the folder that holds your script",
+                              source=SOURCE, field="source_directory")
+        script = self.run_config.script
+        if not script:
+            raise ConfigError("no script given; pass script='train.py'", source=SOURCE, field="script")
+        root = os.path.realpath(self.source_directory)
+        full = os.path.realpath(os.path.join(root, script))
+        if os.path.commonpath([root, full]) != root:
+            raise ConfigError(f"{script!r} is outside the source folder {self.source_directory!r}; "
+                              "scripts must be inside source_directory (they travel in its snapshot)",
+                              source=SOURCE, field="script")
+        if not os.path.isfile(full):
+            raise ConfigError(f"{script!r} was not found in {self.source_directory!r}", source=SOURCE, field="script")
+        self.run_config.validate(SOURCE)
+        env = self.run_config.environment
+        if env is not None and env.docker.enabled:
+            raise ConfigError("Docker runs are not available in this version of rundock; set docker.enabled = False",
+                              source=SOURCE, field="environment.docker.enabled")
+        if env is not None and not env.python.user_managed_dependencies and (
+                env.python.pip_packages or env.python.conda_packages):
+            raise ConfigError("building an environment from package lists is not available in this version; "
+                              "install the packages into an interpreter and set "
+                              "python.user_managed_dependencies = True", source=SOURCE,
+                              field="environment.python.user_managed_dependencies")
+
+    def __repr__(self) -> str:
+        return f"ScriptRunConfig(source_directory={self.source_directory!r}, script={self.script!r})"

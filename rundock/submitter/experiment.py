@@ -1,0 +1,44 @@
+"""Experiment: a named group of runs in a workspace; ``submit`` starts one."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from rundock.errors import ConfigError
+from rundock.runconfig.script_run_config import ScriptRunConfig
+from rundock.submitter.run import Run
+from rundock.submitter.snapshot import Progress
+from rundock.submitter.targets import get_target
+from rundock.submitter.workspace import Workspace
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
+
+
+class Experiment:
+    """Azure ML's ``Experiment(workspace, name)``."""
+
+    def __init__(self, workspace: Workspace, name: str, **kwargs: Any) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"experiment name {name!r} must be 1-255 letters, digits, '-' or '_', starting with "
+                              "a letter or digit", field="name")
+        self.workspace = workspace
+        self.name = name
+
+    def submit(self, config: ScriptRunConfig, tags: Mapping[str, Any] | None = None, *,
+               progress: Progress | None = None, **kwargs: Any) -> Run:
+        """Package the source folder, create the run and hand it to its compute target."""
+        if not isinstance(config, ScriptRunConfig):
+            raise ConfigError(f"submit() takes a ScriptRunConfig, not {type(config).__name__}", field="config")
+        target = get_target(self.workspace, config.run_config.target)
+        record = target.submit(self.name, config, tags=tags, display_name=kwargs.get("display_name"),
+                               description=kwargs.get("description"), progress=progress)
+        return Run(self, record.run_id, _record=record)
+
+    def get_runs(self, type: str | None = None, tags: Any = None, properties: Any = None,
+                 include_children: bool = False) -> list[Run]:
+        """The experiment's runs, newest first."""
+        return Run.list(self, type=type, tags=tags, properties=properties, include_children=include_children)
+
+    def __repr__(self) -> str:
+        return f"Experiment(name={self.name!r}, workspace={self.workspace.name!r})"

@@ -1,0 +1,174 @@
+"""Source snapshots: deterministic, ignore-aware and content addressed.
+
+Which files travel: one ignore file at the root (``.amlignore``, else
+``.gitignore``) plus every nested ``.gitignore``, with gitignore semantics
+(pathspec), a deeper file overriding a shallower one; version-control folders,
+caches and virtual environments are always left out. A link that leaves the
+folder is refused. Each file is stored once in the artifact store under its
+SHA-256, so an unchanged folder re-submitted writes nothing new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import stat
+import zipfile
+from typing import Any, Callable
+
+import pathspec
+
+from rundock.context.names import artifact_name
+from rundock.errors import SnapshotError
+from rundock.history.artifacts import ArtifactStore, sha256_file
+from rundock.history.store import RunStore
+
+DEFAULT_MAX_BYTES = 300 * 1024 * 1024
+DEFAULT_MAX_FILES = 2000
+ALWAYS_EXCLUDED = frozenset({".git", ".hg", ".svn", "__pycache__", ".ipynb_checkpoints", ".rundock",
+                             ".mypy_cache", ".pytest_cache", ".ruff_cache", "node_modules", ".tox", ".nox"})
+Progress = Callable[[int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotLimits:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_files: int = DEFAULT_MAX_FILES
+
+
+@dataclasses.dataclass
+class SourceFile:
+    path: str  # relative, '/'-separated
+    full: str
+    size: int
+    executable: bool
+
+
+@dataclasses.dataclass
+class Snapshot:
+    snapshot_id: str
+    manifest: list[dict[str, Any]]
+    total_bytes: int
+    new_bytes: int
+
+
+def _is_virtualenv(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "pyvenv.cfg"))
+
+
+class _Walker:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+        self.files: list[SourceFile] = []
+        self._visited: set[str] = set()
+        root_ignore = next((n for n in (".amlignore", ".gitignore") if os.path.isfile(os.path.join(root, n))), None)
+        self.ignore_file = root_ignore or ".amlignore"
+        self._root_spec = self._load(os.path.join(self.root, root_ignore)) if root_ignore else None
+
+    @staticmethod
+    def _load(path: str) -> pathspec.GitIgnoreSpec:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return pathspec.GitIgnoreSpec.from_lines(fh.read().splitlines())
+
+    def _ignored(self, rel: str, is_dir: bool, specs: list[tuple[str, pathspec.GitIgnoreSpec]]) -> bool:
+        for base, spec in reversed(specs):  # the deepest ignore file decides first
+            sub = rel[len(base) + 1:] if base else rel
+            result = spec.check_file(sub + "/" if is_dir else sub)
+            if result.include is not None:
+                return bool(result.include)
+        return False
+
+    def walk(self, directory: str, rel: str, specs: list[tuple[str, pathspec.GitIgnoreSpec]]) -> None:
+        real = os.path.realpath(directory)
+        if real in self._visited:
+            return
+        self._visited.add(real)
+        if rel == "" and self._root_spec is not None:
+            specs = [("", self._root_spec)]
+        nested = os.path.join(directory, ".gitignore")
+        if rel and os.path.isfile(nested):
+            specs = [*specs, (rel, self._load(nested))]
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            raise SnapshotError(f"cannot read folder {directory}: {exc}") from exc
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.name in ALWAYS_EXCLUDED:
+                continue
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if os.path.commonpath([self.root, target]) != self.root:
+                    raise SnapshotError(f"link {child!r} points outside the source folder (to {target}); "
+                                        f"replace it with a copy or add it to {self.ignore_file}")
+            try:
+                st = os.stat(entry.path)
+            except OSError as exc:
+                raise SnapshotError(f"cannot read {child!r}: {exc}") from exc
+            if stat.S_ISDIR(st.st_mode):
+                if not self._ignored(child, True, specs) and not _is_virtualenv(entry.path):
+                    self.walk(entry.path, child, specs)
+            elif stat.S_ISREG(st.st_mode) and not self._ignored(child, False, specs):
+                self.files.append(SourceFile(child, entry.path, st.st_size, bool(st.st_mode & 0o111)))
+
+
+def collect(source_dir: str, limits: SnapshotLimits = SnapshotLimits()) -> list[SourceFile]:
+    """The files that travel in a snapshot of ``source_dir``, sorted; enforces the limits."""
+    if not os.path.isdir(source_dir):
+        raise SnapshotError(f"source folder {source_dir!r} does not exist")
+    walker = _Walker(source_dir)
+    walker.walk(walker.root, "", [])
+    files = walker.files
+    total = sum(f.size for f in files)
+    if len(files) > limits.max_files or total > limits.max_bytes:
+        biggest = sorted(files, key=lambda f: f.size, reverse=True)[:10]
+        listing = "\n".join(f"  {f.size / 1e6:10.1f} MB  {f.path}" for f in biggest)
+        raise SnapshotError(
+            f"the source folder {source_dir!r} has {len(files)} files and {total / 1e6:.1f} MB; the snapshot limit "
+            f"is {limits.max_files} files and {limits.max_bytes / 1e6:.0f} MB.\nLargest files:\n{listing}\n"
+            f"Leave out data, checkpoints and outputs by listing them in {os.path.join(source_dir, walker.ignore_file)}"
+            " (gitignore syntax), or raise the limit with RUNDOCK_SNAPSHOT_MAX_MB / RUNDOCK_SNAPSHOT_MAX_FILES.")
+    return files
+
+
+def manifest_id(manifest: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def take_snapshot(source_dir: str, store: RunStore, artifacts: ArtifactStore,
+                  limits: SnapshotLimits = SnapshotLimits(), progress: Progress | None = None) -> Snapshot:
+    """Store the snapshot of ``source_dir``; return its id and how many new bytes it cost."""
+    files = collect(source_dir, limits)
+    manifest, new_bytes, done = [], 0, 0
+    total = sum(f.size for f in files)
+    for f in files:
+        try:
+            digest, size = sha256_file(f.full)
+            if not artifacts.has(digest):
+                _, size, fresh = artifacts.put_file(f.full)
+                new_bytes += size if fresh else 0
+        except OSError as exc:
+            raise SnapshotError(f"cannot read {f.path!r} in {source_dir!r}: {exc}") from exc
+        manifest.append({"path": f.path, "digest": digest, "size": size, "mode": 0o755 if f.executable else 0o644})
+        done += size
+        if progress is not None:
+            progress(done, total)
+    snapshot_id = manifest_id(manifest)
+    store.put_snapshot(snapshot_id, manifest)
+    return Snapshot(snapshot_id, manifest, total, new_bytes)
+
+
+def write_zip(manifest: list[dict[str, Any]], artifacts: ArtifactStore, path: str) -> str:
+    """A zip of a snapshot (fixed timestamps, so the same snapshot gives the same bytes)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for entry in manifest:
+            info = zipfile.ZipInfo(artifact_name(entry["path"]), date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = (entry.get("mode", 0o644) | stat.S_IFREG) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(artifacts.path(entry["digest"]), "rb") as src, zf.open(info, "w") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+    return path

@@ -1,0 +1,115 @@
+"""The local compute target: runs go to a detached agent process on this machine.
+
+Submit order, so that a failing submit leaves nothing half-created: validate
+the configuration, store the snapshot, create the run, write its run
+directory and job file, then start the agent in its own session (it outlives
+the submitting process). If the agent cannot be started the run ends Failed
+with the reason.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any, Mapping
+
+import psutil
+
+import rundock
+from rundock.agent.job import JobSpec, request_cancel
+from rundock.context.run import ENV_RUN_ID
+from rundock.errors import RundockError
+from rundock.history.records import RunRecord
+from rundock.runconfig.environment import Environment
+from rundock.runconfig.script_run_config import ScriptRunConfig
+from rundock.states import RunStatus
+from rundock.submitter.snapshot import Progress, take_snapshot
+from rundock.submitter.workspace import Workspace
+
+NAME = "local"
+
+
+class LocalTarget:
+    """This machine: one agent process per run, at most N runs at once."""
+
+    name = NAME
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self.runs_root = os.path.join(workspace.local_root, "runs")
+
+    def submit(self, experiment: str, config: ScriptRunConfig, *, tags: Mapping[str, Any] | None = None,
+               display_name: str | None = None, description: str | None = None,
+               progress: Progress | None = None) -> RunRecord:
+        ws = self.workspace
+        config.validate()
+        env = config.environment or Environment.submitting_interpreter()
+        snapshot = take_snapshot(config.source_directory, ws.store, ws.artifacts, ws.snapshot_limits, progress)
+        run_definition = config.run_config.to_mapping()
+        run_definition["environment"] = env.to_mapping()
+        run_definition["source_directory"] = os.path.abspath(config.source_directory)
+        record = ws.store.create_run(
+            experiment, target=NAME, run_definition=run_definition, snapshot_id=snapshot.snapshot_id,
+            submitted_by=getpass.getuser(), display_name=display_name, description=description,
+            tags={k: None if v is None else str(v) for k, v in (tags or {}).items()},
+            properties={"ContentSnapshotId": snapshot.snapshot_id})
+        run_dir = os.path.join(self.runs_root, record.run_id)
+        try:
+            os.makedirs(run_dir)
+            ws.store.update_run(record.run_id, run_dir=run_dir)
+            JobSpec(run_id=record.run_id, experiment=experiment, store_uri=ws.history_uri,
+                    artifacts_root=ws.artifacts.root, snapshot_id=snapshot.snapshot_id,
+                    script=config.run_config.script or "", interpreter=env.python.interpreter_path,
+                    arguments=[str(a) for a in config.run_config.arguments],
+                    environment_variables=dict(env.environment_variables), display_name=display_name,
+                    max_run_duration_seconds=config.run_config.max_run_duration_seconds,
+                    cancel_grace_seconds=config.run_config.cancel_grace_seconds,
+                    heartbeat_seconds=ws.heartbeat_seconds, slots_dir=os.path.join(ws.local_root, "slots"),
+                    max_concurrent_runs=ws.max_concurrent_runs, target=NAME).save(run_dir)
+            ws.store.transition(record.run_id, RunStatus.STARTING, detail="starting the local agent")
+            self._spawn_agent(run_dir)
+        except (OSError, RundockError) as exc:
+            ws.store.transition(record.run_id, RunStatus.FAILED, detail="the agent could not be started", error={
+                "code": "SetupError", "message": f"could not start the local agent for {record.run_id}: {exc}"})
+            raise RundockError(f"could not start the local agent for run {record.run_id}: {exc}") from exc
+        return ws.store.get_run(record.run_id)
+
+    @staticmethod
+    def _spawn_agent(run_dir: str) -> None:
+        logs = os.path.join(run_dir, "system_logs")
+        os.makedirs(logs, exist_ok=True)
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rundock.__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+        with open(os.path.join(logs, "agent_log.txt"), "ab") as agent_log:
+            # A new session: the agent keeps running when the submitter (or its terminal) goes away.
+            subprocess.Popen([sys.executable, "-m", "rundock.agent", "run", run_dir], cwd=run_dir, env=env,
+                             stdin=subprocess.DEVNULL, stdout=agent_log, stderr=subprocess.STDOUT,
+                             start_new_session=True, close_fds=True)
+
+    def cancel(self, run: RunRecord) -> None:
+        """Leave the cancel request for the run's agent (the store records it separately)."""
+        if run.run_dir and os.path.isdir(run.run_dir):
+            request_cancel(run.run_dir)
+
+    def reap_lost(self, run: RunRecord) -> None:
+        """Kill what is left of a run whose agent died (the job's process group on this host)."""
+        try:
+            with open(os.path.join(run.run_dir or "", "processes.json"), encoding="utf-8") as fh:
+                info = json.load(fh)
+        except (OSError, ValueError):
+            return
+        if info.get("host") != socket.gethostname():
+            return
+        try:
+            leader = psutil.Process(int(info["job_pgid"]))
+            if leader.environ().get(ENV_RUN_ID) != run.run_id:
+                return  # the id was reused by an unrelated process
+            os.killpg(leader.pid, signal.SIGKILL)
+        except (psutil.Error, ProcessLookupError, PermissionError, KeyError, ValueError):
+            pass

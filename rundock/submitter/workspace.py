@@ -1,0 +1,140 @@
+"""Workspace: where a user's run history, artifacts and local runs live.
+
+``Workspace.from_config()`` looks for a ``.rundock`` folder in the current
+folder and its parents, else uses ``$RUNDOCK_HOME`` or ``~/.rundock``. Its
+optional ``config.yaml`` sets the history URI and local target limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import yaml
+
+from rundock.errors import ConfigError
+from rundock.history.artifacts import ArtifactStore
+from rundock.history.store import RunStore, open_store
+from rundock.runconfig.schema import from_mapping
+from rundock.submitter.snapshot import SnapshotLimits
+
+WORKSPACE_DIR = ".rundock"
+CONFIG_FILE = "config.yaml"
+ENV_HOME = "RUNDOCK_HOME"
+
+
+@dataclasses.dataclass
+class LocalTargetConfig:
+    max_concurrent_runs: int = 0  # 0: one per CPU core
+    heartbeat_seconds: float = 2.0
+
+
+@dataclasses.dataclass
+class SnapshotConfig:
+    max_mb: float = 300.0
+    max_files: int = 2000
+
+
+@dataclasses.dataclass
+class WorkspaceConfig:
+    name: str | None = None
+    history: str | None = None
+    local: LocalTargetConfig = dataclasses.field(default_factory=LocalTargetConfig)
+    snapshot: SnapshotConfig = dataclasses.field(default_factory=SnapshotConfig)
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"expected a number, got {raw!r}", source="environment", field=name) from None
+
+
+class Workspace:
+    """A folder holding the run history (``history.db``), artifacts and local runs."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        os.makedirs(self.path, exist_ok=True)
+        config_path = os.path.join(self.path, CONFIG_FILE)
+        data: Any = None
+        if os.path.exists(config_path):
+            try:
+                with open(config_path, encoding="utf-8") as fh:
+                    data = yaml.safe_load(fh)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"not valid YAML: {exc}", source=config_path) from None
+        self.config = from_mapping(WorkspaceConfig, data, source=config_path)
+        self.name = self.config.name or os.path.basename(os.path.dirname(self.path)) or "default"
+        self.history_uri = self.config.history or f"sqlite:///{os.path.join(self.path, 'history.db')}"
+        self.local_root = os.path.join(self.path, "local")
+        self._store: RunStore | None = None
+        self._artifacts: ArtifactStore | None = None
+
+    @classmethod
+    def from_config(cls, path: str | None = None) -> "Workspace":
+        """The workspace of ``path`` (default: the current folder), searching parent folders."""
+        start = os.path.abspath(path or os.getcwd())
+        if os.path.basename(start) == WORKSPACE_DIR and os.path.isdir(start):
+            return cls(start)
+        current = start
+        while True:
+            candidate = os.path.join(current, WORKSPACE_DIR)
+            if os.path.isdir(candidate):
+                return cls(candidate)
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+        return cls(os.environ.get(ENV_HOME) or os.path.join(os.path.expanduser("~"), WORKSPACE_DIR))
+
+    @classmethod
+    def create(cls, path: str = ".", name: str | None = None) -> "Workspace":
+        """Make ``<path>/.rundock`` with a config file; return its workspace."""
+        folder = os.path.join(os.path.abspath(path), WORKSPACE_DIR)
+        os.makedirs(folder, exist_ok=True)
+        config = os.path.join(folder, CONFIG_FILE)
+        if not os.path.exists(config):
+            with open(config, "w", encoding="utf-8") as fh:
+                yaml.safe_dump({"name": name or os.path.basename(os.path.abspath(path)),
+                                "local": {"max_concurrent_runs": 0}}, fh, sort_keys=False)
+        return cls(folder)
+
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            self._store = open_store(self.history_uri)
+        return self._store
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        if self._artifacts is None:
+            self._artifacts = ArtifactStore(os.path.join(self.path, "artifacts"))
+        return self._artifacts
+
+    @property
+    def max_concurrent_runs(self) -> int:
+        value = int(_env_number("RUNDOCK_MAX_CONCURRENT_RUNS", self.config.local.max_concurrent_runs))
+        return value if value > 0 else (os.cpu_count() or 1)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return _env_number("RUNDOCK_HEARTBEAT_SECONDS", self.config.local.heartbeat_seconds)
+
+    @property
+    def snapshot_limits(self) -> SnapshotLimits:
+        max_mb = _env_number("RUNDOCK_SNAPSHOT_MAX_MB", self.config.snapshot.max_mb)
+        max_files = int(_env_number("RUNDOCK_SNAPSHOT_MAX_FILES", self.config.snapshot.max_files))
+        return SnapshotLimits(max_bytes=int(max_mb * 1024 * 1024), max_files=max_files)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __repr__(self) -> str:
+        return f"Workspace(name={self.name!r}, path={self.path!r})"

@@ -32,6 +32,7 @@ class JobSpec:
     slots_dir: str | None = None
     max_concurrent_runs: int = 1
     target: str = "local"
+    submitted_at: float = 0.0
 
     def save(self, run_dir: str) -> str:
         path = os.path.join(run_dir, JOB_FILE)

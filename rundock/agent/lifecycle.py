@@ -31,7 +31,7 @@ from rundock.agent.job import JobSpec, cancel_requested
 from rundock.agent.joblib import ensure_job_lib
 from rundock.agent.materialize import materialize
 from rundock.agent.outputs import OutputCollector
-from rundock.agent.slots import Slot, try_acquire
+from rundock.agent.slots import Slot, Ticket, try_acquire
 from rundock.context import run as ctx
 from rundock.context.journal import JournalWriter
 from rundock.history.artifacts import ArtifactStore
@@ -72,6 +72,8 @@ class Agent:
         self.collector = OutputCollector(self.src, self.artifacts, self.journal)
         self.executor: ProcessExecutor | None = None
         self.slot: Slot | None = None
+        self.slots_dir = self.spec.slots_dir or os.path.join(os.path.dirname(self.run_dir), ".slots")
+        self.ticket = Ticket(self.slots_dir, self.spec.submitted_at, self.spec.run_id)
 
     # -- helpers ---------------------------------------------------------------------
     def state(self, status: RunStatus, detail: str = "", error: dict[str, Any] | None = None) -> None:
@@ -108,19 +110,23 @@ class Agent:
     def wait_for_slot(self) -> bool:
         """Take a run slot; False if the run was canceled while it waited."""
         spec = self.spec
-        slots_dir = spec.slots_dir or os.path.join(os.path.dirname(self.run_dir), ".slots")
-        self.slot = try_acquire(slots_dir, spec.max_concurrent_runs)
-        if self.slot is not None:
-            self.state(RunStatus.QUEUED, f"run slot {self.slot.index + 1} of {spec.max_concurrent_runs} is free")
+        slots_dir = self.slots_dir
+        ticket = self.ticket
+        try:
+            self.slot = try_acquire(slots_dir, spec.max_concurrent_runs) if ticket.is_first() else None
+            if self.slot is not None:
+                self.state(RunStatus.QUEUED, f"run slot {self.slot.index + 1} of {spec.max_concurrent_runs} is free")
+                return True
+            self.state(RunStatus.QUEUED, f"waiting for a free run slot: all {spec.max_concurrent_runs} "
+                                         f"slots of target '{spec.target}' are busy or taken by older runs")
+            while self.slot is None:
+                if self.canceled():
+                    return False
+                time.sleep(0.1)
+                self.slot = try_acquire(slots_dir, spec.max_concurrent_runs) if ticket.is_first() else None
             return True
-        self.state(RunStatus.QUEUED, f"waiting for a free run slot: all {spec.max_concurrent_runs} "
-                                     f"slots of target '{spec.target}' are busy")
-        while self.slot is None:
-            if self.canceled():
-                return False
-            time.sleep(0.2)
-            self.slot = try_acquire(slots_dir, spec.max_concurrent_runs)
-        return True
+        finally:
+            ticket.release()
 
     def job_env(self) -> dict[str, str]:
         spec = self.spec
@@ -184,6 +190,7 @@ class Agent:
         self.heartbeat.stop()
         self.state(outcome.status, outcome.detail, outcome.error)
         self.syncer.stop()
+        self.ticket.release()
         if self.slot is not None:
             self.slot.release()
 

@@ -1,13 +1,20 @@
 """Run slots on one host: at most N runs execute at once, the rest stay Queued.
 
 A slot is an exclusive ``flock`` on ``slot-<i>.lock``; the kernel releases it
-when its agent exits or dies, so a crashed agent never holds a slot.
+when its agent exits or dies, so a crashed agent never holds a slot. Waiting
+runs hold a ticket named by their submission time, created by the submitter
+and locked by the agent from its start; only the oldest live ticket may take a
+free slot, so runs start in submission order.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import time
+
+# A ticket nobody has locked yet may belong to an agent that is still starting.
+STARTUP_GRACE_SECONDS = 30.0
 
 
 class Slot:
@@ -33,3 +40,61 @@ def try_acquire(slots_dir: str, count: int) -> Slot | None:
             continue
         return Slot(fd, index)
     return None
+
+
+def ticket_name(submitted_at: float, run_id: str) -> str:
+    return f"{submitted_at:020.6f}-{run_id}"
+
+
+def issue_ticket(slots_dir: str, submitted_at: float, run_id: str) -> None:
+    """Queue a run at submit time (its agent locks the ticket when it starts)."""
+    directory = os.path.join(slots_dir, "queue")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ticket_name(submitted_at, run_id)), "a", encoding="utf-8"):
+        pass
+
+
+class Ticket:
+    """A run's place in the queue of ``slots_dir``, locked by its agent."""
+
+    def __init__(self, slots_dir: str, submitted_at: float, run_id: str) -> None:
+        self.directory = os.path.join(slots_dir, "queue")
+        os.makedirs(self.directory, exist_ok=True)
+        self.name = ticket_name(submitted_at, run_id)
+        self.path = os.path.join(self.directory, self.name)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def is_first(self) -> bool:
+        """Whether no live ticket is older than this one (dead owners' tickets are removed)."""
+        for name in sorted(os.listdir(self.directory)):
+            if name >= self.name:
+                return True
+            path = os.path.join(self.directory, name)
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                age = time.time() - os.fstat(fd).st_mtime
+            except BlockingIOError:
+                return False  # an older run is waiting
+            finally:
+                os.close(fd)
+            if age < STARTUP_GRACE_SECONDS:
+                return False  # an older run whose agent is still starting
+            try:
+                os.unlink(path)  # its agent is gone
+            except FileNotFoundError:
+                pass
+        return True
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+            self.fd = -1

@@ -41,9 +41,10 @@ def _convert(hint: Any, value: Any, source: str | None, field: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(hint):
             return None
-        for option in typing.get_args(hint):
-            if option is type(None):
-                continue
+        options = [o for o in typing.get_args(hint) if o is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error says more
+            return _convert(options[0], value, source, field)
+        for option in options:
             try:
                 return _convert(option, value, source, field)
             except ConfigError:

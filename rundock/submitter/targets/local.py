@@ -22,6 +22,7 @@ import psutil
 
 import rundock
 from rundock.agent.job import JobSpec, request_cancel
+from rundock.agent.slots import Ticket, issue_ticket
 from rundock.context.run import ENV_RUN_ID
 from rundock.errors import RundockError
 from rundock.history.records import RunRecord
@@ -70,10 +71,13 @@ class LocalTarget:
                     max_run_duration_seconds=config.run_config.max_run_duration_seconds,
                     cancel_grace_seconds=config.run_config.cancel_grace_seconds,
                     heartbeat_seconds=ws.heartbeat_seconds, slots_dir=os.path.join(ws.local_root, "slots"),
-                    max_concurrent_runs=ws.max_concurrent_runs, target=NAME).save(run_dir)
+                    max_concurrent_runs=ws.max_concurrent_runs, target=NAME,
+                    submitted_at=record.created_at).save(run_dir)
+            issue_ticket(os.path.join(ws.local_root, "slots"), record.created_at, record.run_id)
             ws.store.transition(record.run_id, RunStatus.STARTING, detail="starting the local agent")
             self._spawn_agent(run_dir)
         except (OSError, RundockError) as exc:
+            Ticket(os.path.join(ws.local_root, "slots"), record.created_at, record.run_id).release()
             ws.store.transition(record.run_id, RunStatus.FAILED, detail="the agent could not be started", error={
                 "code": "SetupError", "message": f"could not start the local agent for {record.run_id}: {exc}"})
             raise RundockError(f"could not start the local agent for run {record.run_id}: {exc}") from exc

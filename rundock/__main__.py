@@ -1,0 +1,5 @@
+"""``python -m rundock``: the command line."""
+
+from rundock.submitter.cli import main
+
+main()

@@ -1,0 +1,223 @@
+"""The ``rundock`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from rundock.errors import RundockError, RunFailedError
+from rundock.history.records import iso_utc
+from rundock.runconfig.environment import Environment
+from rundock.runconfig.run_configuration import RunConfiguration
+from rundock.runconfig.script_run_config import ScriptRunConfig
+from rundock.submitter import follow
+from rundock.submitter.experiment import Experiment
+from rundock.submitter.run import Run
+from rundock.submitter.workspace import Workspace
+
+# Run ids are never cut: without a terminal, lines are as wide as they need to be.
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+
+
+def _workspace() -> Workspace:
+    return Workspace.from_config()
+
+
+def _run(run_id: str) -> Run:
+    return Run.get(_workspace(), run_id)
+
+
+def _parse_tags(values: tuple[str, ...]) -> dict[str, str | None]:
+    return {k: (v if sep else None) for k, sep, v in (t.partition("=") for t in values)}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rundock")
+def cli() -> None:
+    """Submit training scripts to compute targets and track their runs."""
+
+
+@cli.command()
+@click.option("--name", help="Workspace name (default: the folder's name).")
+def init(name: str | None) -> None:
+    """Create a workspace (.rundock/) in the current folder."""
+    ws = Workspace.create(".", name=name)
+    out.print(f"Workspace [bold]{ws.name}[/] at {ws.path} (history: {ws.history_uri})")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("source_dir", type=click.Path(file_okay=False), default=".")
+@click.option("-s", "--script", help="Script to run, relative to SOURCE_DIR.")
+@click.option("-c", "--run-config", "run_config", type=click.Path(dir_okay=False),
+              help="RunConfiguration YAML file (script, arguments, environment, limits).")
+@click.option("--environment", "environment_file", type=click.Path(dir_okay=False),
+              help="Environment YAML file.")
+@click.option("-e", "--experiment", help="Experiment name (default: SOURCE_DIR's folder name).")
+@click.option("-t", "--tag", "tags", multiple=True, help="Tag KEY or KEY=VALUE (repeatable).")
+@click.option("--max-run-duration", type=int, help="Stop the run after this many seconds.")
+@click.option("--detach", is_flag=True, help="Return once submitted instead of following the run.")
+@click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
+def submit(source_dir: str, script: str | None, run_config: str | None, environment_file: str | None,
+           experiment: str | None, tags: tuple[str, ...], max_run_duration: int | None, detach: bool,
+           arguments: tuple[str, ...]) -> None:
+    """Submit SOURCE_DIR's SCRIPT as a run; arguments after -- go to the script."""
+    config = RunConfiguration.load(run_config) if run_config else None
+    environment = None
+    if environment_file:
+        import yaml
+
+        with open(environment_file, encoding="utf-8") as fh:
+            environment = Environment.from_mapping(yaml.safe_load(fh) or {}, source=environment_file)
+    src = ScriptRunConfig(source_directory=source_dir, script=script, run_config=config,
+                          arguments=list(arguments) if arguments else None, environment=environment,
+                          max_run_duration_seconds=max_run_duration)
+    name = experiment or os.path.basename(os.path.abspath(source_dir)) or "default"
+    exp = Experiment(_workspace(), name)
+    with Progress(TextColumn("Packaging snapshot"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("snapshot", total=None)
+        run = exp.submit(src, tags=_parse_tags(tags),
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"Submitted run [bold]{run.id}[/] (experiment {name}, #{run.number})")
+    if detach:
+        out.print(run.id)
+        return
+    run.wait_for_completion(show_output=True)
+
+
+@cli.command()
+@click.option("-e", "--experiment", help="Only runs of this experiment.")
+@click.option("--status", help="Only runs with this status (e.g. Running, Failed).")
+@click.option("-t", "--tag", "tags", multiple=True, help="Only runs with tag KEY or KEY=VALUE.")
+@click.option("-n", "--limit", default=20, show_default=True, help="Show at most this many runs.")
+def runs(experiment: str | None, status: str | None, tags: tuple[str, ...], limit: int) -> None:
+    """List runs, newest first."""
+    ws = _workspace()
+    ws.store.sweep_lost()
+    records = ws.store.find_runs(experiment=experiment, status=status, tags=_parse_tags(tags) or None)
+    table = Table("run id", "experiment", "#", "status", "created", "duration", box=None)
+    from rundock.history.liveness import effective_status
+
+    now = time.time()
+    for r in records[:limit]:
+        duration = f"{(r.end_at or now) - r.start_at:.1f}s" if r.start_at else ""
+        table.add_row(r.run_id, r.experiment, str(r.number), effective_status(r, now).value,
+                      (iso_utc(r.created_at) or "")[:19], duration)
+    out.print(table)
+    if len(records) > limit:
+        console.print(f"({len(records) - limit} more; use --limit)")
+
+
+@cli.command()
+@click.argument("run_id")
+def show(run_id: str) -> None:
+    """Show a run: status, history, tags, properties, metrics, files."""
+    run = _run(run_id)
+    detailed = run.get_detailed_status()
+    details = run.get_details()
+    out.print(f"[bold]{run.id}[/] ({run.experiment.name} #{run.number}) on {details['target']}")
+    out.print(f"Status: [bold]{detailed['status']}[/]  {detailed['details']}")
+    for change in run.experiment.workspace.store.status_history(run.id):
+        out.print(f"  {iso_utc(change.at)}  {change.status.value:<15} {change.detail}")
+    for title, values in (("Tags", run.get_tags()), ("Properties", run.get_properties())):
+        if values:
+            out.print(f"{title}: " + ", ".join(f"{k}={v}" if v is not None else k for k, v in values.items()))
+    metrics = run.get_metrics()
+    if metrics:
+        out.print("Metrics:")
+        for name, value in metrics.items():
+            shown = f"[{len(value)} values] last={value[-1]!r}" if isinstance(value, list) and value else repr(value)
+            out.print(f"  {name}: {shown}")
+    files = run.get_file_names()
+    out.print(f"Files ({len(files)}):")
+    for name in files:
+        out.print(f"  {name}")
+    if "error" in details:
+        out.print(f"[red]Error:[/] {details['error']['error'].get('message')}")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing until the run ends.")
+@click.option("--name", default=follow.DRIVER_LOG, show_default=True, help="Which log.")
+def logs(run_id: str, follow_: bool, name: str) -> None:
+    """Print a run's driver log (and follow it while the run is live)."""
+    run = _run(run_id)
+    store = run.experiment.workspace.store
+    if not follow_:
+        sys.stdout.buffer.write(store.read_log(run.id, name))
+        return
+    for _record, _status, data in follow.follow(store, run.id, log_name=name):
+        if data:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def metrics(run_id: str, as_json: bool) -> None:
+    """Print a run's metrics."""
+    values = _run(run_id).get_metrics()
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+        return
+    table = Table("metric", "value", box=None)
+    for name, value in values.items():
+        table.add_row(name, json.dumps(value) if not isinstance(value, str) else value)
+    out.print(table)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("-p", "--prefix", help="Only files under this prefix (e.g. outputs/).")
+@click.option("-o", "--output-dir", default=None, help="Where to write (default: a folder named by the run id).")
+def download(run_id: str, prefix: str | None, output_dir: str | None) -> None:
+    """Download a run's files."""
+    run = _run(run_id)
+    paths = run.download_files(prefix=prefix, output_directory=output_dir or run.id)
+    for path in paths:
+        out.print(path)
+    console.print(f"{len(paths)} files downloaded")
+
+
+@cli.command()
+@click.argument("run_id")
+def cancel(run_id: str) -> None:
+    """Cancel a run (its processes get SIGTERM, then SIGKILL after the grace period)."""
+    run = _run(run_id)
+    before = run.get_status()
+    run.cancel()
+    if before in ("Completed", "Failed", "Canceled"):
+        console.print(f"Run {run.id} already ended {before}; nothing to cancel")
+    else:
+        console.print(f"Cancel requested for {run.id}; status: {run.get_status()}")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        return cli.main(args=argv, prog_name="rundock", standalone_mode=False)
+    except RunFailedError as exc:
+        console.print(f"[red]{exc}[/]")
+        sys.exit(1)
+    except (RundockError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

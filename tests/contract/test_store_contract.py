@@ -1,0 +1,183 @@
+"""The RunStore contract: every backend must pass these tests unchanged.
+
+A new backend adds itself to ``BACKENDS`` (a factory taking a temporary folder).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from rundock.errors import RunNotFoundError
+from rundock.history.backends.sqlite import SqliteRunStore
+from rundock.history.records import MetricRecord
+from rundock.history.store import RunStore, open_store
+from rundock.states import RunStatus
+
+BACKENDS: dict[str, Callable[[Path], RunStore]] = {
+    "sqlite": lambda tmp: open_store(f"sqlite:///{tmp / 'history.db'}"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunStore]:
+    backend = BACKENDS[request.param](tmp_path)
+    yield backend
+    backend.close()
+
+
+def _metric(seq: int, name: str = "loss", value: float = 0.0) -> dict[str, object]:
+    return {"seq": seq, "t": 1.0, "type": "metric", "name": name, "kind": "scalar", "value": value}
+
+
+def test_run_ids_and_numbers(store: RunStore) -> None:
+    a1, a2, b1 = store.create_run("exp-a"), store.create_run("exp-a"), store.create_run("exp-b")
+    assert re.fullmatch(r"exp-a_\d{10}_[0-9a-f]{8}", a1.run_id)
+    assert (a1.number, a2.number, b1.number) == (1, 2, 1)
+    assert a1.status == RunStatus.NOT_STARTED
+    with pytest.raises(RunNotFoundError):
+        store.get_run("nope")
+
+
+def test_transitions_go_through_the_table_and_record_times(store: RunStore) -> None:
+    run = store.create_run("e").run_id
+    for status in (RunStatus.STARTING, RunStatus.PREPARING, RunStatus.QUEUED, RunStatus.RUNNING):
+        assert store.transition(run, status, detail=f"now {status}", at=100.0 + len(status))
+    assert not store.transition(run, RunStatus.QUEUED)  # never backwards
+    assert store.transition(run, RunStatus.FAILED, detail="boom", error={"code": "UserError", "message": "x"})
+    assert not store.transition(run, RunStatus.RUNNING)  # terminal is sticky
+    assert not store.transition(run, RunStatus.COMPLETED)
+    record = store.get_run(run)
+    assert record.status == RunStatus.FAILED and record.error == {"code": "UserError", "message": "x"}
+    assert record.start_at == 100.0 + len("Running") and record.end_at is not None
+    history = store.status_history(run)
+    assert [h.status for h in history] == [RunStatus.NOT_STARTED, RunStatus.STARTING, RunStatus.PREPARING,
+                                           RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.FAILED]
+    assert history[2].detail == "now Preparing"
+
+
+def test_journal_records_apply_once(store: RunStore) -> None:
+    run = store.create_run("e").run_id
+    batch = [_metric(1, value=1.0), _metric(2, value=2.0), {"seq": 3, "t": 2.0, "type": "tags",
+                                                            "values": {"k": "v"}}]
+    assert store.apply_journal(run, 0, "job-1", batch) == 3
+    assert store.apply_journal(run, 0, "job-1", batch) == 3  # a replay changes nothing
+    assert store.apply_journal(run, 0, "job-1", [*batch[1:], _metric(4, value=4.0)]) == 4  # overlap
+    assert store.apply_journal(run, 0, "job-2", [_metric(1, value=9.0)]) == 1  # another source
+    assert store.apply_journal(run, 1, "job-1", [_metric(1, value=5.0)]) == 1  # another attempt
+    assert [m.value for m in store.get_metric_records(run, "loss")] == [1.0, 2.0, 4.0, 9.0, 5.0]
+    assert store.get_run(run).tags == {"k": "v"}
+    assert store.journal_mark(run, 0, "job-1") == 4
+
+
+def test_journal_states_and_heartbeats(store: RunStore) -> None:
+    run = store.create_run("e").run_id
+    store.apply_journal(run, 0, "agent", [
+        {"seq": 1, "t": 10.0, "type": "state", "status": "Preparing", "detail": "p"},
+        {"seq": 2, "t": 11.0, "type": "heartbeat", "interval": 2.0},
+        {"seq": 3, "t": 12.0, "type": "state", "status": "Running", "detail": "r"},
+        {"seq": 4, "t": 13.0, "type": "state", "status": "Queued", "detail": "late"},
+    ])
+    record = store.get_run(run)
+    assert record.status == RunStatus.RUNNING and record.last_heartbeat == 11.0
+    assert record.heartbeat_interval == 2.0
+
+
+def test_tags_properties_and_filters(store: RunStore) -> None:
+    a, b = store.create_run("e", tags={"team": "x"}).run_id, store.create_run("e").run_id
+    store.set_tags(b, {"team": "y", "flag": None})
+    store.add_properties(b, {"data": "v1"})
+    store.add_properties(b, {"data": "v1"})  # same value: fine
+    with pytest.raises(ValueError, match="immutable"):
+        store.add_properties(b, {"data": "v2"})
+    assert [r.run_id for r in store.find_runs(tags="team")] == [b, a]
+    assert [r.run_id for r in store.find_runs(tags={"team": "x"})] == [a]
+    assert [r.run_id for r in store.find_runs(tags="flag")] == [b]
+    assert [r.run_id for r in store.find_runs(properties={"data": "v1"})] == [b]
+    store.remove_tags(b, ["flag"])
+    assert store.get_run(b).tags == {"team": "y"}
+    store.transition(a, RunStatus.RUNNING)
+    assert [r.run_id for r in store.find_runs(status="Running")] == [a]
+
+
+def test_children_are_listed_by_parent(store: RunStore) -> None:
+    parent = store.create_run("e").run_id
+    child = store.create_run("e", parent_id=parent).run_id
+    assert [r.run_id for r in store.list_runs(parent_id=parent)] == [child]
+    assert [r.run_id for r in store.list_runs(experiment="e", include_children=False)] == [parent]
+
+
+def test_files_keep_the_latest_version(store: RunStore) -> None:
+    run = store.create_run("e").run_id
+    store.add_file(run, "outputs/m.pkl", "a" * 64, 1)
+    store.add_file(run, "outputs/m.pkl", "b" * 64, 2)
+    files = store.list_files(run)
+    assert list(files) == ["outputs/m.pkl"] and files["outputs/m.pkl"].digest == "b" * 64
+
+
+def test_live_logs_are_read_from_an_offset(store: RunStore) -> None:
+    run = store.create_run("e").run_id
+    store.append_log(run, "driver", 0, b"hello ")
+    store.append_log(run, "driver", 6, b"world\n")
+    store.append_log(run, "driver", 6, b"world\n")  # shipped twice
+    store.append_log(run, "driver", 20, b"after a gap")
+    assert store.read_log(run, "driver") == b"hello world\n"
+    assert store.read_log(run, "driver", 3) == b"lo world\n"
+    assert store.read_log(run, "driver", 12) == b""
+    assert store.log_names(run) == ["driver"]
+
+
+def test_snapshots(store: RunStore) -> None:
+    manifest = [{"path": "train.py", "digest": "c" * 64, "size": 3, "mode": 420}]
+    assert store.put_snapshot("s1", manifest) is True
+    assert store.put_snapshot("s1", manifest) is False
+    assert store.get_snapshot("s1") == manifest
+
+
+def test_sweep_fails_runs_whose_agent_is_silent(store: RunStore) -> None:
+    live, silent, waiting = (store.create_run("e").run_id for _ in range(3))
+    for run in (live, silent):
+        store.transition(run, RunStatus.RUNNING)
+    now = time.time()
+    store.heartbeat(live, 2.0, at=now)
+    store.heartbeat(silent, 2.0, at=now - 100)
+    assert store.sweep_lost(now=now, lost_after=60.0) == [silent]
+    record = store.get_run(silent)
+    assert record.status == RunStatus.FAILED and record.status_detail == "agent lost"
+    assert record.error is not None and "agent lost" in record.error["message"]
+    assert store.get_run(live).status == RunStatus.RUNNING
+    assert store.get_run(waiting).status == RunStatus.NOT_STARTED
+
+
+def test_client_metrics_batch(store: RunStore) -> None:
+    run = store.create_run("e").run_id
+    store.log_metrics(run, [MetricRecord("m", "scalar", i) for i in range(1000)])
+    assert [m.value for m in store.get_metric_records(run)] == list(range(1000))
+
+
+def _writer(path: str, run_id: str, worker: int, count: int) -> None:
+    store = SqliteRunStore(path)
+    for i in range(count):
+        store.apply_journal(run_id, 0, f"job-{worker}", [_metric(i + 1, value=float(i))])
+        store.set_tags(run_id, {f"w{worker}": str(i)})
+    store.close()
+
+
+def test_several_processes_write_at_once_without_lock_errors(tmp_path: Path) -> None:
+    path = str(tmp_path / "history.db")
+    store = SqliteRunStore(path)
+    run = store.create_run("e").run_id
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, run, w, 150)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]  # a "database is locked" error would exit 1
+    assert len(store.get_metric_records(run)) == 600
+    assert store.get_run(run).tags == {f"w{w}": "149" for w in range(4)}

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rundock.context.journal import JournalReader, JournalWriter
+
+
+def test_sequence_numbers_continue_after_reopening(tmp_path: Path) -> None:
+    first = JournalWriter(str(tmp_path), "agent")
+    assert [first.append("metric", name="a", value=i) for i in range(3)] == [1, 2, 3]
+    first.close()
+    again = JournalWriter(str(tmp_path), "agent")
+    assert again.append("metric", name="a", value=9) == 4
+
+
+def test_reader_returns_only_new_complete_records(tmp_path: Path) -> None:
+    writer = JournalWriter(str(tmp_path), "job-1")
+    reader = JournalReader(str(tmp_path))
+    writer.append("tags", values={"a": "1"})
+    assert [r["seq"] for _, r in reader.read_new()] == [1]
+    assert reader.read_new() == []
+    with open(writer.path, "ab") as fh:  # a record still being written
+        fh.write(b'{"seq": 2, "type": "tags", "val')
+    assert reader.read_new() == []
+    with open(writer.path, "ab") as fh:
+        fh.write(b'ues": {"b": "2"}}\n')
+    assert [(s, r["values"]) for s, r in reader.read_new()] == [("job-1", {"b": "2"})]
+
+
+def test_records_of_each_source_come_in_order(tmp_path: Path) -> None:
+    a, b = JournalWriter(str(tmp_path), "agent"), JournalWriter(str(tmp_path), f"job-{os.getpid()}")
+    for i in range(5):
+        a.append("heartbeat", interval=1)
+        b.append("metric", name="x", value=i)
+    records = JournalReader(str(tmp_path)).read_new()
+    for source in ("agent", f"job-{os.getpid()}"):
+        assert [r["seq"] for s, r in records if s == source] == [1, 2, 3, 4, 5]

@@ -7,7 +7,7 @@ reader decides liveness from it (see rundock.history.liveness).
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from rundock.context.journal import JournalWriter
 

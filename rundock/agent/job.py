@@ -43,7 +43,7 @@ class JobSpec:
         return path
 
     @classmethod
-    def load(cls, run_dir: str) -> "JobSpec":
+    def load(cls, run_dir: str) -> JobSpec:
         with open(os.path.join(run_dir, JOB_FILE), encoding="utf-8") as fh:
             data: dict[str, Any] = json.load(fh)
         known = {f.name for f in dataclasses.fields(cls)}

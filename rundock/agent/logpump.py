@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import BinaryIO
+from typing import IO
 
 STDERR_TAIL_BYTES = 16 * 1024
 STDERR_TAIL_LINES = 20
 
 
 class LogPump:
-    def __init__(self, stdout: BinaryIO, stderr: BinaryIO, log_path: str) -> None:
+    def __init__(self, stdout: IO[bytes], stderr: IO[bytes], log_path: str) -> None:
         self._fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
         self._tail = bytearray()
@@ -25,7 +25,7 @@ class LogPump:
         for thread in self._threads:
             thread.start()
 
-    def _pump(self, stream: BinaryIO, is_err: bool) -> None:
+    def _pump(self, stream: IO[bytes], is_err: bool) -> None:
         fd = stream.fileno()
         while data := os.read(fd, 65536):
             with self._lock:

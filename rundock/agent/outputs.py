@@ -27,7 +27,7 @@ QUIET_SECONDS = 0.5
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, collector: "OutputCollector") -> None:
+    def __init__(self, collector: OutputCollector) -> None:
         self.collector = collector
 
     def on_any_event(self, event: FileSystemEvent) -> None:

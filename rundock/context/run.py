@@ -47,7 +47,7 @@ class ExperimentRef:
 class Run:
     """A run seen from inside its own job (Azure ML's ``Run.get_context()``)."""
 
-    _context: "Run | None" = None
+    _context: Run | None = None
     _context_lock = threading.Lock()
 
     def __init__(self, run_id: str, experiment: str, emit: Emit, *, run_dir: str | None = None,
@@ -64,7 +64,7 @@ class Run:
     # -- construction ---------------------------------------------------------
     @classmethod
     def get_context(cls, allow_offline: bool = True, used_for_context_manager: bool = False,
-                    **kwargs: Any) -> "Run":
+                    **kwargs: Any) -> Run:
         """The current run inside a job; an offline run that prints outside one."""
         with cls._context_lock:
             if cls._context is None or cls._context._stale():
@@ -72,7 +72,7 @@ class Run:
             return cls._context
 
     @classmethod
-    def get_submitted_run(cls, **kwargs: Any) -> "Run":
+    def get_submitted_run(cls, **kwargs: Any) -> Run:
         """Deprecated: use ``get_context``."""
         return cls.get_context(**kwargs)
 
@@ -185,7 +185,7 @@ class Run:
     def get_status(self) -> str:
         return "Running"
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

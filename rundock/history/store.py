@@ -9,7 +9,8 @@ from __future__ import annotations
 import abc
 import secrets
 import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from rundock.errors import ConfigError
 from rundock.history import liveness
@@ -163,7 +164,7 @@ class RunStore(abc.ABC):
                         on_lost(run)
         return lost
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

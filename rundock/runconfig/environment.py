@@ -48,14 +48,14 @@ class Environment:
     environment_variables: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any], source: str | None = None, prefix: str = "") -> "Environment":
+    def from_mapping(cls, data: dict[str, Any], source: str | None = None, prefix: str = "") -> Environment:
         return from_mapping(cls, data, source=source, prefix=prefix)
 
     def to_mapping(self) -> dict[str, Any]:
         return dict(to_mapping(self))
 
     @classmethod
-    def submitting_interpreter(cls) -> "Environment":
+    def submitting_interpreter(cls) -> Environment:
         """The environment of a run submitted without one: this Python, as it is."""
         return cls(name="rundock-submitting-python",
                    python=PythonSection(user_managed_dependencies=True, interpreter_path=sys.executable))

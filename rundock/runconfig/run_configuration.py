@@ -31,7 +31,7 @@ class RunConfiguration:
         return dict(to_mapping(self))
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any], source: str | None = None) -> "RunConfiguration":
+    def from_mapping(cls, data: dict[str, Any], source: str | None = None) -> RunConfiguration:
         config = from_mapping(cls, data, source=source)
         config.validate(source)
         return config
@@ -60,7 +60,7 @@ class RunConfiguration:
         return target
 
     @classmethod
-    def load(cls, path: str | None = None, name: str | None = None) -> "RunConfiguration":
+    def load(cls, path: str | None = None, name: str | None = None) -> RunConfiguration:
         """Read a configuration written by ``save`` (or by hand); errors name the file and field."""
         source = _resolve(path or ".", name)
         try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from rundock.errors import ConfigError
 
@@ -71,9 +72,8 @@ def _convert(hint: Any, value: Any, source: str | None, field: str) -> Any:
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    elif hint is str:
-        if isinstance(value, str):
-            return value
+    elif hint is str and isinstance(value, str):
+        return value
     shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
     raise ConfigError(f"expected {_describe(hint)}, got {shown} ({type(value).__name__})", source=source,
                       field=field)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from rundock.errors import ConfigError
 from rundock.runconfig.script_run_config import ScriptRunConfig

@@ -6,10 +6,12 @@ fetch; ``refresh()`` and the ``get_*`` methods read the history again.
 
 from __future__ import annotations
 
+import builtins
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from rundock.context import run as job_side
 from rundock.context.names import artifact_name
@@ -31,14 +33,14 @@ if TYPE_CHECKING:
 class Run:
     """A run of an experiment (Azure ML's ``Run``)."""
 
-    def __init__(self, experiment: "Experiment", run_id: str, outputs: Any = None, **kwargs: Any) -> None:
+    def __init__(self, experiment: Experiment, run_id: str, outputs: Any = None, **kwargs: Any) -> None:
         self.experiment = experiment
         self._id = run_id
         self._record: RunRecord = kwargs.get("_record") or self._store.get_run(run_id)
 
     # -- construction -----------------------------------------------------------------
     @staticmethod
-    def get(workspace: "Workspace", run_id: str) -> "Run":
+    def get(workspace: Workspace, run_id: str) -> Run:
         """The run with id ``run_id`` in ``workspace``."""
         from rundock.submitter.experiment import Experiment
 
@@ -57,9 +59,9 @@ class Run:
         return job_side.Run.get_context(**kwargs)
 
     @staticmethod
-    def list(experiment: "Experiment", type: str | None = None, tags: Any = None, properties: Any = None,
+    def list(experiment: Experiment, type: str | None = None, tags: Any = None, properties: Any = None,
              status: str | None = None, include_children: bool = False,
-             _rehydrate_runs: bool = True) -> list["Run"]:
+             _rehydrate_runs: bool = True) -> builtins.list[Run]:
         """Runs of ``experiment`` matching the filters, newest first."""
         store = experiment.workspace.store
         store.sweep_lost()
@@ -121,10 +123,10 @@ class Run:
         return dict(self._record.properties)
 
     @property
-    def parent(self) -> "Run | None":
+    def parent(self) -> Run | None:
         return Run(self.experiment, self._record.parent_id) if self._record.parent_id else None
 
-    def refresh(self) -> "Run":
+    def refresh(self) -> Run:
         """Read the run again from the history."""
         from rundock.submitter.targets import get_target
 
@@ -233,7 +235,7 @@ class Run:
                 result[run_id] = metric_shapes(self._store.get_metric_records(run_id, name))
         return result
 
-    def _descendants(self) -> list[RunRecord]:
+    def _descendants(self) -> builtins.list[RunRecord]:
         found, frontier = [], [self._id]
         while frontier:
             children = [c for p in frontier for c in self._store.list_runs(parent_id=p)]
@@ -256,7 +258,7 @@ class Run:
     def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
         self._log(name, "row", dict(kwargs), description or "")
 
-    def log_table(self, name: str, value: Mapping[str, list[Any]], description: str = "") -> None:
+    def log_table(self, name: str, value: Mapping[str, builtins.list[Any]], description: str = "") -> None:
         self._log(name, "table", {k: list(v) for k, v in value.items()}, description)
 
     # -- tags and properties -----------------------------------------------------------------------
@@ -283,7 +285,7 @@ class Run:
         return self.refresh().properties
 
     # -- files ---------------------------------------------------------------------------------------
-    def get_file_names(self) -> list[str]:
+    def get_file_names(self) -> builtins.list[str]:
         """Names of the files stored with the run."""
         return sorted(self._store.list_files(self._id))
 
@@ -304,8 +306,8 @@ class Run:
         return target
 
     def download_files(self, prefix: str | None = None, output_directory: str | None = None,
-                       output_paths: list[str] | None = None, batch_size: int = 100, append_prefix: bool = True,
-                       timeout_seconds: int | None = None) -> list[str]:
+                       output_paths: builtins.list[str] | None = None, batch_size: int = 100,
+                       append_prefix: bool = True, timeout_seconds: int | None = None) -> builtins.list[str]:
         """Download every file under ``prefix`` (all files when None); return the local paths."""
         names = [n for n in self.get_file_names() if prefix is None or n.startswith(prefix)]
         if output_paths is not None and len(output_paths) != len(names):
@@ -320,7 +322,7 @@ class Run:
             out.append(self.download_file(name, target))
         return out
 
-    def get_all_logs(self, destination: str | None = None) -> list[str]:
+    def get_all_logs(self, destination: str | None = None) -> builtins.list[str]:
         """Download the run's logs (to a folder named by the run id by default)."""
         destination = destination or os.path.join(os.getcwd(), self._id)
         return [p for prefix in ("system_logs/", "logs/")

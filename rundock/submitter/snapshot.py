@@ -16,7 +16,8 @@ import json
 import os
 import stat
 import zipfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pathspec
 

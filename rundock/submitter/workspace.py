@@ -76,7 +76,7 @@ class Workspace:
         self._artifacts: ArtifactStore | None = None
 
     @classmethod
-    def from_config(cls, path: str | None = None) -> "Workspace":
+    def from_config(cls, path: str | None = None) -> Workspace:
         """The workspace of ``path`` (default: the current folder), searching parent folders."""
         start = os.path.abspath(path or os.getcwd())
         if os.path.basename(start) == WORKSPACE_DIR and os.path.isdir(start):
@@ -93,7 +93,7 @@ class Workspace:
         return cls(os.environ.get(ENV_HOME) or os.path.join(os.path.expanduser("~"), WORKSPACE_DIR))
 
     @classmethod
-    def create(cls, path: str = ".", name: str | None = None) -> "Workspace":
+    def create(cls, path: str = ".", name: str | None = None) -> Workspace:
         """Make ``<path>/.rundock`` with a config file; return its workspace."""
         folder = os.path.join(os.path.abspath(path), WORKSPACE_DIR)
         os.makedirs(folder, exist_ok=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import multiprocessing
 import re
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 

@@ -9,8 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -137,7 +137,7 @@ def test_runs_beyond_the_limit_wait_in_queued(workspace: Workspace, source: Call
     store = workspace.store
     spans = sorted((next(c.at for c in store.status_history(r.id) if c.status == RunStatus.RUNNING),
                     store.get_run(r.id).end_at or 0.0) for r in runs)
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end - 0.05, "two runs were Running at once with a limit of 1"
     assert [r.number for r in sorted(runs, key=lambda r: store.get_run(r.id).start_at or 0)] == [1, 2, 3]
 

@@ -14,7 +14,7 @@ S = RunStatus
     [S.STARTING, S.QUEUED, S.CANCEL_REQUESTED, S.FINALIZING, S.CANCELED],
 ])
 def test_healthy_paths_are_allowed(path: list[RunStatus]) -> None:
-    for current, target in zip(path, path[1:]):
+    for current, target in zip(path, path[1:], strict=False):
         assert can_transition(current, target), f"{current} -> {target}"
 
 

@@ -15,11 +15,11 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from rundock.errors import RunNotFoundError, StoreError
-from rundock.history.records import (FileRecord, JournalPlan, MetricRecord, RunRecord, StatusChange,
-                                     plan_journal)
+from rundock.history.records import FileRecord, JournalPlan, MetricRecord, RunRecord, StatusChange, plan_journal
 from rundock.history.store import RunStore, new_run_id, register_backend
 from rundock.states import RunStatus, can_transition
 
@@ -85,7 +85,7 @@ class SqliteRunStore(RunStore):
             raise StoreError(f"cannot open the run history {self.path}: {exc}") from exc
 
     @classmethod
-    def from_uri(cls, uri: str) -> "SqliteRunStore":
+    def from_uri(cls, uri: str) -> SqliteRunStore:
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri.split(":", 1)[1]
         return cls(path)
 

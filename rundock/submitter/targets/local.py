@@ -16,7 +16,8 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import psutil
 

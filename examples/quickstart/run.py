@@ -1,0 +1,34 @@
+"""Quick start: submit scripts/train.py to this machine and read back what happened."""
+
+import os
+import sys
+
+from rundock import Environment, Experiment, ScriptRunConfig, Workspace
+
+here = os.path.dirname(os.path.abspath(__file__))
+ws = Workspace.create(here)  # .rundock/ beside this file: an embedded SQLite run history
+exp = Experiment(workspace=ws, name="train-on-local")
+
+env = Environment("user-managed-env")
+env.python.user_managed_dependencies = True
+env.python.interpreter_path = sys.executable
+
+src = ScriptRunConfig(source_directory=os.path.join(here, "scripts"), script="train.py",
+                      arguments=["--alpha", 0.5], environment=env)
+run = exp.submit(src)
+run.wait_for_completion(show_output=True)
+
+print("States:")
+for change in ws.store.status_history(run.id):
+    print(f"  {change.status.value:<12} {change.detail}")
+metrics = run.get_metrics()
+print("Metrics:")
+print(f"  alpha = {metrics['alpha']}")
+print(f"  mse   = {len(metrics['mse'])} values, last {metrics['mse'][-1]:.5f}")
+print(f"  fit   = {metrics['fit']}")
+print("Files:")
+for name in run.get_file_names():
+    print(f"  {name}")
+target = run.download_file("outputs/model.pkl", os.path.join(here, "model.pkl"))
+print(f"Downloaded outputs/model.pkl to {target}")
+print(f"\nTry the CLI next:  rundock runs   |   rundock show {run.id}")

@@ -40,6 +40,18 @@ def _last_seq(path: str) -> int:
     return 0
 
 
+def read_from(path: str, offset: int, limit: int = -1) -> bytes:
+    """The bytes of ``path`` after ``offset`` (at most ``limit``); empty if none or no file."""
+    try:
+        if os.path.getsize(path) <= offset:
+            return b""
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
 class JournalWriter:
     """Appends records for one source; safe to share between threads."""
 
@@ -89,14 +101,7 @@ class JournalReader:
             source = name[: -len(_SUFFIX)]
             path = os.path.join(self.directory, name)
             offset = self._offsets.get(source, 0)
-            try:
-                if os.path.getsize(path) <= offset:
-                    continue
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read()
-            except FileNotFoundError:
-                continue
+            data = read_from(path, offset)
             end = data.rfind(b"\n") + 1  # a trailing partial record waits for its newline
             self._offsets[source] = offset + end
             for line in data[:end].splitlines():

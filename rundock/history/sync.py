@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Any
 
-from rundock.context.journal import JournalReader
+from rundock.context.journal import JournalReader, read_from
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import RunStore
 
@@ -73,16 +73,9 @@ class Syncer:
         for name in names:
             path = os.path.join(directory, name)
             offset = self._log_offsets.get(name, 0)
-            try:
-                if os.path.getsize(path) <= offset:
-                    continue
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    while data := fh.read(MAX_LOG_CHUNK):
-                        self.store.append_log(self.run_id, f"{SYSTEM_LOGS_DIR}/{name}", offset, data)
-                        offset += len(data)
-            except FileNotFoundError:
-                continue
+            while data := read_from(path, offset, MAX_LOG_CHUNK):
+                self.store.append_log(self.run_id, f"{SYSTEM_LOGS_DIR}/{name}", offset, data)
+                offset += len(data)
             self._log_offsets[name] = offset
 
     # -- background loop ------------------------------------------------------------------

@@ -19,6 +19,7 @@ _EXPORTS = {
     "RunConfiguration": "rundock.runconfig.run_configuration",
     "ScriptRunConfig": "rundock.runconfig.script_run_config",
     "RunStatus": "rundock.states",
+    "Model": "rundock.submitter.model",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

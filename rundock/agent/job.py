@@ -7,8 +7,9 @@ import json
 import os
 from typing import Any
 
+from rundock.context.run import CANCEL_FILE
+
 JOB_FILE = "job.json"
-CANCEL_FILE = "cancel_requested"
 
 
 @dataclasses.dataclass
@@ -33,6 +34,7 @@ class JobSpec:
     max_concurrent_runs: int = 1
     target: str = "local"
     submitted_at: float = 0.0
+    secrets_file: str | None = None
 
     def save(self, run_dir: str) -> str:
         path = os.path.join(run_dir, JOB_FILE)

@@ -14,7 +14,44 @@ import tempfile
 import rundock
 
 _FILES = ("__init__.py", "states.py", "context/__init__.py", "context/journal.py", "context/names.py",
-          "context/run.py")
+          "context/recorder.py", "context/run.py", "context/schemas.py")
+
+
+_SHIM_RUN = """\"\"\"rundock's stand-in for Azure ML inside a job: Run maps onto rundock's job-side run.\"\"\"
+
+from rundock.context.run import Run
+
+__all__ = ["Run"]
+"""
+
+SHIM = {
+    "azureml/__init__.py": "",
+    "azureml/core/__init__.py": _SHIM_RUN,
+    "azureml/core/run.py": _SHIM_RUN,
+}
+
+
+def ensure_azureml_shim(root: str) -> str:
+    """A folder holding the ``azureml.core`` shim; put it on PYTHONPATH after the job lib."""
+    digest = hashlib.sha256(repr(sorted(SHIM.items())).encode()).hexdigest()[:12]
+    target = os.path.join(root, f"azureml-shim-{digest}")
+    if not os.path.isdir(target):
+        _build(root, target, {k: v.encode() for k, v in SHIM.items()})
+    return target
+
+
+def _build(root: str, target: str, contents: dict[str, bytes]) -> None:
+    os.makedirs(root, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=root, prefix=".building-")
+    for rel, data in contents.items():
+        path = os.path.join(staging, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(data)
+    try:
+        os.rename(staging, target)
+    except OSError:  # another agent built it first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def ensure_job_lib(root: str) -> str:
@@ -27,17 +64,6 @@ def ensure_job_lib(root: str) -> str:
             contents[rel] = fh.read()
         digest.update(rel.encode() + b"\0" + contents[rel])
     target = os.path.join(root, digest.hexdigest()[:16])
-    if os.path.isdir(target):
-        return target
-    os.makedirs(root, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=root, prefix=".building-")
-    for rel, data in contents.items():
-        path = os.path.join(staging, "rundock", rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as fh:
-            fh.write(data)
-    try:
-        os.rename(staging, target)
-    except OSError:  # another agent built it first
-        shutil.rmtree(staging, ignore_errors=True)
+    if not os.path.isdir(target):
+        _build(root, target, {f"rundock/{rel}": data for rel, data in contents.items()})
     return target

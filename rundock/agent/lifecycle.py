@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from typing import Any
@@ -28,7 +29,7 @@ from rundock.agent.cancel import become_subreaper
 from rundock.agent.executors.process import ProcessExecutor
 from rundock.agent.heartbeat import Heartbeat
 from rundock.agent.job import JobSpec, cancel_requested
-from rundock.agent.joblib import ensure_job_lib
+from rundock.agent.joblib import ensure_azureml_shim, ensure_job_lib
 from rundock.agent.materialize import materialize
 from rundock.agent.outputs import OutputCollector
 from rundock.agent.slots import Slot, Ticket, try_acquire
@@ -44,6 +45,10 @@ log = logging.getLogger("rundock.agent")
 POLL_SECONDS = 0.1
 DRIVER_LOG = "driver_log.txt"
 PREPARE_LOG = "prepare_log.txt"
+SECRETS_FILE = "secrets.json"
+_HAS_AZUREML = ("import importlib.util, sys\n"
+                "try:\n    found = importlib.util.find_spec('azureml.core') is not None\n"
+                "except ImportError:\n    found = False\nsys.exit(0 if found else 1)\n")
 
 
 @dataclasses.dataclass
@@ -71,6 +76,8 @@ class Agent:
         self.heartbeat = Heartbeat(self.journal, self.spec.heartbeat_seconds, on_beat=self.syncer.poke)
         self.collector = OutputCollector(self.src, self.artifacts, self.journal)
         self.executor: ProcessExecutor | None = None
+        self.azureml_shim = False
+        self.secrets: dict[str, str] = {}
         self.slot: Slot | None = None
         self.slots_dir = self.spec.slots_dir or os.path.join(os.path.dirname(self.run_dir), ".slots")
         self.ticket = Ticket(self.slots_dir, self.spec.submitted_at, self.spec.run_id)
@@ -103,6 +110,10 @@ class Agent:
                                f"{socket.gethostname()}; set environment.python.interpreter_path to an "
                                "existing interpreter (for example the output of `which python3`)")
         self.note(PREPARE_LOG, f"interpreter: {interpreter}")
+        probe = subprocess.run([interpreter, "-c", _HAS_AZUREML], capture_output=True, timeout=60)
+        self.azureml_shim = probe.returncode != 0
+        self.note(PREPARE_LOG, "azureml.core: " + ("not installed; rundock's shim is on the path" if self.azureml_shim
+                                                   else "installed in the environment; used as is"))
         script = os.path.join(self.src, spec.script)
         argv = [interpreter, script] if spec.script.endswith(".py") or not os.access(script, os.X_OK) else [script]
         return argv + [str(a) for a in spec.arguments]
@@ -132,15 +143,28 @@ class Agent:
         spec = self.spec
         env = dict(os.environ)
         env.update(spec.environment_variables)
-        lib = ensure_job_lib(os.path.join(os.path.dirname(os.path.dirname(self.run_dir)), "lib"))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH", "")) if p)
+        lib_root = os.path.join(os.path.dirname(os.path.dirname(self.run_dir)), "lib")
+        paths = [ensure_job_lib(lib_root)]
+        if self.azureml_shim:
+            paths.append(ensure_azureml_shim(lib_root))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (*paths, env.get("PYTHONPATH", "")) if p)
+        if spec.secrets_file and os.path.exists(spec.secrets_file):
+            with open(spec.secrets_file, encoding="utf-8") as fh:
+                self.secrets = json.load(fh)
+            path = os.path.join(self.run_dir, SECRETS_FILE)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(self.secrets, out)
+            env[ctx.ENV_SECRETS_FILE] = path
         env.update({ctx.ENV_RUN_ID: spec.run_id, ctx.ENV_RUN_DIR: self.run_dir, ctx.ENV_EXPERIMENT: spec.experiment,
                     ctx.ENV_DISPLAY_NAME: spec.display_name or spec.run_id, "PYTHONUNBUFFERED": "1"})
         return env
 
     def execute(self, argv: list[str]) -> Outcome:
         spec = self.spec
-        self.executor = ProcessExecutor(argv, self.src, self.job_env(), os.path.join(self.logs_dir, DRIVER_LOG))
+        env = self.job_env()
+        self.executor = ProcessExecutor(argv, self.src, env, os.path.join(self.logs_dir, DRIVER_LOG),
+                                        list(self.secrets.values()))
         self.collector.start()
         self.executor.start()
         with open(os.path.join(self.run_dir, "processes.json"), "w", encoding="utf-8") as fh:
@@ -186,13 +210,24 @@ class Agent:
         self.note("finalize_log.txt", f"final scan stored {stored} changed files; ending {outcome.status.value}")
         for name in sorted(os.listdir(self.logs_dir)):
             self.collector.store_as(os.path.join(self.logs_dir, name), f"{SYSTEM_LOGS_DIR}/{name}")
+        secrets = os.path.join(self.run_dir, SECRETS_FILE)
+        if os.path.exists(secrets):
+            os.unlink(secrets)
         self.syncer.sync_once()  # every file record reaches the history before the terminal status
+        self.end_open_children(outcome)
         self.heartbeat.stop()
         self.state(outcome.status, outcome.detail, outcome.error)
         self.syncer.stop()
         self.ticket.release()
         if self.slot is not None:
             self.slot.release()
+
+    def end_open_children(self, outcome: Outcome) -> None:
+        """Children the job created and left open end with their parent's status."""
+        for child in self.store.list_runs(parent_id=self.spec.run_id, run_type="rundock.childrun"):
+            if not child.status.is_terminal:
+                self.store.transition(child.run_id, outcome.status, detail="its parent run ended "
+                                      f"{outcome.status.value} while it was still open")
 
     def run(self) -> Outcome:
         become_subreaper()

@@ -8,26 +8,26 @@ ships to the run history; outside a job the run is offline and prints.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import sys
 import threading
 import uuid
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from rundock.context.journal import JournalWriter
-from rundock.context.names import artifact_name, metric_name
+from rundock.context.recorder import PathOrStream, RunRecorder, child_tags
 
 ENV_RUN_ID = "RUNDOCK_RUN_ID"
 ENV_RUN_DIR = "RUNDOCK_RUN_DIR"
 ENV_EXPERIMENT = "RUNDOCK_EXPERIMENT"
 ENV_DISPLAY_NAME = "RUNDOCK_DISPLAY_NAME"
+ENV_SECRETS_FILE = "RUNDOCK_SECRETS_FILE"
 UPLOADS_DIR = "uploads"
 FAIL_FILE = "fail_requested.json"
+CANCEL_FILE = "cancel_requested"
 
-_SCALARS = (int, float, bool, str)
 Emit = Callable[..., None]
 
 
@@ -44,24 +44,25 @@ class ExperimentRef:
         return f"Experiment(name={self.name!r})"
 
 
-class Run:
+class Run(RunRecorder):
     """A run seen from inside its own job (Azure ML's ``Run.get_context()``)."""
 
     _context: Run | None = None
     _context_lock = threading.Lock()
 
     def __init__(self, run_id: str, experiment: str, emit: Emit, *, run_dir: str | None = None,
-                 display_name: str | None = None) -> None:
+                 display_name: str | None = None, parent: Run | None = None,
+                 outputs: str | None = None) -> None:
+        super().__init__()
         self.id = run_id
         self.experiment = ExperimentRef(experiment)
         self.display_name = display_name or run_id
         self.run_dir = run_dir
-        self._emit = emit
-        self._steps: dict[str, bool] = {}
-        self._tags: dict[str, str | None] = {}
-        self._properties: dict[str, str] = {}
+        self.parent = parent
+        self._outputs = outputs
+        self._write = emit
 
-    # -- construction ---------------------------------------------------------
+    # -- construction ---------------------------------------------------------------------
     @classmethod
     def get_context(cls, allow_offline: bool = True, used_for_context_manager: bool = False,
                     **kwargs: Any) -> Run:
@@ -84,82 +85,13 @@ class Run:
         """Deprecated: use ``display_name``."""
         return self.display_name
 
-    # -- metrics --------------------------------------------------------------
-    def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
-        """Log a scalar; calling again with the same name builds a list."""
-        metric_name(name)
-        if not isinstance(value, _SCALARS) and value is not None:
-            raise TypeError(f"metric {name!r}: log() takes a number, bool or string, not {type(value).__name__}; "
-                            "use log_list or log_table for collections")
-        has_step = step is not None
-        if self._steps.setdefault(name, has_step) != has_step:
-            raise ValueError(f"metric {name!r}: give 'step' for every value of a metric or for none")
-        fields: dict[str, Any] = {"name": name, "kind": "scalar", "value": value}
-        if has_step:
-            fields["step"] = int(step)  # type: ignore[arg-type]
-        if description:
-            fields["description"] = description
-        self._emit("metric", **fields)
+    # -- recording ----------------------------------------------------------------------------
+    def _emit(self, record_type: str, /, **fields: Any) -> None:
+        self._write(record_type, **fields)
 
-    def log_list(self, name: str, value: list[Any], description: str = "") -> None:
-        """Log a list of values as one metric."""
-        metric_name(name)
-        values = list(value)
-        if any(not isinstance(v, _SCALARS) and v is not None for v in values):
-            raise TypeError(f"metric {name!r}: log_list takes a list of numbers, bools or strings")
-        self._emit("metric", name=name, kind="list", value=values, description=description)
-
-    def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
-        """Log one row of a table metric; each keyword is a column."""
-        metric_name(name)
-        if not kwargs:
-            raise ValueError(f"metric {name!r}: log_row needs at least one column, e.g. log_row(name, x=1)")
-        self._emit("metric", name=name, kind="row", value=dict(kwargs), description=description or "")
-
-    def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
-        """Log a table: a dict of columns (lists of equal length)."""
-        metric_name(name)
-        if not isinstance(value, dict) or not all(isinstance(c, (list, tuple)) for c in value.values()):
-            raise TypeError(f"metric {name!r}: log_table takes a dict of columns, e.g. {{'x': [1, 2]}}")
-        lengths = {len(c) for c in value.values()}
-        if len(lengths) > 1:
-            raise ValueError(f"metric {name!r}: table columns have different lengths {sorted(lengths)}")
-        self._emit("metric", name=name, kind="table", value={k: list(v) for k, v in value.items()},
-                   description=description)
-
-    # -- tags and properties ----------------------------------------------------
-    def tag(self, key: str, value: str | None = None) -> None:
-        """Set one mutable tag."""
-        self.set_tags({key: value})
-
-    def set_tags(self, tags: dict[str, Any] | str) -> None:
-        """Add or change tags; a string is a tag with value None."""
-        values = {tags: None} if isinstance(tags, str) else dict(tags)
-        values = {str(k): (None if v is None else str(v)) for k, v in values.items()}
-        self._tags.update(values)
-        self._emit("tags", values=values)
-
-    def get_tags(self) -> dict[str, str | None]:
-        """The tags this process has set."""
-        return dict(self._tags)
-
-    def add_properties(self, properties: dict[str, Any]) -> None:
-        """Add immutable properties (an existing key cannot get a new value)."""
-        values = {str(k): str(v) for k, v in properties.items()}
-        for key, val in values.items():
-            if key in self._properties and self._properties[key] != val:
-                raise ValueError(f"property {key!r} is already {self._properties[key]!r}; properties are immutable")
-        self._properties.update(values)
-        self._emit("properties", values=values)
-
-    # -- files ----------------------------------------------------------------
-    def upload_file(self, name: str, path_or_stream: str | os.PathLike[str] | IO[bytes],
-                    datastore_name: str | None = None) -> None:
-        """Store a local file (or a binary stream) with the run under ``name``."""
-        clean = artifact_name(name)
-        if self.run_dir is None:
-            self._emit("file", name=clean, path=str(path_or_stream))
-            return
+    def _stage_file(self, path_or_stream: PathOrStream) -> dict[str, Any]:
+        if self.run_dir is None:  # offline: nothing to keep
+            return {"path": str(path_or_stream)}
         staged = os.path.join(UPLOADS_DIR, uuid.uuid4().hex)
         target = os.path.join(self.run_dir, staged)
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -168,22 +100,103 @@ class Run:
         else:
             with open(target, "wb") as out:
                 shutil.copyfileobj(path_or_stream, out)
-        self._emit("file", name=clean, path=staged)
+        return {"path": staged}
 
-    # -- lifecycle --------------------------------------------------------------
+    def get_tags(self) -> dict[str, str | None]:
+        """The tags set from this process."""
+        return dict(self._tags)
+
+    def get_properties(self) -> dict[str, str]:
+        """The properties set from this process."""
+        return dict(self._properties)
+
+    # -- child runs ------------------------------------------------------------------------------
+    def child_run(self, name: str | None = None, run_id: str | None = None,
+                  outputs: str | None = None) -> Run:
+        """A started child run; its ``outputs`` folder is stored with it when it completes."""
+        return self._new_child(name, run_id, outputs, {})
+
+    def create_children(self, count: int | None = None, tag_key: str | None = None,
+                        tag_values: list[str] | None = None) -> list[Run]:
+        """Several started children: ``count`` of them, or one per value of ``tag_values``."""
+        return [self._new_child(None, None, None, tags) for tags in child_tags(count, tag_key, tag_values)]
+
+    def _new_child(self, name: str | None, run_id: str | None, outputs: str | None,
+                   tags: dict[str, str]) -> Run:
+        child_id = run_id or f"{self.id}_{uuid.uuid4().hex[:8]}"
+        parent_write = self._write
+
+        def write(record_type: str, /, **fields: Any) -> None:
+            parent_write(record_type, **{"run": child_id, **fields})
+
+        write("child", parent=self.id, name=name, tags=tags)
+        child = Run(child_id, self.experiment.name, write, run_dir=self.run_dir, display_name=name, parent=self,
+                    outputs=outputs)
+        child._tags.update(tags)
+        return child
+
+    def submit_child(self, config: Any, tags: dict[str, str] | None = None, **kwargs: Any) -> Run:
+        """Submitting jobs from inside a job is not available; submit children from the client."""
+        raise RuntimeError("submit_child() is not available inside a job; from the submitting side call "
+                           f"Run.get(workspace, {self.id!r}).submit_child(config)")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Mark the run Running (a job's own run already is)."""
+        self._emit("state", status="Running", detail="started")
+
     def flush(self, timeout_seconds: int = 300) -> None:
         """Records are durable when written; nothing waits in a queue."""
 
     def complete(self, _set_status: bool = True) -> None:
-        """Inside a job the agent marks the run Completed when the script exits 0."""
-        self.flush()
+        """A child: store its outputs folder and mark it Completed. The job's own run ends when the script exits."""
+        if self.parent is None:
+            return
+        if self._outputs and os.path.isdir(self._outputs):
+            self.upload_folder("outputs", self._outputs)
+        if _set_status:
+            self._emit("state", status="Completed", detail="child run completed")
 
     def fail(self, error_details: Any = None, error_code: str | None = None, _set_status: bool = True) -> None:
-        """Ask for the run to end Failed with these details, even if the script exits 0."""
-        self._emit("fail", message=str(error_details or "run.fail() was called"), code=error_code or "UserError")
+        """Mark the run Failed with these details (the job's own run: once the script exits)."""
+        error = {"code": error_code or "UserError", "message": str(error_details or "run.fail() was called")}
+        if self.parent is None and self.run_dir is not None:  # the agent ends the run after storing outputs
+            path = os.path.join(self.run_dir, FAIL_FILE)
+            with open(path + ".tmp", "w", encoding="utf-8") as fh:
+                json.dump(error, fh)
+            os.replace(path + ".tmp", path)
+        elif _set_status:
+            self._emit("state", status="Failed", detail="run.fail() was called", error=error)
+
+    def cancel(self) -> None:
+        """Cancel this run: a child at once; the job's own run through its agent."""
+        if self.parent is not None:
+            self._emit("state", status="Canceled", detail="canceled by its job")
+        elif self.run_dir is not None:
+            with open(os.path.join(self.run_dir, CANCEL_FILE), "a", encoding="utf-8"):
+                pass
 
     def get_status(self) -> str:
         return "Running"
+
+    # -- secrets --------------------------------------------------------------------------------
+    def get_secret(self, name: str) -> str:
+        """The value of the workspace secret ``name``."""
+        value = self.get_secrets([name])[name]
+        if value is None:
+            raise KeyError(f"no secret {name!r} in the workspace; add it with `rundock secret set {name}`")
+        return value
+
+    def get_secrets(self, secrets: list[str]) -> dict[str, str | None]:
+        """Values of the named secrets; None for each name not found."""
+        path = os.environ.get(ENV_SECRETS_FILE)
+        known: dict[str, str] = {}
+        if path and os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                known = json.load(fh)
+        elif self.run_dir is None:  # offline: secrets come from the environment
+            known = {name: os.environ[name] for name in secrets if name in os.environ}
+        return {name: known.get(name) for name in secrets}
 
     def __enter__(self) -> Run:
         return self
@@ -191,44 +204,41 @@ class Run:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc is not None:
             self.fail(error_details=repr(exc))
-        self.complete()
+        else:
+            self.complete()
 
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, experiment={self.experiment.name!r})"
 
 
 class _LiveRun(Run):
-    """A run inside a job; reopens its journal in forked children."""
-
-    def _stale(self) -> bool:
-        return self._pid != os.getpid()
+    """The job's own run; a forked child process writes its own journal file."""
 
     def __init__(self, run_id: str, experiment: str, run_dir: str, display_name: str | None) -> None:
         self._pid = os.getpid()
         self._writer = JournalWriter(run_dir, f"job-{self._pid}")
-        super().__init__(run_id, experiment, self._write, run_dir=run_dir, display_name=display_name)
+        super().__init__(run_id, experiment, self._journal, run_dir=run_dir, display_name=display_name)
 
-    def _write(self, record_type: str, /, **fields: Any) -> None:
-        if self._pid != os.getpid():  # a forked child writes its own journal file
+    def _stale(self) -> bool:
+        return self._pid != os.getpid()
+
+    def _journal(self, record_type: str, /, **fields: Any) -> None:
+        if self._pid != os.getpid():
             self._pid = os.getpid()
             self._writer = JournalWriter(self.run_dir or ".", f"job-{self._pid}")
-        if record_type == "fail":  # the agent reads this when the script exits
-            path = os.path.join(self.run_dir or ".", FAIL_FILE)
-            with open(path + ".tmp", "w", encoding="utf-8") as fh:
-                json.dump({"code": fields["code"], "message": fields["message"]}, fh)
-            os.replace(path + ".tmp", path)
         self._writer.append(record_type, **fields)
 
 
 def _print_record(record_type: str, /, **fields: Any) -> None:
-    out = io.StringIO()
     if record_type == "metric":
-        print(f"Attempted to log {fields['kind']} metric {fields['name']}:\n{fields['value']}", file=out)
+        text = f"Attempted to log {fields['kind']} metric {fields['name']}:\n{fields['value']}"
     elif record_type == "file":
-        print(f"Attempted to upload file {fields['path']} as {fields['name']}", file=out)
+        text = f"Attempted to upload file {fields.get('path')} as {fields['name']}"
+    elif record_type == "child":
+        text = f"Attempted to create child run {fields.get('run')}"
     else:
-        print(f"Attempted to set {record_type}: {fields.get('values', fields)}", file=out)
-    sys.stdout.write(out.getvalue())
+        text = f"Attempted to set {record_type}: {fields.get('values', fields)}"
+    sys.stdout.write(text + "\n")
 
 
 def _from_environment(allow_offline: bool) -> Run:

@@ -10,7 +10,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from typing import BinaryIO
+from typing import IO
 
 _CHUNK = 1 << 20
 
@@ -51,7 +51,7 @@ class ArtifactStore:
         with open(source, "rb") as fh:
             return self.put_stream(fh)
 
-    def put_stream(self, stream: BinaryIO) -> tuple[str, int, bool]:
+    def put_stream(self, stream: IO[bytes]) -> tuple[str, int, bool]:
         digest = hashlib.sha256()
         size = 0
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")

@@ -31,8 +31,12 @@ def lost_after_seconds() -> float:
         return DEFAULT_LOST_AFTER
 
 
+# Only script runs have an agent; interactive runs and children created by a job do not beat.
+AGENT_RUN_TYPE = "rundock.scriptrun"
+
+
 def _silent_for(run: RunRecord, now: float) -> float | None:
-    if run.status not in AGENT_OWNED or run.target == "sdk":
+    if run.status not in AGENT_OWNED or run.run_type != AGENT_RUN_TYPE:
         return None
     last = run.last_heartbeat if run.last_heartbeat is not None else run.created_at
     return now - last

@@ -72,6 +72,23 @@ class FileRecord:
 
 
 @dataclasses.dataclass
+class ModelRecord:
+    """One registered version of a model: files of a run, by content."""
+
+    name: str
+    version: int
+    run_id: str | None
+    path: str
+    files: list[dict[str, Any]]
+    created_at: float
+    tags: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    properties: dict[str, str] = dataclasses.field(default_factory=dict)
+    framework: str | None = None
+    framework_version: str | None = None
+    description: str | None = None
+
+
+@dataclasses.dataclass
 class JournalPlan:
     """What a batch of journal records does to a run, in application order."""
 
@@ -82,10 +99,14 @@ class JournalPlan:
     files: list[FileRecord] = dataclasses.field(default_factory=list)
     states: list[tuple[RunStatus, float, str, dict[str, Any] | None]] = dataclasses.field(default_factory=list)
     heartbeat: tuple[float, float] | None = None
+    create: dict[str, Any] | None = None  # a child run created by its job
 
 
 def plan_journal(records: list[dict[str, Any]], after_seq: int) -> JournalPlan:
     """Turn journal records with ``seq > after_seq`` into a plan (pure, no I/O).
+
+    The records are those of one run: the syncer routes records that name
+    another run (``"run"``: a child created by the job) to that run.
 
     File records must already carry ``digest`` and ``size`` (the syncer
     ingests staged paths into the artifact store before planning).
@@ -111,4 +132,8 @@ def plan_journal(records: list[dict[str, Any]], after_seq: int) -> JournalPlan:
             plan.states.append((RunStatus(rec["status"]), at, rec.get("detail", ""), rec.get("error")))
         elif kind == "heartbeat":
             plan.heartbeat = (at, float(rec["interval"]))
+        elif kind == "child":
+            plan.create = {"parent": rec["parent"], "name": rec.get("name"), "at": at}
+            plan.tags.update(rec.get("tags") or {})
+            plan.states.append((RunStatus.RUNNING, at, "child run started by its job", None))
     return plan

@@ -14,7 +14,7 @@ from typing import Any
 
 from rundock.errors import ConfigError
 from rundock.history import liveness
-from rundock.history.records import FileRecord, JournalPlan, MetricRecord, RunRecord, StatusChange
+from rundock.history.records import FileRecord, JournalPlan, MetricRecord, ModelRecord, RunRecord, StatusChange
 from rundock.states import RunStatus
 
 Filter = str | Mapping[str, Any] | None
@@ -51,7 +51,7 @@ class RunStore(abc.ABC):
 
     @abc.abstractmethod
     def update_run(self, run_id: str, *, display_name: str | None = None, description: str | None = None,
-                   run_dir: str | None = None) -> None:
+                   run_dir: str | None = None, snapshot_id: str | None = None) -> None:
         """Change a run's mutable attributes."""
 
     @abc.abstractmethod
@@ -70,7 +70,9 @@ class RunStore(abc.ABC):
 
         In the same transaction the mark for (run, attempt, source) moves to the
         highest sequence number applied, so shipping a record twice is harmless.
-        Returns the new mark.
+        Records of a child that does not exist yet create it (from a ``child``
+        record); other records for an unknown run raise RunNotFoundError and
+        leave the mark where it was. Returns the new mark.
         """
 
     @abc.abstractmethod
@@ -114,6 +116,22 @@ class RunStore(abc.ABC):
     def get_snapshot(self, snapshot_id: str) -> list[dict[str, Any]]:
         """A snapshot's manifest (path, digest, size, mode per file)."""
 
+    # -- models --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def register_model(self, name: str, *, run_id: str | None, path: str, files: list[dict[str, Any]],
+                       tags: Mapping[str, str | None] | None = None, properties: Mapping[str, str] | None = None,
+                       framework: str | None = None, framework_version: str | None = None,
+                       description: str | None = None) -> ModelRecord:
+        """Add the next version (1, 2, 3...) of model ``name``."""
+
+    @abc.abstractmethod
+    def get_model(self, name: str, version: int | None = None) -> ModelRecord:
+        """A model version (the latest when ``version`` is None); KeyError if missing."""
+
+    @abc.abstractmethod
+    def list_models(self, name: str | None = None) -> list[ModelRecord]:
+        """Model versions, newest first."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
@@ -146,6 +164,12 @@ class RunStore(abc.ABC):
         """``list_runs`` plus tag/property filters: ``"key"`` or ``{"key": "value"}``."""
         runs = self.list_runs(statuses=[status] if status else None, **filters)
         return [r for r in runs if _matches(r.tags, tags) and _matches(r.properties, properties)]
+
+    def find_models(self, name: str | None = None, tags: Filter = None, properties: Filter = None,
+                    run_id: str | None = None) -> list[ModelRecord]:
+        """``list_models`` with tag, property and run filters."""
+        return [m for m in self.list_models(name) if _matches(m.tags, tags) and _matches(m.properties, properties)
+                and (run_id is None or m.run_id == run_id)]
 
     def sweep_lost(self, now: float | None = None, lost_after: float | None = None,
                    on_lost: Callable[[RunRecord], None] | None = None) -> list[str]:

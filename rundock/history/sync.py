@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from rundock.context.journal import JournalReader, read_from
+from rundock.errors import RunNotFoundError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import RunStore
 
@@ -33,6 +34,7 @@ class Syncer:
         self.artifacts = artifacts
         self._journal = JournalReader(run_dir)
         self._log_offsets: dict[str, int] = {}
+        self._waiting: list[tuple[str, dict[str, Any]]] = []  # records of a child not created yet
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -43,15 +45,26 @@ class Syncer:
         """Ship what is new; return the number of journal records read."""
         with self._lock:
             records = self._journal.read_new()
-            by_source: dict[str, list[dict[str, Any]]] = {}
-            for source, rec in records:
+            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for source, rec in [*self._waiting, *records]:
                 if rec.get("type") == "file" and "digest" not in rec:
                     self._ingest(rec)
-                by_source.setdefault(source, []).append(rec)
-            for source, recs in by_source.items():
-                self.store.apply_journal(self.run_id, self.attempt, source, recs)
+                groups.setdefault((source, rec.get("run", self.run_id)), []).append(rec)
+            self._waiting = []
+            for (source, run_id), recs in groups.items():
+                try:
+                    self.store.apply_journal(run_id, self.attempt, source, recs)
+                except RunNotFoundError:  # a child whose creating record is in another source's file
+                    if run_id == self.run_id:
+                        raise
+                    self._waiting.extend((source, r) for r in recs)
             self._ship_logs()
             return len(records)
+
+    @property
+    def pending(self) -> int:
+        """Records held back until the child run they belong to exists."""
+        return len(self._waiting)
 
     def _ingest(self, rec: dict[str, Any]) -> None:
         path = rec.get("path", "")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from rundock.errors import ConfigError
 from rundock.runconfig.script_run_config import ScriptRunConfig
+from rundock.states import RunStatus
 from rundock.submitter.run import Run
 from rundock.submitter.snapshot import Progress
 from rundock.submitter.targets import get_target
@@ -33,8 +36,27 @@ class Experiment:
             raise ConfigError(f"submit() takes a ScriptRunConfig, not {type(config).__name__}", field="config")
         target = get_target(self.workspace, config.run_config.target)
         record = target.submit(self.name, config, tags=tags, display_name=kwargs.get("display_name"),
-                               description=kwargs.get("description"), progress=progress)
+                               description=kwargs.get("description"), progress=progress,
+                               parent_id=kwargs.get("_parent_id"))
         return Run(self, record.run_id, _record=record)
+
+    def start_logging(self, *args: Any, outputs: str | None = None, snapshot_directory: str | None = None,
+                      display_name: str | None = None, tags: Mapping[str, Any] | None = None,
+                      **kwargs: Any) -> Run:
+        """An interactive run (a notebook, no job): Running now, completed with ``run.complete()``.
+
+        The ``outputs`` folder (default ``./outputs``) is stored when the run completes;
+        ``snapshot_directory`` is stored as the run's snapshot.
+        """
+        store = self.workspace.store
+        record = store.create_run(self.name, run_type="rundock.interactive", target="sdk", display_name=display_name,
+                                  submitted_by=getpass.getuser(),
+                                  tags={k: None if v is None else str(v) for k, v in (tags or {}).items()})
+        store.transition(record.run_id, RunStatus.RUNNING, detail="interactive run started")
+        run = Run(self, record.run_id, outputs=outputs or os.path.join(os.getcwd(), "outputs"))
+        if snapshot_directory is not None:
+            run.take_snapshot(snapshot_directory)
+        return run
 
     def get_runs(self, type: str | None = None, tags: Any = None, properties: Any = None,
                  include_children: bool = False) -> list[Run]:

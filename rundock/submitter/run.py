@@ -1,7 +1,9 @@
 """The client ``Run``: a snapshot of a run in the history, with Azure ML v1's methods.
 
 Attributes (``status``, ``tags``, ``properties``...) are read from the last
-fetch; ``refresh()`` and the ``get_*`` methods read the history again.
+fetch; ``refresh()`` and the ``get_*`` methods read the history again. The
+logging, tagging and upload methods are shared with the job side
+(``RunRecorder``); here they change the history directly.
 """
 
 from __future__ import annotations
@@ -10,32 +12,44 @@ import builtins
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rundock.context import run as job_side
 from rundock.context.names import artifact_name
+from rundock.context.recorder import PathOrStream, RunRecorder, child_tags
 from rundock.errors import RunFailedError
 from rundock.history import liveness
 from rundock.history.artifacts import sha256_file
 from rundock.history.metrics import check_steps, metric_shapes
-from rundock.history.records import MetricRecord, RunRecord, iso_utc
+from rundock.history.records import RunRecord, iso_utc, plan_journal
 from rundock.history.store import RunStore
+from rundock.runconfig.environment import Environment
 from rundock.states import RunStatus
 from rundock.submitter import follow
-from rundock.submitter.snapshot import write_zip
+from rundock.submitter.model import Model, _str_tags, model_files
+from rundock.submitter.snapshot import take_snapshot, write_zip
 
 if TYPE_CHECKING:
+    from rundock.runconfig.script_run_config import ScriptRunConfig
     from rundock.submitter.experiment import Experiment
     from rundock.submitter.workspace import Workspace
 
+RunFactory = Callable[["Experiment", RunRecord], "Run"]
+LIVE_BY_COMPUTE = ("Running", "Queued")
 
-class Run:
+
+class Run(RunRecorder):
     """A run of an experiment (Azure ML's ``Run``)."""
 
-    def __init__(self, experiment: Experiment, run_id: str, outputs: Any = None, **kwargs: Any) -> None:
+    _type_providers: ClassVar[dict[str, RunFactory]] = {}
+
+    def __init__(self, experiment: Experiment, run_id: str, outputs: str | None = None, **kwargs: Any) -> None:
+        super().__init__()
         self.experiment = experiment
         self._id = run_id
+        self._outputs = outputs
         self._record: RunRecord = kwargs.get("_record") or self._store.get_run(run_id)
 
     # -- construction -----------------------------------------------------------------
@@ -45,7 +59,7 @@ class Run:
         from rundock.submitter.experiment import Experiment
 
         record = workspace.store.get_run(run_id)
-        return Run(Experiment(workspace, record.experiment), run_id, _record=record)
+        return Run._rehydrate(Experiment(workspace, record.experiment), record, True)
 
     @staticmethod
     def get_context(allow_offline: bool = True, used_for_context_manager: bool = False,
@@ -59,6 +73,16 @@ class Run:
         return job_side.Run.get_context(**kwargs)
 
     @staticmethod
+    def add_type_provider(runtype: str, run_factory: RunFactory) -> None:
+        """Build runs of type ``runtype`` with ``run_factory(experiment, run_record)`` when listing."""
+        Run._type_providers[runtype] = run_factory
+
+    @staticmethod
+    def _rehydrate(experiment: Experiment, record: RunRecord, rehydrate: bool) -> Run:
+        factory = Run._type_providers.get(record.run_type) if rehydrate else None
+        return factory(experiment, record) if factory else Run(experiment, record.run_id, _record=record)
+
+    @staticmethod
     def list(experiment: Experiment, type: str | None = None, tags: Any = None, properties: Any = None,
              status: str | None = None, include_children: bool = False,
              _rehydrate_runs: bool = True) -> builtins.list[Run]:
@@ -67,7 +91,21 @@ class Run:
         store.sweep_lost()
         records = store.find_runs(experiment=experiment.name, run_type=type, tags=tags, properties=properties,
                                   status=status, include_children=include_children)
-        return [Run(experiment, r.run_id, _record=r) for r in records]
+        return [Run._rehydrate(experiment, r, _rehydrate_runs) for r in records]
+
+    @staticmethod
+    def list_by_compute(compute: Any, type: str | None = None, tags: Any = None, properties: Any = None,
+                        status: str | None = None) -> builtins.list[Run]:
+        """Live runs (Running or Queued) on a compute target."""
+        from rundock.submitter.experiment import Experiment
+
+        if status is not None and status not in LIVE_BY_COMPUTE:
+            raise ValueError(f"list_by_compute: status must be 'Running' or 'Queued', not {status!r}")
+        workspace = compute.workspace
+        records = [r for s in ([status] if status else LIVE_BY_COMPUTE)
+                   for r in workspace.store.find_runs(target=compute.name, run_type=type, tags=tags,
+                                                      properties=properties, status=s)]
+        return [Run._rehydrate(Experiment(workspace, r.experiment), r, True) for r in records]
 
     # -- attributes ------------------------------------------------------------------------
     @property
@@ -75,7 +113,7 @@ class Run:
         return self.experiment.workspace.store
 
     @property
-    def id(self) -> str:
+    def id(self) -> str:  # type: ignore[override]
         return self._id
 
     @property
@@ -127,13 +165,35 @@ class Run:
         return Run(self.experiment, self._record.parent_id) if self._record.parent_id else None
 
     def refresh(self) -> Run:
-        """Read the run again from the history."""
-        from rundock.submitter.targets import get_target
+        """Read the run again from the history (and end runs whose agent is lost)."""
+        from rundock.submitter.targets import reap_lost
 
-        target = get_target(self.experiment.workspace, self._record.target) if self._record.target == "local" else None
-        self._store.sweep_lost(on_lost=target.reap_lost if target else None)
+        self._store.sweep_lost(on_lost=lambda r: reap_lost(self.experiment.workspace, r))
         self._record = self._store.get_run(self._id)
         return self
+
+    # -- recording (RunRecorder) -------------------------------------------------------------
+    def _emit(self, record_type: str, /, **fields: Any) -> None:
+        record = {"seq": 1, "t": time.time(), "type": record_type, **fields}
+        self._store.apply_plan(self._id, plan_journal([record], 0))
+
+    def _stage_file(self, path_or_stream: PathOrStream) -> dict[str, Any]:
+        artifacts = self.experiment.workspace.artifacts
+        if isinstance(path_or_stream, (str, os.PathLike)):
+            digest, size, _ = artifacts.put_file(os.fspath(path_or_stream))
+        else:
+            digest, size, _ = artifacts.put_stream(path_or_stream)
+        return {"digest": digest, "size": size}
+
+    def _check_step(self, name: str, has_step: bool) -> None:
+        check_steps(self._store.get_metric_records(self._id, name), name, 0 if has_step else None)
+
+    def _check_properties(self, values: Mapping[str, str]) -> None:
+        current = self._store.get_run(self._id).properties
+        for key, val in values.items():
+            if key in current and current[key] != val:
+                raise ValueError(f"property {key!r} of run {self._id} is already {current[key]!r}; properties are "
+                                 "immutable (use tags for values that change)")
 
     # -- status -------------------------------------------------------------------------------
     def get_status(self) -> str:
@@ -143,8 +203,7 @@ class Run:
     def get_detailed_status(self) -> dict[str, str]:
         """``{'status': ..., 'details': ...}`` explaining the current status."""
         run = self.refresh()._record
-        status = run.status.value if self.status != RunStatus.NOT_RESPONDING.value else self.status
-        details = run.status_detail
+        status, details = self.status, run.status_detail
         if status == RunStatus.NOT_RESPONDING.value and run.last_heartbeat:
             details = (f"no heartbeat from the agent for {time.time() - run.last_heartbeat:.0f} s "
                        f"(it beats every {run.heartbeat_interval:g} s); last status {run.status.value}: {details}")
@@ -181,22 +240,27 @@ class Run:
         details["logFiles"] = logs
         return details
 
+    def get_environment(self) -> Environment | None:
+        """The environment the run used (None for a run that had none, e.g. an interactive one)."""
+        data = self._record.run_definition.get("environment")
+        return Environment.from_mapping(data, source=f"run {self._id}") if data else None
+
     def wait_for_completion(self, show_output: bool = False, wait_post_processing: bool = False,
                             raise_on_error: bool = True) -> dict[str, Any]:
         """Wait until the run ends; with ``show_output`` stream its driver log, then a summary.
 
         Raises RunFailedError if the run ended Failed and ``raise_on_error``.
         """
+        from rundock.submitter.targets import reap_lost
+
         out = sys.stdout
         if show_output:
             out.write(f"RunId: {self._id}\nFollow it from a shell: rundock logs {self._id} --follow\n\n"
                       f"Streaming {follow.DRIVER_LOG}\n{'=' * (10 + len(follow.DRIVER_LOG))}\n\n")
             out.flush()
         shown = None
-        from rundock.submitter.targets import get_target
-
-        target = get_target(self.experiment.workspace, self._record.target)
-        for record, status, data in follow.follow(self._store, self._id, on_lost=target.reap_lost):
+        workspace = self.experiment.workspace
+        for record, status, data in follow.follow(self._store, self._id, on_lost=lambda r: reap_lost(workspace, r)):
             self._record = record
             if show_output:
                 if status != shown and not status.is_terminal and status != RunStatus.RUNNING:
@@ -211,29 +275,95 @@ class Run:
             raise RunFailedError(self._id, self._record.error)
         return self.get_details()
 
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Mark the run Running (for runs another actor created)."""
+        self._store.transition(self._id, RunStatus.RUNNING, detail="started")
+        self.refresh()
+
+    def flush(self, timeout_seconds: int = 300) -> None:
+        """Every call is written when it returns; nothing waits in a queue."""
+
+    def complete(self, _set_status: bool = True) -> None:
+        """Store the run's outputs folder (interactive and child runs) and mark it Completed."""
+        if self._outputs and os.path.isdir(self._outputs):
+            self.upload_folder("outputs", self._outputs)
+        if _set_status:
+            self._store.transition(self._id, RunStatus.COMPLETED, detail="completed")
+        self.refresh()
+
+    def fail(self, error_details: Any = None, error_code: str | None = None, _set_status: bool = True) -> None:
+        """Mark the run Failed with ``error_details`` (a message or exception) and ``error_code``."""
+        error = {"code": error_code or "UserError", "message": str(error_details or "run.fail() was called")}
+        if _set_status:
+            self._store.transition(self._id, RunStatus.FAILED, detail="run.fail() was called", error=error)
+        self.refresh()
+
     def cancel(self) -> None:
-        """Ask the run's agent to stop it; the run ends Canceled. A finished run is left as it is."""
+        """Stop the run: its job's agent stops its processes, or (no job) it ends Canceled now."""
         from rundock.submitter.targets import get_target
 
         record = self.refresh()._record
         if record.status.is_terminal:
             return
-        self._store.transition(self._id, RunStatus.CANCEL_REQUESTED, detail="cancel requested")
-        get_target(self.experiment.workspace, record.target).cancel(record)
+        if record.run_type != liveness.AGENT_RUN_TYPE:
+            self._store.transition(self._id, RunStatus.CANCELED, detail="canceled")
+        else:
+            self._store.transition(self._id, RunStatus.CANCEL_REQUESTED, detail="cancel requested")
+            get_target(self.experiment.workspace, record.target).cancel(record)
         self.refresh()
 
-    # -- metrics ---------------------------------------------------------------------------------
-    def get_metrics(self, name: str | None = None, recursive: bool = False, run_type: str | None = None,
-                    populate: bool = False) -> dict[str, Any]:
-        """Metrics by name; ``{run_id: {...}}`` for this run and its descendants when recursive."""
-        if not recursive:
-            return metric_shapes(self._store.get_metric_records(self._id, name))
-        result = {}
-        for run_id in [self._id, *(r.run_id for r in self._descendants())]:
-            record = self._store.get_run(run_id)
-            if run_type is None or record.run_type == run_type:
-                result[run_id] = metric_shapes(self._store.get_metric_records(run_id, name))
-        return result
+    def clean(self) -> builtins.list[str]:
+        """Remove the run's files on its compute target; return what was removed."""
+        from rundock.submitter.targets import get_target
+
+        record = self.refresh()._record
+        if record.run_type != liveness.AGENT_RUN_TYPE:
+            return []
+        if not record.status.is_terminal:
+            raise RuntimeError(f"run {self._id} is {record.status.value}; clean() removes files of finished runs")
+        return get_target(self.experiment.workspace, record.target).clean(record)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is not None:
+            self.fail(error_details=repr(exc))
+        else:
+            self.complete()
+
+    # -- children -----------------------------------------------------------------------------
+    def child_run(self, name: str | None = None, run_id: str | None = None, outputs: str | None = None) -> Run:
+        """A started child run; its ``outputs`` folder is stored with it when it completes."""
+        return self._new_child(name, run_id, outputs, {})
+
+    def create_children(self, count: int | None = None, tag_key: str | None = None,
+                        tag_values: builtins.list[Any] | None = None) -> builtins.list[Run]:
+        """Several started children: ``count`` of them, or one per value of ``tag_values``."""
+        return [self._new_child(None, None, None, tags) for tags in child_tags(count, tag_key, tag_values)]
+
+    def _new_child(self, name: str | None, run_id: str | None, outputs: str | None, tags: dict[str, str]) -> Run:
+        record = self._store.create_run(self.experiment.name, run_id=run_id or f"{self._id}_{uuid.uuid4().hex[:8]}",
+                                        parent_id=self._id, run_type="rundock.childrun", display_name=name,
+                                        target=self._record.target, tags=tags)
+        self._store.transition(record.run_id, RunStatus.RUNNING, detail="child run started")
+        return Run(self.experiment, record.run_id, outputs=outputs)
+
+    def submit_child(self, config: ScriptRunConfig, tags: Mapping[str, Any] | None = None, **kwargs: Any) -> Run:
+        """Submit ``config`` as a job whose parent is this run; return the child run."""
+        return self.experiment.submit(config, tags=tags, _parent_id=self._id, **kwargs)
+
+    def get_children(self, recursive: bool = False, tags: Any = None, properties: Any = None,
+                     type: str | None = None, status: str | None = None,
+                     _rehydrate_runs: bool = True) -> builtins.list[Run]:
+        """Children (all descendants when ``recursive``) matching the filters."""
+        records = self._descendants() if recursive else self._store.list_runs(parent_id=self._id)
+        wanted = {r.run_id for r in self._store.find_runs(tags=tags, properties=properties, status=status,
+                                                          run_type=type)} if (tags or properties or status or type) \
+            else None
+        return [Run._rehydrate(self.experiment, r, _rehydrate_runs) for r in records
+                if wanted is None or r.run_id in wanted]
 
     def _descendants(self) -> builtins.list[RunRecord]:
         found, frontier = [], [self._id]
@@ -243,48 +373,43 @@ class Run:
             frontier = [c.run_id for c in children]
         return found
 
-    def _log(self, name: str, kind: str, value: Any, description: str = "", step: int | None = None) -> None:
-        if kind == "scalar":
-            check_steps(self._store.get_metric_records(self._id, name), name, step)
-        self._store.log_metrics(self._id, [MetricRecord(name, kind, value, step, description, time.time())])
-
-    def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
-        """Log a scalar; the same name again builds a list."""
-        self._log(name, "scalar", value, description, step)
-
-    def log_list(self, name: str, value: Iterable[Any], description: str = "") -> None:
-        self._log(name, "list", list(value), description)
-
-    def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
-        self._log(name, "row", dict(kwargs), description or "")
-
-    def log_table(self, name: str, value: Mapping[str, builtins.list[Any]], description: str = "") -> None:
-        self._log(name, "table", {k: list(v) for k, v in value.items()}, description)
-
-    # -- tags and properties -----------------------------------------------------------------------
-    def tag(self, key: str, value: str | None = None) -> None:
-        self.set_tags({key: value})
+    # -- metrics, tags, properties ------------------------------------------------------------
+    def get_metrics(self, name: str | None = None, recursive: bool = False, run_type: str | None = None,
+                    populate: bool = False) -> dict[str, Any]:
+        """Metrics by name; ``{run_id: {...}}`` for this run and its descendants when recursive."""
+        if not recursive:
+            return metric_shapes(self._store.get_metric_records(self._id, name))
+        return {r.run_id: metric_shapes(self._store.get_metric_records(r.run_id, name))
+                for r in [self._record, *self._descendants()] if run_type is None or r.run_type == run_type}
 
     def set_tags(self, tags: Mapping[str, Any] | str) -> None:
-        values = {tags: None} if isinstance(tags, str) else dict(tags)
-        self._store.set_tags(self._id, {k: None if v is None else str(v) for k, v in values.items()})
+        super().set_tags(tags)
         self.refresh()
 
-    def remove_tags(self, tags: Iterable[str] | str) -> None:
-        self._store.remove_tags(self._id, [tags] if isinstance(tags, str) else list(tags))
-        self.refresh()
+    def remove_tags(self, tags: Iterable[str] | str) -> dict[str, str | None]:
+        """Remove tags; return the tags left."""
+        self._store.remove_tags(self._id, [tags] if isinstance(tags, str) else builtins.list(tags))
+        return self.refresh().tags
 
     def get_tags(self) -> dict[str, str | None]:
         return self.refresh().tags
 
     def add_properties(self, properties: Mapping[str, Any]) -> None:
-        self._store.add_properties(self._id, {k: str(v) for k, v in properties.items()})
+        super().add_properties(properties)
         self.refresh()
 
     def get_properties(self) -> dict[str, str]:
         return self.refresh().properties
 
-    # -- files ---------------------------------------------------------------------------------------
+    def get_secret(self, name: str) -> str:
+        """The value of the workspace secret ``name``."""
+        return self.experiment.workspace.secrets.get_secret(name)
+
+    def get_secrets(self, secrets: builtins.list[str]) -> dict[str, str | None]:
+        """Values of the named secrets; None for each name not found."""
+        return self.experiment.workspace.secrets.get_secrets(secrets)
+
+    # -- files -----------------------------------------------------------------------------------
     def get_file_names(self) -> builtins.list[str]:
         """Names of the files stored with the run."""
         return sorted(self._store.list_files(self._id))
@@ -328,30 +453,43 @@ class Run:
         return [p for prefix in ("system_logs/", "logs/")
                 for p in self.download_files(prefix, output_directory=destination)]
 
-    def upload_file(self, name: str, path_or_stream: Any, datastore_name: str | None = None) -> None:
-        """Store a local file (or binary stream) with the run under ``name``."""
-        artifacts = self.experiment.workspace.artifacts
-        name = artifact_name(name)
-        if isinstance(path_or_stream, (str, os.PathLike)):
-            digest, size, _ = artifacts.put_file(os.fspath(path_or_stream))
-        else:
-            digest, size, _ = artifacts.put_stream(path_or_stream)
-        self._store.add_file(self._id, name, digest, size)
-
-    # -- snapshots ------------------------------------------------------------------------------------
+    # -- snapshots and models -------------------------------------------------------------------
     def get_snapshot_id(self) -> str | None:
-        return self._record.snapshot_id
+        """The latest snapshot of the run."""
+        return self.refresh()._record.snapshot_id
+
+    def take_snapshot(self, file_or_folder_path: str) -> str:
+        """Store a snapshot of a file or folder with the run; return its id."""
+        workspace = self.experiment.workspace
+        snapshot = take_snapshot(file_or_folder_path, workspace.store, workspace.artifacts, workspace.snapshot_limits)
+        self._store.update_run(self._id, snapshot_id=snapshot.snapshot_id)
+        self.refresh()
+        return snapshot.snapshot_id
 
     def restore_snapshot(self, snapshot_id: str | None = None, path: str | None = None) -> str:
-        """Write the snapshot as a zip file; return its path."""
-        snapshot_id = snapshot_id or self._record.snapshot_id
+        """Write a snapshot (the latest by default) as a zip file; return its path."""
+        snapshot_id = snapshot_id or self.get_snapshot_id()
         if snapshot_id is None:
-            raise ValueError(f"run {self._id} has no snapshot")
+            raise ValueError(f"run {self._id} has no snapshot; take one with run.take_snapshot(folder)")
         manifest = self._store.get_snapshot(snapshot_id)
         target = path or os.path.join(os.getcwd(), f"{snapshot_id}.zip")
         if os.path.isdir(target):
             target = os.path.join(target, f"{snapshot_id}.zip")
         return write_zip(manifest, self.experiment.workspace.artifacts, target)
+
+    def register_model(self, model_name: str, model_path: str | None = None, tags: Mapping[str, Any] | None = None,
+                       properties: Mapping[str, Any] | None = None, model_framework: str | None = None,
+                       model_framework_version: str | None = None, description: str | None = None,
+                       datasets: Any = None, sample_input_dataset: Any = None, sample_output_dataset: Any = None,
+                       resource_configuration: Any = None, **kwargs: Any) -> Model:
+        """Register a file or folder of this run as the next version of ``model_name``."""
+        path = model_path or model_name
+        files = model_files(self._store.list_files(self._id), path)
+        record = self._store.register_model(
+            model_name, run_id=self._id, path=artifact_name(path), files=files, tags=_str_tags(tags),
+            properties={k: str(v) for k, v in (properties or {}).items()}, framework=model_framework,
+            framework_version=model_framework_version, description=description)
+        return Model(self.experiment.workspace, _record=record)
 
     def __repr__(self) -> str:
         return f"Run(experiment={self.experiment.name!r}, id={self._id!r}, status={self.status!r})"

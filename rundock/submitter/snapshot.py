@@ -116,7 +116,10 @@ class _Walker:
 
 
 def collect(source_dir: str, limits: SnapshotLimits = SnapshotLimits()) -> list[SourceFile]:
-    """The files that travel in a snapshot of ``source_dir``, sorted; enforces the limits."""
+    """The files that travel in a snapshot of ``source_dir`` (a folder, or one file), sorted; enforces the limits."""
+    if os.path.isfile(source_dir):
+        st = os.stat(source_dir)
+        return [SourceFile(os.path.basename(source_dir), source_dir, st.st_size, bool(st.st_mode & 0o111))]
     if not os.path.isdir(source_dir):
         raise SnapshotError(f"source folder {source_dir!r} does not exist")
     walker = _Walker(source_dir)

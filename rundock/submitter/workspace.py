@@ -17,6 +17,7 @@ from rundock.errors import ConfigError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import RunStore, open_store
 from rundock.runconfig.schema import from_mapping
+from rundock.submitter.secrets import SecretStore
 from rundock.submitter.snapshot import SnapshotLimits
 
 WORKSPACE_DIR = ".rundock"
@@ -115,6 +116,25 @@ class Workspace:
         if self._artifacts is None:
             self._artifacts = ArtifactStore(os.path.join(self.path, "artifacts"))
         return self._artifacts
+
+    @property
+    def secrets(self) -> SecretStore:
+        """The workspace's secrets (Azure ML: its key vault)."""
+        return SecretStore(os.path.join(self.path, "secrets.json"))
+
+    def get_default_keyvault(self) -> SecretStore:
+        """Azure ML's name for the workspace's secrets."""
+        return self.secrets
+
+    def set_secret(self, name: str, value: str) -> None:
+        self.secrets.set_secret(name, value)
+
+    @property
+    def compute_targets(self) -> dict[str, Any]:
+        """The compute targets of this workspace by name."""
+        from rundock.submitter.targets import get_target
+
+        return {"local": get_target(self, "local")}
 
     @property
     def max_concurrent_runs(self) -> int:

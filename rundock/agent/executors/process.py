@@ -11,8 +11,10 @@ from rundock.agent.logpump import LogPump
 class ProcessExecutor:
     """Primitives the lifecycle needs: start, poll, stop, logs, exit code."""
 
-    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], driver_log: str) -> None:
+    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], driver_log: str,
+                 secrets: list[str] | None = None) -> None:
         self.argv = argv
+        self.secrets = secrets or []
         self.cwd = cwd
         self.env = env
         self.driver_log = driver_log
@@ -23,7 +25,7 @@ class ProcessExecutor:
         self._proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         assert self._proc.stdout is not None and self._proc.stderr is not None
-        self._pump = LogPump(self._proc.stdout, self._proc.stderr, self.driver_log)
+        self._pump = LogPump(self._proc.stdout, self._proc.stderr, self.driver_log, self.secrets)
 
     @property
     def pid(self) -> int:

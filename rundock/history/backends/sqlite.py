@@ -19,7 +19,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from rundock.errors import RunNotFoundError, StoreError
-from rundock.history.records import FileRecord, JournalPlan, MetricRecord, RunRecord, StatusChange, plan_journal
+from rundock.history.records import (
+    FileRecord,
+    JournalPlan,
+    MetricRecord,
+    ModelRecord,
+    RunRecord,
+    StatusChange,
+    plan_journal,
+)
 from rundock.history.store import RunStore, new_run_id, register_backend
 from rundock.states import RunStatus, can_transition
 
@@ -56,6 +64,10 @@ CREATE TABLE IF NOT EXISTS log_chunks (
 CREATE TABLE IF NOT EXISTS journal_marks (
     run_id TEXT NOT NULL, attempt INTEGER NOT NULL, source TEXT NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (run_id, attempt, source));
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT NOT NULL, version INTEGER NOT NULL, run_id TEXT, path TEXT NOT NULL, files TEXT NOT NULL,
+    created_at REAL NOT NULL, tags TEXT NOT NULL, properties TEXT NOT NULL, framework TEXT, framework_version TEXT,
+    description TEXT, PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS snapshots (snapshot_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, created_at REAL NOT NULL);
 """
 
@@ -123,22 +135,33 @@ class SqliteRunStore(RunStore):
         now = time.time()
         run_id = run_id or new_run_id(experiment, now)
         with self._write() as db:
-            db.execute("INSERT INTO experiments (name, last_number) VALUES (?, 1) "
-                       "ON CONFLICT (name) DO UPDATE SET last_number = last_number + 1", (experiment,))
-            (number,) = db.execute("SELECT last_number FROM experiments WHERE name = ?", (experiment,)).fetchone()
-            try:
-                db.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 20)})", (
-                    run_id, experiment, number, RunStatus.NOT_STARTED.value, now, parent_id, run_type,
-                    display_name, description, target, json.dumps(run_definition or {}), snapshot_id,
-                    submitted_by, run_dir, None, None, "", None, None, None))
-            except sqlite3.IntegrityError as exc:
-                raise StoreError(f"a run with id {run_id!r} already exists") from exc
-            db.execute("INSERT INTO status_history (run_id, status, at, detail) VALUES (?, ?, ?, ?)",
-                       (run_id, RunStatus.NOT_STARTED.value, now, "run created"))
-            db.executemany("INSERT INTO tags VALUES (?, ?, ?)", [(run_id, k, v) for k, v in (tags or {}).items()])
-            db.executemany("INSERT INTO properties VALUES (?, ?, ?)",
-                           [(run_id, k, str(v)) for k, v in (properties or {}).items()])
+            self._insert_run(db, run_id, experiment, now, parent_id=parent_id, run_type=run_type,
+                             display_name=display_name, description=description, target=target,
+                             run_definition=run_definition, snapshot_id=snapshot_id, submitted_by=submitted_by,
+                             run_dir=run_dir, tags=tags, properties=properties)
         return self.get_run(run_id)
+
+    @staticmethod
+    def _insert_run(db: sqlite3.Connection, run_id: str, experiment: str, now: float, *, parent_id: str | None,
+                    run_type: str, display_name: str | None, description: str | None, target: str,
+                    run_definition: dict[str, Any] | None, snapshot_id: str | None, submitted_by: str | None,
+                    run_dir: str | None, tags: Mapping[str, str | None] | None,
+                    properties: Mapping[str, str] | None) -> None:
+        db.execute("INSERT INTO experiments (name, last_number) VALUES (?, 1) "
+                   "ON CONFLICT (name) DO UPDATE SET last_number = last_number + 1", (experiment,))
+        (number,) = db.execute("SELECT last_number FROM experiments WHERE name = ?", (experiment,)).fetchone()
+        try:
+            db.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 20)})", (
+                run_id, experiment, number, RunStatus.NOT_STARTED.value, now, parent_id, run_type,
+                display_name, description, target, json.dumps(run_definition or {}), snapshot_id,
+                submitted_by, run_dir, None, None, "", None, None, None))
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"a run with id {run_id!r} already exists") from exc
+        db.execute("INSERT INTO status_history (run_id, status, at, detail) VALUES (?, ?, ?, ?)",
+                   (run_id, RunStatus.NOT_STARTED.value, now, "run created"))
+        db.executemany("INSERT INTO tags VALUES (?, ?, ?)", [(run_id, k, v) for k, v in (tags or {}).items()])
+        db.executemany("INSERT INTO properties VALUES (?, ?, ?)",
+                       [(run_id, k, str(v)) for k, v in (properties or {}).items()])
 
     def get_run(self, run_id: str) -> RunRecord:
         rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
@@ -191,9 +214,9 @@ class SqliteRunStore(RunStore):
         return runs
 
     def update_run(self, run_id: str, *, display_name: str | None = None, description: str | None = None,
-                   run_dir: str | None = None) -> None:
+                   run_dir: str | None = None, snapshot_id: str | None = None) -> None:
         changes = {k: v for k, v in (("display_name", display_name), ("description", description),
-                                     ("run_dir", run_dir)) if v is not None}
+                                     ("run_dir", run_dir), ("snapshot_id", snapshot_id)) if v is not None}
         if not changes:
             return
         with self._write() as db:
@@ -242,6 +265,15 @@ class SqliteRunStore(RunStore):
             plan = plan_journal(records, mark)
             if plan.last_seq == mark:
                 return mark
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                parent = plan.create and db.execute("SELECT experiment, target FROM runs WHERE run_id = ?",
+                                                    (plan.create["parent"],)).fetchone()
+                if not plan.create or not parent:
+                    raise RunNotFoundError(f"no run {run_id!r} in the run history {self.path}")
+                self._insert_run(db, run_id, parent[0], plan.create["at"], parent_id=plan.create["parent"],
+                                 run_type="rundock.childrun", display_name=plan.create.get("name"),
+                                 description=None, target=parent[1], run_definition={}, snapshot_id=None,
+                                 submitted_by=None, run_dir=None, tags=None, properties=None)
             self._execute(db, run_id, plan)
             db.execute("INSERT INTO journal_marks VALUES (?, ?, ?, ?) ON CONFLICT (run_id, attempt, source) "
                        "DO UPDATE SET seq = excluded.seq", (run_id, attempt, source, plan.last_seq))
@@ -310,6 +342,46 @@ class SqliteRunStore(RunStore):
     def log_names(self, run_id: str) -> list[str]:
         return [r[0] for r in self._read("SELECT DISTINCT name FROM log_chunks WHERE run_id = ? ORDER BY name",
                                          (run_id,))]
+
+    # -- models --------------------------------------------------------------------------------
+    _MODEL_COLUMNS = ("name, version, run_id, path, files, created_at, tags, properties, framework, framework_version, "
+                      "description")
+
+    def register_model(self, name: str, *, run_id: str | None, path: str, files: list[dict[str, Any]],
+                       tags: Mapping[str, str | None] | None = None, properties: Mapping[str, str] | None = None,
+                       framework: str | None = None, framework_version: str | None = None,
+                       description: str | None = None) -> ModelRecord:
+        with self._write() as db:
+            (latest,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM models WHERE name = ?", (name,)).fetchone()
+            db.execute(f"INSERT INTO models ({self._MODEL_COLUMNS}) VALUES ({', '.join('?' * 11)})", (
+                name, latest + 1, run_id, path, json.dumps(files), time.time(), json.dumps(dict(tags or {})),
+                json.dumps({k: str(v) for k, v in (properties or {}).items()}), framework, framework_version,
+                description))
+        return self.get_model(name, latest + 1)
+
+    def get_model(self, name: str, version: int | None = None) -> ModelRecord:
+        sql = f"SELECT {self._MODEL_COLUMNS} FROM models WHERE name = ?"
+        args: list[Any] = [name]
+        if version is not None:
+            sql += " AND version = ?"
+            args.append(version)
+        rows = self._read(sql + " ORDER BY version DESC LIMIT 1", args)
+        if not rows:
+            which = f"version {version} of model {name!r}" if version is not None else f"model {name!r}"
+            raise KeyError(f"no {which} in the model registry {self.path}")
+        return self._model(rows[0])
+
+    def list_models(self, name: str | None = None) -> list[ModelRecord]:
+        sql = f"SELECT {self._MODEL_COLUMNS} FROM models"
+        rows = self._read(sql + " WHERE name = ? ORDER BY version DESC", (name,)) if name is not None else \
+            self._read(sql + " ORDER BY created_at DESC, version DESC")
+        return [self._model(r) for r in rows]
+
+    @staticmethod
+    def _model(row: sqlite3.Row) -> ModelRecord:
+        name, version, run_id, path, files, created_at, tags, properties, framework, fw_version, description = row
+        return ModelRecord(name, version, run_id, path, json.loads(files), created_at, json.loads(tags),
+                           json.loads(properties), framework, fw_version, description)
 
     # -- snapshots -----------------------------------------------------------------------
     def put_snapshot(self, snapshot_id: str, manifest: list[dict[str, Any]]) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ from rundock.history.records import RunRecord
 from rundock.runconfig.environment import Environment
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.states import RunStatus
+from rundock.submitter.gitinfo import git_properties
 from rundock.submitter.snapshot import Progress, take_snapshot
 from rundock.submitter.workspace import Workspace
 
@@ -47,7 +49,7 @@ class LocalTarget:
 
     def submit(self, experiment: str, config: ScriptRunConfig, *, tags: Mapping[str, Any] | None = None,
                display_name: str | None = None, description: str | None = None,
-               progress: Progress | None = None) -> RunRecord:
+               progress: Progress | None = None, parent_id: str | None = None) -> RunRecord:
         ws = self.workspace
         config.validate()
         env = config.environment or Environment.submitting_interpreter()
@@ -57,9 +59,9 @@ class LocalTarget:
         run_definition["source_directory"] = os.path.abspath(config.source_directory)
         record = ws.store.create_run(
             experiment, target=NAME, run_definition=run_definition, snapshot_id=snapshot.snapshot_id,
-            submitted_by=getpass.getuser(), display_name=display_name, description=description,
+            submitted_by=getpass.getuser(), display_name=display_name, description=description, parent_id=parent_id,
             tags={k: None if v is None else str(v) for k, v in (tags or {}).items()},
-            properties={"ContentSnapshotId": snapshot.snapshot_id})
+            properties={"ContentSnapshotId": snapshot.snapshot_id, **git_properties(config.source_directory)})
         run_dir = os.path.join(self.runs_root, record.run_id)
         try:
             os.makedirs(run_dir)
@@ -73,7 +75,7 @@ class LocalTarget:
                     cancel_grace_seconds=config.run_config.cancel_grace_seconds,
                     heartbeat_seconds=ws.heartbeat_seconds, slots_dir=os.path.join(ws.local_root, "slots"),
                     max_concurrent_runs=ws.max_concurrent_runs, target=NAME,
-                    submitted_at=record.created_at).save(run_dir)
+                    submitted_at=record.created_at, secrets_file=ws.secrets.path).save(run_dir)
             issue_ticket(os.path.join(ws.local_root, "slots"), record.created_at, record.run_id)
             ws.store.transition(record.run_id, RunStatus.STARTING, detail="starting the local agent")
             self._spawn_agent(run_dir)
@@ -101,6 +103,15 @@ class LocalTarget:
         """Leave the cancel request for the run's agent (the store records it separately)."""
         if run.run_dir and os.path.isdir(run.run_dir):
             request_cancel(run.run_dir)
+
+    def clean(self, run: RunRecord) -> list[str]:
+        """Remove a finished run's directory on this machine; return the files removed (relative to it)."""
+        if not run.run_dir or not os.path.isdir(run.run_dir):
+            return []
+        removed = sorted(os.path.relpath(os.path.join(d, f), run.run_dir).replace(os.sep, "/")
+                         for d, _, files in os.walk(run.run_dir) for f in files)
+        shutil.rmtree(run.run_dir)
+        return removed
 
     def reap_lost(self, run: RunRecord) -> None:
         """Kill what is left of a run whose agent died (the job's process group on this host)."""

@@ -98,12 +98,16 @@ def submit(source_dir: str, script: str | None, run_config: str | None, environm
 @click.option("-e", "--experiment", help="Only runs of this experiment.")
 @click.option("--status", help="Only runs with this status (e.g. Running, Failed).")
 @click.option("-t", "--tag", "tags", multiple=True, help="Only runs with tag KEY or KEY=VALUE.")
+@click.option("-p", "--property", "properties", multiple=True, help="Only runs with property KEY or KEY=VALUE.")
+@click.option("--children", is_flag=True, help="Include child runs.")
 @click.option("-n", "--limit", default=20, show_default=True, help="Show at most this many runs.")
-def runs(experiment: str | None, status: str | None, tags: tuple[str, ...], limit: int) -> None:
+def runs(experiment: str | None, status: str | None, tags: tuple[str, ...], properties: tuple[str, ...],
+         children: bool, limit: int) -> None:
     """List runs, newest first."""
     ws = _workspace()
     ws.store.sweep_lost()
-    records = ws.store.find_runs(experiment=experiment, status=status, tags=_parse_tags(tags) or None)
+    records = ws.store.find_runs(experiment=experiment, status=status, tags=_parse_tags(tags) or None,
+                                 properties=_parse_tags(properties) or None, include_children=children)
     table = Table("run id", "experiment", "#", "status", "created", "duration", box=None)
     from rundock.history.liveness import effective_status
 
@@ -203,14 +207,59 @@ def cancel(run_id: str) -> None:
         console.print(f"Cancel requested for {run.id}; status: {run.get_status()}")
 
 
+@cli.group()
+def secret() -> None:
+    """Workspace secrets that jobs read with run.get_secret(NAME)."""
+
+
+@secret.command("set")
+@click.argument("name")
+@click.option("--value", help="The value (default: prompt without echo, or read from standard input).")
+def secret_set(name: str, value: str | None) -> None:
+    """Add or replace secret NAME."""
+    if value is None:
+        value = click.prompt(f"Value of {name}", hide_input=True) if sys.stdin.isatty() else sys.stdin.read().strip()
+    _workspace().secrets.set_secret(name, value)
+    console.print(f"Secret {name} saved")
+
+
+@secret.command("list")
+def secret_list() -> None:
+    """List secret names (never values)."""
+    for entry in _workspace().secrets.list_secrets():
+        out.print(entry["name"])
+
+
+@secret.command("delete")
+@click.argument("name")
+def secret_delete(name: str) -> None:
+    """Remove secret NAME."""
+    _workspace().secrets.delete_secret(name)
+    console.print(f"Secret {name} deleted")
+
+
+@cli.command()
+@click.argument("name", required=False)
+def models(name: str | None) -> None:
+    """List registered model versions (of NAME), newest first."""
+    from rundock.submitter.model import Model
+
+    table = Table("model", "version", "run id", "path", "tags", box=None)
+    for model in Model.list(_workspace(), name=name):
+        table.add_row(model.name, str(model.version), model.run_id or "", model._record.path,
+                      ", ".join(f"{k}={v}" for k, v in model.tags.items()))
+    out.print(table)
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, prog_name="rundock", standalone_mode=False)
     except RunFailedError as exc:
         console.print(f"[red]{exc}[/]")
         sys.exit(1)
-    except (RundockError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (RundockError, FileNotFoundError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        console.print(f"[red]error:[/] {message}")
         sys.exit(2)
     except click.exceptions.Abort:
         sys.exit(130)

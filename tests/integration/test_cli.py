@@ -46,6 +46,8 @@ def test_submit_follow_inspect_download(workspace: Workspace, source: Callable[.
     listed = rundock(project, "runs", "-t", "team=nlp")
     assert run_id in listed.stdout and "Completed" in listed.stdout
     assert run_id not in rundock(project, "runs", "--status", "Failed").stdout
+    assert run_id in rundock(project, "runs", "-p", "ContentSnapshotId").stdout
+    assert run_id not in rundock(project, "runs", "-p", "ContentSnapshotId=other").stdout
 
     shown = rundock(project, "show", run_id)
     assert "Status: Completed" in shown.stdout and "outputs/result.txt" in shown.stdout

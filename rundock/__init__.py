@@ -20,6 +20,7 @@ _EXPORTS = {
     "ScriptRunConfig": "rundock.runconfig.script_run_config",
     "RunStatus": "rundock.states",
     "Model": "rundock.submitter.model",
+    "CondaDependencies": "rundock.runconfig.environment",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -77,3 +77,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+
+
+def require_service(name: str, reason: str) -> None:
+    """Skip with ``reason`` on a developer machine; fail when ``RUNDOCK_REQUIRE_<NAME>=1`` (CI)."""
+    if os.environ.get(f"RUNDOCK_REQUIRE_{name}") == "1":
+        pytest.fail(f"{reason} (RUNDOCK_REQUIRE_{name}=1, so this cannot be skipped)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_base_image() -> str:
+    """A local image with Python (and pip) for Docker tests; built by .ci/services.sh."""
+    import docker
+    import docker.errors
+
+    image = os.environ.get("RUNDOCK_TEST_BASE_IMAGE", "rundock-test-base:bookworm")
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        require_service("DOCKER", f"no Docker engine reachable ({exc}); run .ci/services.sh to start one")
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        require_service("DOCKER", f"the test base image {image} is missing; .ci/services.sh builds it")
+    return image

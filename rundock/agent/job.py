@@ -35,6 +35,8 @@ class JobSpec:
     target: str = "local"
     submitted_at: float = 0.0
     secrets_file: str | None = None
+    environment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    run_as: str = ""  # uid:gid of the submitting user, for containers
 
     def save(self, run_dir: str) -> str:
         path = os.path.join(run_dir, JOB_FILE)

@@ -18,20 +18,21 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from rundock.agent.cancel import become_subreaper
+from rundock.agent.environments import PrepareError
+from rundock.agent.executors.docker import RUN_MOUNT, DockerExecutor, container_paths
 from rundock.agent.executors.process import ProcessExecutor
 from rundock.agent.heartbeat import Heartbeat
 from rundock.agent.job import JobSpec, cancel_requested
 from rundock.agent.joblib import ensure_azureml_shim, ensure_job_lib
 from rundock.agent.materialize import materialize
 from rundock.agent.outputs import OutputCollector
+from rundock.agent.prepare import Plan, prepare
 from rundock.agent.slots import Slot, Ticket, try_acquire
 from rundock.context import run as ctx
 from rundock.context.journal import JournalWriter
@@ -46,9 +47,6 @@ POLL_SECONDS = 0.1
 DRIVER_LOG = "driver_log.txt"
 PREPARE_LOG = "prepare_log.txt"
 SECRETS_FILE = "secrets.json"
-_HAS_AZUREML = ("import importlib.util, sys\n"
-                "try:\n    found = importlib.util.find_spec('azureml.core') is not None\n"
-                "except ImportError:\n    found = False\nsys.exit(0 if found else 1)\n")
 
 
 @dataclasses.dataclass
@@ -58,8 +56,16 @@ class Outcome:
     error: dict[str, Any] | None = None
 
 
-class PrepareError(Exception):
-    """The job cannot start on this host (missing interpreter, broken snapshot)."""
+class Executor(Protocol):
+    """How the lifecycle drives a job, whatever runs it (see rundock.agent.executors)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def start(self) -> None: ...
+    def wait(self, timeout: float) -> int | None: ...
+    def stop(self, grace_seconds: float) -> list[int]: ...
+    def finish_logs(self) -> list[str]: ...
 
 
 class Agent:
@@ -75,8 +81,8 @@ class Agent:
         self.syncer = Syncer(self.run_dir, self.spec.run_id, self.store, self.artifacts, self.spec.attempt)
         self.heartbeat = Heartbeat(self.journal, self.spec.heartbeat_seconds, on_beat=self.syncer.poke)
         self.collector = OutputCollector(self.src, self.artifacts, self.journal)
-        self.executor: ProcessExecutor | None = None
-        self.azureml_shim = False
+        self.executor: Executor | None = None
+        self.agent_root = os.path.dirname(os.path.dirname(self.run_dir))
         self.secrets: dict[str, str] = {}
         self.slot: Slot | None = None
         self.slots_dir = self.spec.slots_dir or os.path.join(os.path.dirname(self.run_dir), ".slots")
@@ -95,7 +101,7 @@ class Agent:
         return cancel_requested(self.run_dir)
 
     # -- phases -------------------------------------------------------------------------
-    def prepare(self) -> list[str]:
+    def prepare(self) -> Plan:
         spec = self.spec
         self.state(RunStatus.PREPARING, f"materializing snapshot {spec.snapshot_id[:12]} on {socket.gethostname()}")
         started = time.monotonic()
@@ -103,20 +109,11 @@ class Agent:
         materialize(manifest, self.artifacts, self.src)
         self.note(PREPARE_LOG, f"materialized {len(manifest)} files from snapshot {spec.snapshot_id} "
                                f"in {time.monotonic() - started:.2f} s")
-        interpreter = shutil.which(spec.interpreter) or (spec.interpreter if os.access(spec.interpreter, os.X_OK)
-                                                         else None)
-        if interpreter is None:
-            raise PrepareError(f"the Python interpreter {spec.interpreter!r} was not found on "
-                               f"{socket.gethostname()}; set environment.python.interpreter_path to an "
-                               "existing interpreter (for example the output of `which python3`)")
-        self.note(PREPARE_LOG, f"interpreter: {interpreter}")
-        probe = subprocess.run([interpreter, "-c", _HAS_AZUREML], capture_output=True, timeout=60)
-        self.azureml_shim = probe.returncode != 0
-        self.note(PREPARE_LOG, "azureml.core: " + ("not installed; rundock's shim is on the path" if self.azureml_shim
-                                                   else "installed in the environment; used as is"))
-        script = os.path.join(self.src, spec.script)
-        argv = [interpreter, script] if spec.script.endswith(".py") or not os.access(script, os.X_OK) else [script]
-        return argv + [str(a) for a in spec.arguments]
+        self.state(RunStatus.PREPARING, "preparing the environment")
+        plan = prepare(spec, self.src, self.agent_root, os.path.join(self.logs_dir, PREPARE_LOG),
+                       lambda line: self.note(PREPARE_LOG, line))
+        self.syncer.poke()
+        return plan
 
     def wait_for_slot(self) -> bool:
         """Take a run slot; False if the run was canceled while it waited."""
@@ -139,56 +136,68 @@ class Agent:
         finally:
             ticket.release()
 
-    def job_env(self) -> dict[str, str]:
+    def job_env(self, plan: Plan) -> tuple[dict[str, str], list[str]]:
+        """The job's environment variables and the host folders to put on its PYTHONPATH."""
         spec = self.spec
-        env = dict(os.environ)
+        lib_root = os.path.join(self.agent_root, "lib")
+        libs = [ensure_job_lib(lib_root)] + ([ensure_azureml_shim(lib_root)] if plan.azureml_shim else [])
+        in_container = plan.image is not None
+        run_dir = RUN_MOUNT if in_container else self.run_dir
+        paths = container_paths(libs) if in_container else libs
+        env = {"HOME": "/tmp"} if in_container else dict(os.environ)
         env.update(spec.environment_variables)
-        lib_root = os.path.join(os.path.dirname(os.path.dirname(self.run_dir)), "lib")
-        paths = [ensure_job_lib(lib_root)]
-        if self.azureml_shim:
-            paths.append(ensure_azureml_shim(lib_root))
+        env.update(((spec.environment or {}).get("environment_variables")) or {})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (*paths, env.get("PYTHONPATH", "")) if p)
+        env.update({ctx.ENV_RUN_ID: spec.run_id, ctx.ENV_RUN_DIR: run_dir, ctx.ENV_EXPERIMENT: spec.experiment,
+                    ctx.ENV_DISPLAY_NAME: spec.display_name or spec.run_id, "PYTHONUNBUFFERED": "1"})
+        if plan.gpus and not in_container:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
         if spec.secrets_file and os.path.exists(spec.secrets_file):
             with open(spec.secrets_file, encoding="utf-8") as fh:
                 self.secrets = json.load(fh)
-            path = os.path.join(self.run_dir, SECRETS_FILE)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(os.path.join(self.run_dir, SECRETS_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump(self.secrets, out)
-            env[ctx.ENV_SECRETS_FILE] = path
-        env.update({ctx.ENV_RUN_ID: spec.run_id, ctx.ENV_RUN_DIR: self.run_dir, ctx.ENV_EXPERIMENT: spec.experiment,
-                    ctx.ENV_DISPLAY_NAME: spec.display_name or spec.run_id, "PYTHONUNBUFFERED": "1"})
-        return env
+            env[ctx.ENV_SECRETS_FILE] = os.path.join(run_dir, SECRETS_FILE)
+        return env, libs
 
-    def execute(self, argv: list[str]) -> Outcome:
+    def execute(self, plan: Plan) -> Outcome:
         spec = self.spec
-        env = self.job_env()
-        self.executor = ProcessExecutor(argv, self.src, env, os.path.join(self.logs_dir, DRIVER_LOG),
-                                        list(self.secrets.values()))
+        env, libs = self.job_env(plan)
+        driver_log = os.path.join(self.logs_dir, DRIVER_LOG)
+        secrets = list(self.secrets.values())
+        executor: Executor
+        if plan.image is not None:
+            executor = DockerExecutor(plan.docker_client, plan.image, plan.argv, spec.run_id, self.run_dir, libs, env,
+                                      driver_log, secrets, plan.docker_settings, spec.run_as, plan.gpus)
+        else:
+            executor = ProcessExecutor(plan.argv, self.src, env, driver_log, secrets)
+        self.executor = executor
         self.collector.start()
-        self.executor.start()
+        executor.start()
         with open(os.path.join(self.run_dir, "processes.json"), "w", encoding="utf-8") as fh:
-            json.dump({"host": socket.gethostname(), "agent_pid": os.getpid(), "job_pgid": self.executor.pid}, fh)
-        self.state(RunStatus.RUNNING, f"running {os.path.basename(argv[1] if len(argv) > 1 else argv[0])} "
-                                      f"(pid {self.executor.pid})")
+            json.dump({"host": socket.gethostname(), "agent_pid": os.getpid(), "job_pgid": executor.pid,
+                       "container": getattr(self.executor, "container_id", None)}, fh)
+        where = f"container {plan.image}" if plan.image else f"pid {executor.pid}"
+        self.state(RunStatus.RUNNING, f"running {os.path.basename(spec.script)} ({where})")
         deadline = time.monotonic() + spec.max_run_duration_seconds
         while True:
-            code = self.executor.wait(POLL_SECONDS)
+            code = executor.wait(POLL_SECONDS)
             if code is not None:
                 break
             if self.canceled():
                 self.state(RunStatus.FINALIZING, "cancel requested: stopping the job's processes")
-                self.executor.stop(spec.cancel_grace_seconds)
+                executor.stop(spec.cancel_grace_seconds)
                 return Outcome(RunStatus.CANCELED, "canceled on request")
             if time.monotonic() > deadline:
                 self.state(RunStatus.FINALIZING, "time limit reached: stopping the job's processes")
-                self.executor.stop(spec.cancel_grace_seconds)
+                executor.stop(spec.cancel_grace_seconds)
                 return Outcome(RunStatus.FAILED, "timeout", {
                     "code": "Timeout", "message": f"the run exceeded max_run_duration_seconds="
                                                   f"{spec.max_run_duration_seconds:g} and was stopped"})
         self.state(RunStatus.FINALIZING, f"script exited with code {code}")
-        self.executor.stop(min(spec.cancel_grace_seconds, 2.0))  # processes the script left behind
-        tail = self.executor.finish_logs()
+        executor.stop(min(spec.cancel_grace_seconds, 2.0))  # processes the script left behind
+        tail = executor.finish_logs()
         if code != 0:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             message = f"the script {how}" + ("; last lines of stderr:\n" + "\n".join(tail) if tail else "")
@@ -237,11 +246,11 @@ class Agent:
             if self.canceled():
                 outcome = Outcome(RunStatus.CANCELED, "canceled before it started")
             else:
-                argv = self.prepare()
+                plan = self.prepare()
                 if not self.wait_for_slot() or self.canceled():
                     outcome = Outcome(RunStatus.CANCELED, "canceled while queued")
                 else:
-                    outcome = self.execute(argv)
+                    outcome = self.execute(plan)
         except PrepareError as exc:
             self.note(PREPARE_LOG, f"error: {exc}")
             outcome = Outcome(RunStatus.FAILED, "setup failed", {"code": "SetupError", "message": str(exc)})

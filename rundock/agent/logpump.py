@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 STDERR_TAIL_BYTES = 16 * 1024
@@ -44,31 +45,42 @@ class Masker:
         return longest
 
 
+def pipe_chunks(stream: IO[bytes]) -> Iterator[bytes]:
+    """What a pipe delivers, as soon as it arrives; closes the pipe at its end."""
+    fd = stream.fileno()
+    try:
+        while data := os.read(fd, 65536):
+            yield data
+    finally:
+        stream.close()
+
+
 class LogPump:
-    def __init__(self, stdout: IO[bytes], stderr: IO[bytes], log_path: str, secrets: list[str] | None = None) -> None:
+    """Writes two byte streams (stdout, stderr) into the driver log, masked."""
+
+    def __init__(self, stdout: Iterable[bytes], stderr: Iterable[bytes], log_path: str,
+                 secrets: list[str] | None = None) -> None:
         self._fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
         self._tail = bytearray()
-        self._threads = [threading.Thread(target=self._pump, args=(stream, is_err, Masker(secrets or [])),
+        self._threads = [threading.Thread(target=self._pump, args=(chunks, is_err, Masker(secrets or [])),
                                           daemon=True, name=f"rundock-pump-{'err' if is_err else 'out'}")
-                         for stream, is_err in ((stdout, False), (stderr, True))]
+                         for chunks, is_err in ((stdout, False), (stderr, True))]
         for thread in self._threads:
             thread.start()
 
-    def _pump(self, stream: IO[bytes], is_err: bool, masker: Masker) -> None:
-        fd = stream.fileno()
-        while True:
-            data = os.read(fd, 65536)
-            clean = masker.feed(data, final=not data)
-            if clean:
-                with self._lock:
-                    os.write(self._fd, clean)
-                    if is_err:
-                        self._tail += clean
-                        del self._tail[:-STDERR_TAIL_BYTES]
-            if not data:
-                break
-        stream.close()
+    def _write(self, data: bytes, is_err: bool) -> None:
+        if data:
+            with self._lock:
+                os.write(self._fd, data)
+                if is_err:
+                    self._tail += data
+                    del self._tail[:-STDERR_TAIL_BYTES]
+
+    def _pump(self, chunks: Iterable[bytes], is_err: bool, masker: Masker) -> None:
+        for data in chunks:
+            self._write(masker.feed(data), is_err)
+        self._write(masker.feed(b"", final=True), is_err)
 
     def join(self, timeout: float | None = None) -> None:
         for thread in self._threads:

@@ -132,6 +132,19 @@ class RunStore(abc.ABC):
     def list_models(self, name: str | None = None) -> list[ModelRecord]:
         """Model versions, newest first."""
 
+    # -- environments --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def register_environment(self, name: str, definition: dict[str, Any]) -> int:
+        """Store the next version of environment ``name``; return its version."""
+
+    @abc.abstractmethod
+    def get_environment(self, name: str, version: int | None = None) -> tuple[int, dict[str, Any]]:
+        """(version, definition) of a registered environment (latest by default); KeyError if missing."""
+
+    @abc.abstractmethod
+    def environment_names(self) -> list[str]:
+        """Names of the registered environments."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""

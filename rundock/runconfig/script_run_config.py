@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from rundock.errors import ConfigError
+from rundock.runconfig.docker_args import parse_docker_arguments
 from rundock.runconfig.environment import Environment
 from rundock.runconfig.run_configuration import DEFAULT_MAX_RUN_DURATION, RunConfiguration
 
@@ -65,15 +66,13 @@ class ScriptRunConfig:
             raise ConfigError(f"{script!r} was not found in {self.source_directory!r}", source=SOURCE, field="script")
         self.run_config.validate(SOURCE)
         env = self.run_config.environment
-        if env is not None and env.docker.enabled:
-            raise ConfigError("Docker runs are not available in this version of rundock; set docker.enabled = False",
-                              source=SOURCE, field="environment.docker.enabled")
-        if env is not None and not env.python.user_managed_dependencies and (
-                env.python.pip_packages or env.python.conda_packages):
-            raise ConfigError("building an environment from package lists is not available in this version; "
-                              "install the packages into an interpreter and set "
-                              "python.user_managed_dependencies = True", source=SOURCE,
-                              field="environment.python.user_managed_dependencies")
+        if env is not None:
+            parse_docker_arguments(env.docker.arguments, SOURCE)
+            if env.docker.enabled and not (env.docker.base_image or env.docker.base_dockerfile):
+                raise ConfigError("a Docker environment needs base_image or base_dockerfile", source=SOURCE,
+                                  field="environment.docker.base_image")
+            if env.docker.gpu_count < 0:
+                raise ConfigError("expected zero or more GPUs", source=SOURCE, field="environment.docker.gpu_count")
 
     def __repr__(self) -> str:
         return f"ScriptRunConfig(source_directory={self.source_directory!r}, script={self.script!r})"

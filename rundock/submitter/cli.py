@@ -160,7 +160,7 @@ def logs(run_id: str, follow_: bool, name: str) -> None:
     if not follow_:
         sys.stdout.buffer.write(store.read_log(run.id, name))
         return
-    for _record, _status, data in follow.follow(store, run.id, log_name=name):
+    for _record, _status, data in follow.follow(store, run.id, log_names=(name,)):
         if data:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()

@@ -13,6 +13,7 @@ from rundock.history.store import RunStore
 from rundock.states import RunStatus
 
 DRIVER_LOG = "system_logs/driver_log.txt"
+PREPARE_LOG = "system_logs/prepare_log.txt"
 
 
 def poll_interval(elapsed: float) -> float:
@@ -20,19 +21,24 @@ def poll_interval(elapsed: float) -> float:
     return 0.05 if elapsed < 2 else 0.2 if elapsed < 30 else 1.0
 
 
-def follow(store: RunStore, run_id: str, *, log_name: str = DRIVER_LOG, offset: int = 0,
+def follow(store: RunStore, run_id: str, *, log_names: tuple[str, ...] = (DRIVER_LOG,),
            on_lost: Callable[[RunRecord], None] | None = None,
            timeout: float | None = None) -> Iterator[tuple[RunRecord, RunStatus, bytes]]:
     """Yield (run, shown status, new log bytes) until the run is terminal (or ``timeout``).
 
-    Reads only what is new each time: the driver log is never re-read from the start.
+    New bytes of each log in ``log_names`` come in that order; only what is new
+    is read each time, never a log from its start again.
     """
     started = time.monotonic()
+    offsets = dict.fromkeys(log_names, 0)
     while True:
         store.sweep_lost(on_lost=on_lost)
         run = store.get_run(run_id)
-        data = store.read_log(run_id, log_name, offset)
-        offset += len(data)
+        data = b""
+        for name in log_names:
+            chunk = store.read_log(run_id, name, offsets[name])
+            offsets[name] += len(chunk)
+            data += chunk
         yield run, liveness.effective_status(run, time.time()), data
         if run.status.is_terminal:
             return

@@ -260,7 +260,9 @@ class Run(RunRecorder):
             out.flush()
         shown = None
         workspace = self.experiment.workspace
-        for record, status, data in follow.follow(self._store, self._id, on_lost=lambda r: reap_lost(workspace, r)):
+        logs = (follow.PREPARE_LOG, follow.DRIVER_LOG) if show_output else ()
+        for record, status, data in follow.follow(self._store, self._id, log_names=logs,
+                                                  on_lost=lambda r: reap_lost(workspace, r)):
             self._record = record
             if show_output:
                 if status != shown and not status.is_terminal and status != RunStatus.RUNNING:

@@ -154,6 +154,30 @@ def test_sweep_fails_runs_whose_agent_is_silent(store: RunStore) -> None:
     assert store.get_run(waiting).status == RunStatus.NOT_STARTED
 
 
+def test_environment_registry(store: RunStore) -> None:
+    assert store.register_environment("train", {"python": {"pip_packages": ["a"]}}) == 1
+    assert store.register_environment("train", {"python": {"pip_packages": ["a", "b"]}}) == 2
+    store.register_environment("serve", {})
+    assert store.get_environment("train") == (2, {"python": {"pip_packages": ["a", "b"]}})
+    assert store.get_environment("train", 1)[1] == {"python": {"pip_packages": ["a"]}}
+    assert store.environment_names() == ["serve", "train"]
+    with pytest.raises(KeyError, match="no environment 'nope'"):
+        store.get_environment("nope")
+
+
+def test_model_registry(store: RunStore) -> None:
+    run = store.create_run("e").run_id
+    files = [{"name": "outputs/m.pkl", "digest": "d" * 64, "size": 1}]
+    first = store.register_model("m", run_id=run, path="outputs/m.pkl", files=files, tags={"t": "1"})
+    second = store.register_model("m", run_id=run, path="outputs/m.pkl", files=files, properties={"p": "x"})
+    assert (first.version, second.version) == (1, 2)
+    assert store.get_model("m").version == 2 and store.get_model("m", 1).tags == {"t": "1"}
+    assert [m.version for m in store.find_models("m", tags="t")] == [1]
+    assert [m.version for m in store.find_models(properties={"p": "x"})] == [2]
+    with pytest.raises(KeyError):
+        store.get_model("m", 7)
+
+
 def test_client_metrics_batch(store: RunStore) -> None:
     run = store.create_run("e").run_id
     store.log_metrics(run, [MetricRecord("m", "scalar", i) for i in range(1000)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from rundock.agent.cancel import stop_tree
-from rundock.agent.logpump import LogPump
+from rundock.agent.logpump import LogPump, pipe_chunks
 
 
 class ProcessExecutor:
@@ -25,7 +25,8 @@ class ProcessExecutor:
         self._proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         assert self._proc.stdout is not None and self._proc.stderr is not None
-        self._pump = LogPump(self._proc.stdout, self._proc.stderr, self.driver_log, self.secrets)
+        self._pump = LogPump(pipe_chunks(self._proc.stdout), pipe_chunks(self._proc.stderr), self.driver_log,
+                             self.secrets)
 
     @property
     def pid(self) -> int:

@@ -68,6 +68,9 @@ CREATE TABLE IF NOT EXISTS models (
     name TEXT NOT NULL, version INTEGER NOT NULL, run_id TEXT, path TEXT NOT NULL, files TEXT NOT NULL,
     created_at REAL NOT NULL, tags TEXT NOT NULL, properties TEXT NOT NULL, framework TEXT, framework_version TEXT,
     description TEXT, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS environments (
+    name TEXT NOT NULL, version INTEGER NOT NULL, definition TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS snapshots (snapshot_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, created_at REAL NOT NULL);
 """
 
@@ -382,6 +385,29 @@ class SqliteRunStore(RunStore):
         name, version, run_id, path, files, created_at, tags, properties, framework, fw_version, description = row
         return ModelRecord(name, version, run_id, path, json.loads(files), created_at, json.loads(tags),
                            json.loads(properties), framework, fw_version, description)
+
+    # -- environments ------------------------------------------------------------------------
+    def register_environment(self, name: str, definition: dict[str, Any]) -> int:
+        with self._write() as db:
+            (latest,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM environments WHERE name = ?",
+                                   (name,)).fetchone()
+            db.execute("INSERT INTO environments VALUES (?, ?, ?, ?)",
+                       (name, latest + 1, json.dumps(definition), time.time()))
+        return int(latest) + 1
+
+    def get_environment(self, name: str, version: int | None = None) -> tuple[int, dict[str, Any]]:
+        sql, args = "SELECT version, definition FROM environments WHERE name = ?", [name]
+        if version is not None:
+            sql += " AND version = ?"
+            args.append(str(version))
+        rows = self._read(sql + " ORDER BY version DESC LIMIT 1", args)
+        if not rows:
+            which = f"version {version} of environment {name!r}" if version else f"environment {name!r}"
+            raise KeyError(f"no {which} is registered in {self.path}; register it with env.register(ws)")
+        return int(rows[0][0]), dict(json.loads(rows[0][1]))
+
+    def environment_names(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT DISTINCT name FROM environments ORDER BY name")]
 
     # -- snapshots -----------------------------------------------------------------------
     def put_snapshot(self, snapshot_id: str, manifest: list[dict[str, Any]]) -> bool:

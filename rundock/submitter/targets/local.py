@@ -75,7 +75,8 @@ class LocalTarget:
                     cancel_grace_seconds=config.run_config.cancel_grace_seconds,
                     heartbeat_seconds=ws.heartbeat_seconds, slots_dir=os.path.join(ws.local_root, "slots"),
                     max_concurrent_runs=ws.max_concurrent_runs, target=NAME,
-                    submitted_at=record.created_at, secrets_file=ws.secrets.path).save(run_dir)
+                    submitted_at=record.created_at, secrets_file=ws.secrets.path, environment=env.to_mapping(),
+                    run_as=f"{os.getuid()}:{os.getgid()}").save(run_dir)
             issue_ticket(os.path.join(ws.local_root, "slots"), record.created_at, record.run_id)
             ws.store.transition(record.run_id, RunStatus.STARTING, detail="starting the local agent")
             self._spawn_agent(run_dir)
@@ -122,6 +123,9 @@ class LocalTarget:
             return
         if info.get("host") != socket.gethostname():
             return
+        if info.get("container"):
+            _remove_container(str(info["container"]))
+            return
         try:
             leader = psutil.Process(int(info["job_pgid"]))
             if leader.environ().get(ENV_RUN_ID) != run.run_id:
@@ -129,3 +133,13 @@ class LocalTarget:
             os.killpg(leader.pid, signal.SIGKILL)
         except (psutil.Error, ProcessLookupError, PermissionError, KeyError, ValueError):
             pass
+
+
+def _remove_container(container_id: str) -> None:
+    import docker
+    import docker.errors
+
+    try:
+        docker.from_env(timeout=30).containers.get(container_id).remove(force=True)
+    except docker.errors.DockerException:
+        pass  # already gone, or the engine is unreachable: nothing more to do from here

@@ -1,0 +1,123 @@
+"""Run the job in a container of the local Docker engine.
+
+The run directory is bind-mounted at ``/rundock/run`` (the snapshot is the
+working directory; outputs, logs and the journal land on the host exactly as
+for a local process), rundock's job-side package is mounted read-only at
+``/rundock/lib``, the container runs as the submitting user with ``--init`` so
+signals reach the script, and it is labelled with the run id. Stop is
+``docker stop`` with the grace period (SIGTERM, then SIGKILL); the container is
+removed when the run ends, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+
+from rundock.agent.environments import PrepareError
+from rundock.agent.logpump import LogPump
+
+RUN_MOUNT = "/rundock/run"
+LIB_MOUNT = "/rundock/lib"
+LABEL = "rundock.run_id"
+
+
+def container_paths(lib_paths: list[str]) -> list[str]:
+    return [f"{LIB_MOUNT}/{i}" for i in range(len(lib_paths))]
+
+
+class DockerExecutor:
+    """Primitives the lifecycle needs: start, wait, stop, logs, exit code."""
+
+    def __init__(self, client: docker.DockerClient, image: str, argv: list[str], run_id: str, run_dir: str,
+                 lib_paths: list[str], env: dict[str, str], driver_log: str, secrets: list[str],
+                 settings: dict[str, Any], user: str, gpus: list[str]) -> None:
+        self.client = client
+        self.image = image
+        self.argv = argv
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.lib_paths = lib_paths
+        self.env = env
+        self.driver_log = driver_log
+        self.secrets = secrets
+        self.settings = settings
+        self.user = user
+        self.gpus = gpus
+        self.container: Any = None
+        self.oom_killed = False
+        self._pump: LogPump | None = None
+
+    def start(self) -> None:
+        volumes = {self.run_dir: {"bind": RUN_MOUNT, "mode": "rw"}}
+        volumes.update({host: {"bind": inside, "mode": "ro"}
+                        for host, inside in zip(self.lib_paths, container_paths(self.lib_paths), strict=True)})
+        settings = dict(self.settings)
+        environment = {**self.env, **settings.pop("environment", {})}
+        device_requests = [docker.types.DeviceRequest(device_ids=self.gpus, capabilities=[["gpu"]])] \
+            if self.gpus else None
+        try:
+            self.container = self.client.containers.create(
+                self.image, command=self.argv, working_dir=f"{RUN_MOUNT}/src", volumes=volumes,
+                environment=environment, init=True, labels={LABEL: self.run_id}, user=settings.pop("user", self.user),
+                detach=True, name=f"rundock-{self.run_id}", device_requests=device_requests, **settings)
+            self.container.start()
+        except docker.errors.APIError as exc:
+            if self.container is not None:
+                self.remove()
+            hint = " (GPUs need the NVIDIA container toolkit on this host)" if self.gpus else ""
+            raise PrepareError(f"the Docker engine could not start the run's container: "
+                               f"{exc.explanation or exc}{hint}") from None
+        # Log streams replay from the container's start, so nothing written before they open is lost.
+        stdout = self.container.logs(stream=True, follow=True, stdout=True, stderr=False)
+        stderr = self.container.logs(stream=True, follow=True, stdout=False, stderr=True)
+        self._pump = LogPump(stdout, stderr, self.driver_log, self.secrets)
+
+    @property
+    def pid(self) -> int:
+        return 0
+
+    @property
+    def container_id(self) -> str:
+        return str(self.container.id) if self.container is not None else ""
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if still running after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.container.reload()
+            state = self.container.attrs["State"]
+            if state["Status"] in ("exited", "dead"):
+                self.oom_killed = bool(state.get("OOMKilled"))
+                return int(state["ExitCode"])
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def stop(self, grace_seconds: float) -> list[int]:
+        """``docker stop`` with the grace period, then remove the container."""
+        if self.container is None:
+            return []
+        try:
+            self.container.stop(timeout=math.ceil(grace_seconds))
+        except docker.errors.NotFound:
+            pass
+        self.remove()
+        return []
+
+    def remove(self) -> None:
+        try:
+            self.container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+    def finish_logs(self) -> list[str]:
+        if self._pump is None:
+            return []
+        self._pump.join()
+        return self._pump.stderr_tail()

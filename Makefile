@@ -18,9 +18,14 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+# What runs on jobs' and remote hosts' Python must work on 3.8.
+PY38_FILES := rundock/__init__.py rundock/states.py rundock/errors.py rundock/context rundock/agent rundock/history \
+	rundock/runconfig/__init__.py rundock/runconfig/docker_args.py
+
 lint: venv
 	$(BIN)/ruff check rundock tests examples
 	$(BIN)/mypy
+	$(BIN)/vermin -q -t=3.8- --no-tips --violations --backport typing $(PY38_FILES)
 
 clean:
 	rm -rf $(VENV) examples/quickstart/.rundock examples/quickstart/model.pkl

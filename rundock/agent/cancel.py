@@ -3,6 +3,8 @@
 The agent makes itself a child subreaper, so every process the job starts
 (even one that called setsid or whose parent died) stays its descendant and
 can be found and killed. Deadlines are monotonic; "already gone" is success.
+Standard library only (Linux ``/proc``): the agent runs on hosts where nothing
+but Python is installed.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
-
-import psutil
+import time
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -26,37 +27,84 @@ def become_subreaper() -> bool:
         return False
 
 
-def _descendants() -> list[psutil.Process]:
-    try:
-        return psutil.Process(os.getpid()).children(recursive=True)
-    except psutil.Error:
-        return []
+def _processes() -> dict[int, tuple[int, bool]]:
+    """pid -> (parent pid, is a zombie) of every process."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1:
+            found[int(entry)] = (int(fields[1]), fields[0] == b"Z")
+    return found
 
 
-def _signal_all(pgid: int | None, procs: list[psutil.Process], sig: int) -> None:
-    if pgid is not None:
+def descendants(pid: int | None = None) -> list[int]:
+    """Live descendants of ``pid`` (default: this process)."""
+    root = os.getpid() if pid is None else pid
+    children: dict[int, list[int]] = {}
+    for child, (parent, zombie) in _processes().items():
+        if not zombie:
+            children.setdefault(parent, []).append(child)
+    found, frontier = [], [root]
+    while frontier:
+        nxt = [c for p in frontier for c in children.get(p, [])]
+        found.extend(nxt)
+        frontier = nxt
+    return found
+
+
+def _reap(keep: int | None) -> None:
+    """Collect our zombie children (a subreaper inherits orphans), except ``keep``, whose owner waits for it."""
+    me = os.getpid()
+    for pid, (parent, zombie) in _processes().items():
+        if zombie and parent == me and pid != keep:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def _signal_all(pgid: int | None, pids: list[int], sig: int) -> None:
+    if pgid:
         try:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-    for proc in procs:
+    for pid in pids:
         try:
-            proc.send_signal(sig)
-        except psutil.Error:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
             pass
 
 
-def stop_tree(pgid: int | None, grace_seconds: float) -> list[int]:
+def _wait_gone(pids: list[int], timeout: float, keep: int | None) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap(keep)
+        live = set(descendants())
+        alive = [p for p in pids if p in live]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def stop_tree(pgid: int | None, grace_seconds: float, keep: int | None = None) -> list[int]:
     """Stop the job's process group and every descendant of this agent.
 
-    Returns the pids that survived SIGKILL (expected: none).
+    ``keep`` is a child whose exit status its owner collects itself (the job's
+    main process, waited on by the executor). Returns pids that survived SIGKILL.
     """
-    procs = _descendants()
-    if not procs and pgid is None:
+    pids = descendants()
+    if not pids:
         return []
-    _signal_all(pgid, procs, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=grace_seconds)
-    late = [p for p in _descendants() if p not in procs]  # started during the grace period
+    _signal_all(pgid, pids, signal.SIGTERM)
+    alive = _wait_gone(pids, grace_seconds, keep)
+    late = [p for p in descendants() if p not in pids]  # started during the grace period
     _signal_all(pgid, alive + late, signal.SIGKILL)
-    _, still = psutil.wait_procs(alive + late, timeout=5.0)
-    return [p.pid for p in still]
+    return _wait_gone(alive + late, 5.0, keep)

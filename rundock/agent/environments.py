@@ -18,8 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Callable
 
 COMPLETE_MARK = ".rundock-complete"
 TAIL_LINES = 25

@@ -15,8 +15,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Callable
 
 import docker
 import docker.errors

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 from rundock.agent.cancel import become_subreaper
 from rundock.agent.environments import PrepareError
-from rundock.agent.executors.docker import RUN_MOUNT, DockerExecutor, container_paths
 from rundock.agent.executors.process import ProcessExecutor
 from rundock.agent.heartbeat import Heartbeat
 from rundock.agent.job import JobSpec, cancel_requested
@@ -38,7 +37,7 @@ from rundock.context import run as ctx
 from rundock.context.journal import JournalWriter
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import open_store
-from rundock.history.sync import SYSTEM_LOGS_DIR, Syncer
+from rundock.history.sync import SYSTEM_LOGS_DIR, JournalOnly, Syncer
 from rundock.states import RunStatus
 
 log = logging.getLogger("rundock.agent")
@@ -47,6 +46,9 @@ POLL_SECONDS = 0.1
 DRIVER_LOG = "driver_log.txt"
 PREPARE_LOG = "prepare_log.txt"
 SECRETS_FILE = "secrets.json"
+MANIFEST_FILE = "manifest.json"
+RUN_MOUNT = "/rundock/run"  # where a container sees the run directory
+LIB_MOUNT = "/rundock/lib"  # and the job-side package
 
 
 @dataclasses.dataclass
@@ -75,10 +77,12 @@ class Agent:
         self.src = os.path.join(self.run_dir, "src")
         self.logs_dir = os.path.join(self.run_dir, SYSTEM_LOGS_DIR)
         os.makedirs(self.logs_dir, exist_ok=True)
-        self.store = open_store(self.spec.store_uri)
         self.artifacts = ArtifactStore(self.spec.artifacts_root)
         self.journal = JournalWriter(self.run_dir, "agent")
-        self.syncer = Syncer(self.run_dir, self.spec.run_id, self.store, self.artifacts, self.spec.attempt)
+        # Without a history (a remote host), everything stays in the run directory for the submitter to pull.
+        self.store = open_store(self.spec.store_uri) if self.spec.store_uri else None
+        self.syncer: Syncer | JournalOnly = JournalOnly() if self.store is None else \
+            Syncer(self.run_dir, self.spec.run_id, self.store, self.artifacts, self.spec.attempt)
         self.heartbeat = Heartbeat(self.journal, self.spec.heartbeat_seconds, on_beat=self.syncer.poke)
         self.collector = OutputCollector(self.src, self.artifacts, self.journal)
         self.executor: Executor | None = None
@@ -105,7 +109,11 @@ class Agent:
         spec = self.spec
         self.state(RunStatus.PREPARING, f"materializing snapshot {spec.snapshot_id[:12]} on {socket.gethostname()}")
         started = time.monotonic()
-        manifest = self.store.get_snapshot(spec.snapshot_id)
+        if self.store is not None:
+            manifest = self.store.get_snapshot(spec.snapshot_id)
+        else:
+            with open(os.path.join(self.run_dir, MANIFEST_FILE), encoding="utf-8") as fh:
+                manifest = json.load(fh)
         materialize(manifest, self.artifacts, self.src)
         self.note(PREPARE_LOG, f"materialized {len(manifest)} files from snapshot {spec.snapshot_id} "
                                f"in {time.monotonic() - started:.2f} s")
@@ -143,7 +151,7 @@ class Agent:
         libs = [ensure_job_lib(lib_root)] + ([ensure_azureml_shim(lib_root)] if plan.azureml_shim else [])
         in_container = plan.image is not None
         run_dir = RUN_MOUNT if in_container else self.run_dir
-        paths = container_paths(libs) if in_container else libs
+        paths = [f"{LIB_MOUNT}/{i}" for i in range(len(libs))] if in_container else libs
         env = {"HOME": "/tmp"} if in_container else dict(os.environ)
         env.update(spec.environment_variables)
         env.update(((spec.environment or {}).get("environment_variables")) or {})
@@ -168,6 +176,8 @@ class Agent:
         secrets = list(self.secrets.values())
         executor: Executor
         if plan.image is not None:
+            from rundock.agent.executors.docker import DockerExecutor  # docker-py only where Docker is used
+
             executor = DockerExecutor(plan.docker_client, plan.image, plan.argv, spec.run_id, self.run_dir, libs, env,
                                       driver_log, secrets, plan.docker_settings, spec.run_as, plan.gpus)
         else:
@@ -223,20 +233,14 @@ class Agent:
         if os.path.exists(secrets):
             os.unlink(secrets)
         self.syncer.sync_once()  # every file record reaches the history before the terminal status
-        self.end_open_children(outcome)
+        if self.store is not None:
+            self.store.end_open_children(self.spec.run_id, outcome.status)
         self.heartbeat.stop()
         self.state(outcome.status, outcome.detail, outcome.error)
         self.syncer.stop()
         self.ticket.release()
         if self.slot is not None:
             self.slot.release()
-
-    def end_open_children(self, outcome: Outcome) -> None:
-        """Children the job created and left open end with their parent's status."""
-        for child in self.store.list_runs(parent_id=self.spec.run_id, run_type="rundock.childrun"):
-            if not child.status.is_terminal:
-                self.store.transition(child.run_id, outcome.status, detail="its parent run ended "
-                                      f"{outcome.status.value} while it was still open")
 
     def run(self) -> Outcome:
         become_subreaper()

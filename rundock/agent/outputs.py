@@ -1,6 +1,8 @@
 """Collect ``./outputs`` and ``./logs`` into the run history while the job runs.
 
-Watchdog events are only hints: a file is stored when it is closed, or once it
+Changes are noticed with watchdog (inotify) where it is installed and by a
+polling scan otherwise (an agent on a host with nothing but Python). Either
+way they are only hints: a file is stored when it is closed, or once it
 has been quiet for a moment; ``final_scan`` (after the job's processes are
 gone) stores every file whose content is not already recorded, so each file
 present at the end is in the history with a matching hash whatever the
@@ -13,9 +15,7 @@ import logging
 import os
 import threading
 import time
-
-from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler, FileSystemMovedEvent
-from watchdog.observers import Observer
+from typing import Any
 
 from rundock.context.journal import JournalWriter
 from rundock.history.artifacts import ArtifactStore, sha256_file
@@ -26,15 +26,57 @@ WATCHED_DIRS = ("outputs", "logs")
 QUIET_SECONDS = 0.5
 
 
-class _Handler(FileSystemEventHandler):
-    def __init__(self, collector: OutputCollector) -> None:
-        self.collector = collector
+POLL_SECONDS = 0.5
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
-            return
-        path = event.dest_path if isinstance(event, FileSystemMovedEvent) else event.src_path
-        self.collector.mark(os.fsdecode(path), closed=isinstance(event, FileClosedEvent))
+
+def _watchdog_observer(collector: OutputCollector, paths: list[str]) -> Any:
+    """A started watchdog observer feeding ``collector``, or None where watchdog is not installed."""
+    try:
+        from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler, FileSystemMovedEvent
+        from watchdog.observers import Observer
+    except ImportError:
+        return None
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if event.is_directory:
+                return
+            path = event.dest_path if isinstance(event, FileSystemMovedEvent) else event.src_path
+            collector.mark(os.fsdecode(path), closed=isinstance(event, FileClosedEvent))
+
+    observer = Observer()
+    for path in paths:
+        observer.schedule(Handler(), path, recursive=True)
+    observer.start()
+    return observer
+
+
+class _Poller(threading.Thread):
+    """Notices new and changed files by comparing size and mtime on each scan."""
+
+    def __init__(self, collector: OutputCollector, paths: list[str]) -> None:
+        super().__init__(name="rundock-outputs-poll", daemon=True)
+        self.collector = collector
+        self.paths = paths
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(POLL_SECONDS):
+            for top in self.paths:
+                for root, _dirs, files in os.walk(top):
+                    for name in files:
+                        path = os.path.join(root, name)
+                        try:
+                            st = os.stat(path)
+                        except OSError:
+                            continue
+                        if self._seen.get(path) != (st.st_size, st.st_mtime_ns):
+                            self._seen[path] = (st.st_size, st.st_mtime_ns)
+                            self.collector.mark(path, closed=False)
+
+    def stop(self) -> None:
+        self._halt.set()
 
 
 class OutputCollector:
@@ -48,15 +90,17 @@ class OutputCollector:
         self._dirty: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._observer = Observer()
+        self._observer: Any = None
         self._thread = threading.Thread(target=self._loop, name="rundock-outputs", daemon=True)
 
     def start(self) -> None:
-        for name in WATCHED_DIRS:
-            path = os.path.join(self.src_dir, name)
+        paths = [os.path.join(self.src_dir, name) for name in WATCHED_DIRS]
+        for path in paths:
             os.makedirs(path, exist_ok=True)
-            self._observer.schedule(_Handler(self), path, recursive=True)
-        self._observer.start()
+        self._observer = _watchdog_observer(self, paths)
+        if self._observer is None:
+            self._observer = _Poller(self, paths)
+            self._observer.start()
         self._thread.start()
 
     def mark(self, path: str, closed: bool) -> None:
@@ -98,9 +142,11 @@ class OutputCollector:
 
     def stop(self) -> None:
         self._stop.set()
-        self._observer.stop()
-        self._observer.join()
-        self._thread.join()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def final_scan(self) -> int:
         """Store every file under the watched folders not yet recorded as it is now."""

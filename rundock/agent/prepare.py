@@ -14,8 +14,7 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Callable
 
 from rundock.agent.environments import PrepareError, host_gpus, pick_gpus, resolve_interpreter, system_managed_python
 from rundock.agent.job import JobSpec

@@ -10,14 +10,14 @@ import abc
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Union
 
 from rundock.errors import ConfigError
 from rundock.history import liveness
 from rundock.history.records import FileRecord, JournalPlan, MetricRecord, ModelRecord, RunRecord, StatusChange
 from rundock.states import RunStatus
 
-Filter = str | Mapping[str, Any] | None
+Filter = Union[str, Mapping[str, Any], None]  # evaluated at run time: Python 3.8 syntax
 
 
 def new_run_id(experiment: str, now: float | None = None) -> str:
@@ -183,6 +183,14 @@ class RunStore(abc.ABC):
         """``list_models`` with tag, property and run filters."""
         return [m for m in self.list_models(name) if _matches(m.tags, tags) and _matches(m.properties, properties)
                 and (run_id is None or m.run_id == run_id)]
+
+    def end_open_children(self, run_id: str, status: RunStatus | str) -> None:
+        """Children a job created and left open end with their parent's final status."""
+        final = RunStatus(status)
+        for child in self.list_runs(parent_id=run_id, run_type="rundock.childrun"):
+            if not child.status.is_terminal:
+                self.transition(child.run_id, final, detail=f"its parent run ended {final.value} while it was "
+                                                            "still open")
 
     def sweep_lost(self, now: float | None = None, lost_after: float | None = None,
                    on_lost: Callable[[RunRecord], None] | None = None) -> list[str]:

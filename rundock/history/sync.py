@@ -117,3 +117,22 @@ class Syncer:
         if self._thread is not None:
             self._thread.join()
         self.sync_once()
+
+
+class JournalOnly:
+    """The syncer of an agent without a run history (a remote host): records stay in the
+    run directory, and the submitter pulls them over SSH and ships them with a ``Syncer``."""
+
+    pending = 0
+
+    def sync_once(self) -> int:
+        return 0
+
+    def start(self, period: float = 0.25) -> None:
+        pass
+
+    def poke(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

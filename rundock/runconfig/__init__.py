@@ -1,7 +1,27 @@
-"""What to run: ScriptRunConfig, RunConfiguration and Environment (no I/O beyond config files)."""
+"""What to run: ScriptRunConfig, RunConfiguration and Environment (no I/O beyond config files).
 
-from rundock.runconfig.environment import CondaDependencies, DockerSection, Environment, PythonSection
-from rundock.runconfig.run_configuration import RunConfiguration
-from rundock.runconfig.script_run_config import ScriptRunConfig
+Names resolve on first use, so the agent can import ``rundock.runconfig.docker_args``
+on a host without the submitter's packages.
+"""
 
-__all__ = ["CondaDependencies", "DockerSection", "Environment", "PythonSection", "RunConfiguration", "ScriptRunConfig"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CondaDependencies": "rundock.runconfig.environment",
+    "DockerSection": "rundock.runconfig.environment",
+    "Environment": "rundock.runconfig.environment",
+    "PythonSection": "rundock.runconfig.environment",
+    "RunConfiguration": "rundock.runconfig.run_configuration",
+    "ScriptRunConfig": "rundock.runconfig.script_run_config",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rundock.runconfig' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -20,10 +20,9 @@ import docker.errors
 import docker.types
 
 from rundock.agent.environments import PrepareError
+from rundock.agent.lifecycle import LIB_MOUNT, RUN_MOUNT
 from rundock.agent.logpump import LogPump
 
-RUN_MOUNT = "/rundock/run"
-LIB_MOUNT = "/rundock/lib"
 LABEL = "rundock.run_id"
 
 
@@ -56,7 +55,7 @@ class DockerExecutor:
     def start(self) -> None:
         volumes = {self.run_dir: {"bind": RUN_MOUNT, "mode": "rw"}}
         volumes.update({host: {"bind": inside, "mode": "ro"}
-                        for host, inside in zip(self.lib_paths, container_paths(self.lib_paths), strict=True)})
+                        for host, inside in zip(self.lib_paths, container_paths(self.lib_paths))})
         settings = dict(self.settings)
         environment = {**self.env, **settings.pop("environment", {})}
         device_requests = [docker.types.DeviceRequest(device_ids=self.gpus, capabilities=[["gpu"]])] \

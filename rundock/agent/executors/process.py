@@ -43,7 +43,8 @@ class ProcessExecutor:
 
     def stop(self, grace_seconds: float) -> list[int]:
         """SIGTERM the job's group and every descendant, wait, SIGKILL; return survivors."""
-        survivors = stop_tree(self._proc.pid if self._proc else None, grace_seconds)
+        pid = self._proc.pid if self._proc else None
+        survivors = stop_tree(pid, grace_seconds, keep=pid)
         if self._proc is not None:
             self._proc.wait()
         return survivors

@@ -21,6 +21,8 @@ _EXPORTS = {
     "RunStatus": "rundock.states",
     "Model": "rundock.submitter.model",
     "CondaDependencies": "rundock.runconfig.environment",
+    "ComputeTarget": "rundock.submitter.compute",
+    "RemoteCompute": "rundock.submitter.compute",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

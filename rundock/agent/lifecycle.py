@@ -229,9 +229,10 @@ class Agent:
         self.note("finalize_log.txt", f"final scan stored {stored} changed files; ending {outcome.status.value}")
         for name in sorted(os.listdir(self.logs_dir)):
             self.collector.store_as(os.path.join(self.logs_dir, name), f"{SYSTEM_LOGS_DIR}/{name}")
-        secrets = os.path.join(self.run_dir, SECRETS_FILE)
-        if os.path.exists(secrets):
-            os.unlink(secrets)
+        for secrets in (os.path.join(self.run_dir, SECRETS_FILE), self.spec.secrets_file or ""):
+            inside = os.path.dirname(os.path.abspath(secrets)) == self.run_dir  # never the workspace's own file
+            if secrets and inside and os.path.exists(secrets):
+                os.unlink(secrets)
         self.syncer.sync_once()  # every file record reaches the history before the terminal status
         if self.store is not None:
             self.store.end_open_children(self.spec.run_id, outcome.status)

@@ -51,6 +51,10 @@ def effective_status(run: RunRecord, now: float) -> RunStatus:
 
 
 def is_lost(run: RunRecord, now: float, lost_after: float) -> bool:
-    """Whether the run's agent has been silent (or never spoke) for longer than ``lost_after``."""
+    """Whether the run's agent has been silent (or never spoke) for longer than ``lost_after``.
+
+    Only for agents on this machine: silence from a remote host may only mean the
+    submitter cannot reach it, so its runs are judged by a pull (the SSH target).
+    """
     silent = _silent_for(run, now)
-    return silent is not None and silent > lost_after
+    return run.target == "local" and silent is not None and silent > lost_after

@@ -251,6 +251,107 @@ def models(name: str | None) -> None:
     out.print(table)
 
 
+@cli.group()
+def target() -> None:
+    """Compute targets: hosts reached over SSH (plus `local`)."""
+
+
+@target.command("attach")
+@click.argument("name")
+@click.option("--address", required=True, help="Host name or address (a ~/.ssh/config alias works).")
+@click.option("--port", "ssh_port", type=int, help="SSH port (default: from ~/.ssh/config, else 22).")
+@click.option("--user", "username", help="User name (default: from ~/.ssh/config, else yours).")
+@click.option("--key", "private_key_file", help="Private key file (default: ssh-agent and ~/.ssh keys).")
+@click.option("--root", default="~/.rundock", show_default=True, help="rundock's folder on the host.")
+@click.option("--python", default="python3", show_default=True, help="Python (>= 3.8) on the host.")
+@click.option("--max-concurrent-runs", type=int, default=0, help="Runs at once on the host (0: one per CPU).")
+def target_attach(name: str, address: str, ssh_port: int | None, username: str | None,
+                  private_key_file: str | None, root: str, python: str, max_concurrent_runs: int) -> None:
+    """Attach a host reached over SSH as compute target NAME."""
+    from rundock.submitter.compute import ComputeTarget, RemoteCompute
+
+    config = RemoteCompute.attach_configuration(address=address, ssh_port=ssh_port or 22, username=username or "",
+                                                private_key_file=private_key_file, root=root, python=python,
+                                                max_concurrent_runs=max_concurrent_runs)
+    if ssh_port is None:
+        config.ssh_port = None
+    ComputeTarget.attach(_workspace(), name, config)
+    console.print(f"Attached {name} ({address}). Check it with `rundock target show {name}`; an unknown host key is "
+                  f"trusted with `rundock target trust {name}`")
+
+
+@target.command("list")
+def target_list() -> None:
+    """List compute targets."""
+    from rundock.submitter.compute import ComputeTarget
+
+    table = Table("name", "type", "address", "user", box=None)
+    table.add_row("local", "this machine", "", "")
+    for compute in ComputeTarget.list(_workspace()):
+        port = f":{compute.config.ssh_port}" if compute.config.ssh_port else ""
+        table.add_row(compute.name, "ssh", f"{compute.config.address}{port}", compute.config.username or "")
+    out.print(table)
+
+
+@target.command("show")
+@click.argument("name")
+def target_show(name: str) -> None:
+    """Connect to target NAME and show what the host has (installs rundock's agent there if needed)."""
+    from rundock.submitter.targets.remote import RemoteTarget
+
+    remote = RemoteTarget(_workspace(), name)
+    conn = remote.connect()
+    host = remote.ensure_agent(conn)
+    out.print(f"[bold]{name}[/]: {conn.where}")
+    out.print(f"  Python {host['python']} ({host['executable']}), {host['cpus']} CPUs, "
+              f"{host['free_bytes'] / 1e9:.1f} GB free under {host['root']}")
+    out.print(f"  Docker: {'yes' if host['docker'] else 'no'}; GPUs: {', '.join(host['gpus']) or 'none'}")
+
+
+@target.command("detach")
+@click.argument("name")
+def target_detach(name: str) -> None:
+    """Forget target NAME (its runs stay in the history)."""
+    from rundock.submitter.compute import ComputeTarget
+
+    ComputeTarget(_workspace(), name).detach()
+    console.print(f"Detached {name}")
+
+
+@target.command("trust")
+@click.argument("name")
+def target_trust(name: str) -> None:
+    """Record the current host key of target NAME as trusted (check the fingerprint first)."""
+    from rundock.submitter.ssh import trust_host
+    from rundock.submitter.targets.remote import RemoteTarget
+
+    remote = RemoteTarget(_workspace(), name)
+    line = trust_host(remote.ssh_target(), remote.known_hosts)
+    console.print(f"Trusted {line}\n(recorded in {remote.known_hosts})")
+
+
+@cli.command("sync")
+@click.argument("run_id", required=False)
+@click.option("--wait", is_flag=True, help="Keep pulling until the runs end.")
+def sync_runs(run_id: str | None, wait: bool) -> None:
+    """Bring remote runs (or RUN_ID) up to date with what their agents recorded."""
+    from rundock.submitter.targets import sync
+
+    ws = _workspace()
+    live = [ws.store.get_run(run_id)] if run_id else [
+        r for r in ws.store.list_runs() if not r.status.is_terminal and r.target not in ("local", "sdk")]
+    while True:
+        for record in live:
+            sync(ws, record)
+        live = [ws.store.get_run(r.run_id) for r in live]
+        pending = [r for r in live if not r.status.is_terminal]
+        if not wait or not pending:
+            break
+        time.sleep(1)
+    for record in live:
+        console.print(f"{record.run_id}: {record.status.value}")
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, prog_name="rundock", standalone_mode=False)

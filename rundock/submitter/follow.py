@@ -18,12 +18,12 @@ PREPARE_LOG = "system_logs/prepare_log.txt"
 
 def poll_interval(elapsed: float) -> float:
     """Poll often at first (short runs feel instant), then back off to 1 s."""
-    return 0.05 if elapsed < 2 else 0.2 if elapsed < 30 else 1.0
+    return 0.05 if elapsed < 2 else 0.2 if elapsed < 30 else 1.0  # (a remote pull adds its own round trip)
 
 
 def follow(store: RunStore, run_id: str, *, log_names: tuple[str, ...] = (DRIVER_LOG,),
-           on_lost: Callable[[RunRecord], None] | None = None,
-           timeout: float | None = None) -> Iterator[tuple[RunRecord, RunStatus, bytes]]:
+           on_lost: Callable[[RunRecord], None] | None = None, timeout: float | None = None,
+           before_poll: Callable[[], None] | None = None) -> Iterator[tuple[RunRecord, RunStatus, bytes]]:
     """Yield (run, shown status, new log bytes) until the run is terminal (or ``timeout``).
 
     New bytes of each log in ``log_names`` come in that order; only what is new
@@ -32,6 +32,8 @@ def follow(store: RunStore, run_id: str, *, log_names: tuple[str, ...] = (DRIVER
     started = time.monotonic()
     offsets = dict.fromkeys(log_names, 0)
     while True:
+        if before_poll is not None:
+            before_poll()  # a remote target pulls what its agent recorded
         store.sweep_lost(on_lost=on_lost)
         run = store.get_run(run_id)
         data = b""

@@ -166,9 +166,11 @@ class Run(RunRecorder):
 
     def refresh(self) -> Run:
         """Read the run again from the history (and end runs whose agent is lost)."""
-        from rundock.submitter.targets import reap_lost
+        from rundock.submitter.targets import reap_lost, sync
 
-        self._store.sweep_lost(on_lost=lambda r: reap_lost(self.experiment.workspace, r))
+        workspace = self.experiment.workspace
+        self._store.sweep_lost(on_lost=lambda r: reap_lost(workspace, r))
+        sync(workspace, self._store.get_run(self._id))
         self._record = self._store.get_run(self._id)
         return self
 
@@ -251,7 +253,7 @@ class Run(RunRecorder):
 
         Raises RunFailedError if the run ended Failed and ``raise_on_error``.
         """
-        from rundock.submitter.targets import reap_lost
+        from rundock.submitter.targets import reap_lost, sync
 
         out = sys.stdout
         if show_output:
@@ -262,7 +264,8 @@ class Run(RunRecorder):
         workspace = self.experiment.workspace
         logs = (follow.PREPARE_LOG, follow.DRIVER_LOG) if show_output else ()
         for record, status, data in follow.follow(self._store, self._id, log_names=logs,
-                                                  on_lost=lambda r: reap_lost(workspace, r)):
+                                                  on_lost=lambda r: reap_lost(workspace, r),
+                                                  before_poll=lambda: sync(workspace, self._store.get_run(self._id))):
             self._record = record
             if show_output:
                 if status != shown and not status.is_terminal and status != RunStatus.RUNNING:

@@ -76,7 +76,7 @@ def test_experiment_names_are_checked(workspace: Workspace) -> None:
 
 def test_unknown_target_is_a_clear_error(workspace: Workspace, source: Callable[..., Path]) -> None:
     src = source(**{"train.py": "print(1)"})
-    with pytest.raises(ConfigError, match="compute target 'gpu-box' is not known"):
+    with pytest.raises(ConfigError, match="compute target 'gpu-box' is not attached; attached targets: local"):
         Experiment(workspace, "t").submit(ScriptRunConfig(str(src), "train.py", compute_target="gpu-box"))
     assert workspace.store.list_runs() == []
 

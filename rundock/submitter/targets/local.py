@@ -100,6 +100,9 @@ class LocalTarget:
                              stdin=subprocess.DEVNULL, stdout=agent_log, stderr=subprocess.STDOUT,
                              start_new_session=True, close_fds=True)
 
+    def sync(self, run: RunRecord) -> None:
+        """Local agents write to the history themselves."""
+
     def cancel(self, run: RunRecord) -> None:
         """Leave the cancel request for the run's agent (the store records it separately)."""
         if run.run_dir and os.path.isdir(run.run_dir):

@@ -1,0 +1,224 @@
+"""The remote host's side of an SSH target: small commands the submitter runs over SSH.
+
+``python3 -m rundock.agent.remote COMMAND ROOT [ARG]`` with the agent bundle on
+PYTHONPATH; standard library only. ROOT is the host's rundock folder
+(``~/.rundock``) with ``artifacts/``, ``runs/``, ``slots/``... Requests come on
+stdin (JSON or a tar stream), answers on stdout (JSON or a gzip tar stream).
+
+- ``probe``: Python version, free disk, CPUs, Docker, GPUs.
+- ``missing``: which of these blob digests the host lacks.
+- ``receive``: store blobs from a tar stream (names are digests; each is verified).
+- ``start RUN_ID``: write the job and its snapshot manifest, start the agent detached.
+- ``pull RUN_ID``: what is new in the run directory since the given offsets, with the
+  blobs and uploads its new journal records name, and whether the agent is alive.
+- ``cancel RUN_ID`` / ``clean RUN_ID`` / ``reap RUN_ID``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from typing import Any
+
+from rundock.agent.job import JOB_FILE, request_cancel
+from rundock.context.journal import JOURNAL_DIR, read_from
+from rundock.context.names import artifact_name
+
+PULLED_DIRS = (JOURNAL_DIR, "system_logs")
+AGENT_PID = "agent.pid"
+
+
+def _blob_path(root: str, digest: str) -> str:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a digest: {digest!r}")
+    return os.path.join(root, "artifacts", digest[:2], digest)
+
+
+def probe(root: str) -> dict[str, Any]:
+    os.makedirs(root, exist_ok=True)
+    usage = shutil.disk_usage(root)
+    gpus: list[str] = []
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=60)
+        gpus = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return {"python": sys.version.split()[0], "executable": sys.executable, "root": os.path.abspath(root),
+            "free_bytes": usage.free, "cpus": os.cpu_count() or 1, "docker": shutil.which("docker") is not None,
+            "gpus": gpus}
+
+
+def missing(root: str, digests: list[str]) -> list[str]:
+    return [d for d in digests if not os.path.exists(_blob_path(root, d))]
+
+
+def receive(root: str, stream: Any) -> int:
+    """Store each member of a tar stream under its digest name, verifying the content."""
+    stored = 0
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            target = _blob_path(root, member.name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            src = tar.extractfile(member)
+            assert src is not None
+            tmp = f"{target}.incoming-{os.getpid()}"
+            digest = hashlib.sha256()
+            with open(tmp, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != member.name:
+                os.unlink(tmp)
+                raise ValueError(f"blob {member.name} arrived damaged")
+            os.replace(tmp, target)
+            stored += 1
+    return stored
+
+
+def start(root: str, run_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    run_dir = os.path.join(root, "runs", artifact_name(run_id))
+    os.makedirs(os.path.join(run_dir, "system_logs"), exist_ok=True)
+    with open(os.path.join(run_dir, "manifest.json"), "w", encoding="utf-8") as fh:
+        json.dump(request["manifest"], fh)
+    if request.get("secrets"):
+        fd = os.open(os.path.join(run_dir, "workspace_secrets.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(request["secrets"], fh)
+    with open(os.path.join(run_dir, JOB_FILE), "w", encoding="utf-8") as fh:
+        json.dump(request["job"], fh)
+    env = dict(os.environ)
+    with open(os.path.join(run_dir, "system_logs", "agent_log.txt"), "ab") as log:
+        agent = subprocess.Popen([sys.executable, "-m", "rundock.agent", "run", run_dir], cwd=run_dir, env=env,
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True, close_fds=True)
+    with open(os.path.join(run_dir, AGENT_PID), "w", encoding="utf-8") as fh:
+        fh.write(str(agent.pid))
+    return {"run_dir": run_dir, "agent_pid": agent.pid}
+
+
+def _agent_alive(run_dir: str) -> bool:
+    try:
+        with open(os.path.join(run_dir, AGENT_PID), encoding="utf-8") as fh:
+            pid = int(fh.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as cmd:
+            return b"rundock.agent" in cmd.read() and not _is_zombie(pid)
+    except (OSError, ValueError):
+        return False
+
+
+def _is_zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read()
+    return stat[stat.rfind(b")") + 2:].split()[0] == b"Z"
+
+
+def pull(root: str, run_id: str, offsets: dict[str, int], out: Any) -> None:
+    """Write a gzip tar: ``state.json``, then ``data/<file>`` (bytes after its offset), ``blobs/<digest>``."""
+    run_dir = os.path.join(root, "runs", artifact_name(run_id))
+    alive = _agent_alive(run_dir)  # before reading: anything the agent wrote before it died is read below
+    files: dict[str, dict[str, int]] = {}
+    payload: list[tuple[str, bytes]] = []
+    blobs: list[str] = []
+    uploads: list[str] = []
+    for folder in PULLED_DIRS:
+        directory = os.path.join(run_dir, folder)
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            rel = f"{folder}/{name}"
+            offset = int(offsets.get(rel, 0))
+            data = read_from(os.path.join(directory, name), offset)
+            if folder == JOURNAL_DIR:
+                data = data[: data.rfind(b"\n") + 1]  # whole records only
+                for line in data.splitlines():
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if rec.get("type") == "file":
+                        (blobs if "digest" in rec else uploads).append(rec.get("digest") or rec.get("path", ""))
+            if data:
+                files[rel] = {"offset": offset, "size": len(data)}
+                payload.append((f"data/{rel}", data))
+    state = {"agent_alive": alive, "now": time.time(), "files": files, "run_dir": run_dir}
+    with tarfile.open(fileobj=out, mode="w|gz", compresslevel=1) as tar:
+        _add(tar, "state.json", json.dumps(state).encode())
+        for name, data in payload:
+            _add(tar, name, data)
+        for path in uploads:
+            full = os.path.join(run_dir, artifact_name(path))
+            if os.path.isfile(full):
+                tar.add(full, arcname=f"data/{artifact_name(path)}")
+        for digest in dict.fromkeys(blobs):
+            if os.path.exists(_blob_path(root, digest)):
+                tar.add(_blob_path(root, digest), arcname=f"blobs/{digest}")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def reap(root: str, run_id: str) -> bool:
+    """Kill what is left of a run whose agent died: its job's process group."""
+    run_dir = os.path.join(root, "runs", artifact_name(run_id))
+    try:
+        with open(os.path.join(run_dir, "processes.json"), encoding="utf-8") as fh:
+            pgid = int(json.load(fh).get("job_pgid") or 0)
+        with open(f"/proc/{pgid}/environ", "rb") as env:
+            if f"RUNDOCK_RUN_ID={run_id}".encode() not in env.read().split(b"\0"):
+                return False
+        os.killpg(pgid, signal.SIGKILL)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def clean(root: str, run_id: str) -> list[str]:
+    run_dir = os.path.join(root, "runs", artifact_name(run_id))
+    removed = sorted(os.path.relpath(os.path.join(d, f), run_dir) for d, _, fs in os.walk(run_dir) for f in fs)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return removed
+
+
+def main(argv: list[str]) -> int:
+    command, root = argv[0], os.path.expanduser(argv[1])
+    arg = argv[2] if len(argv) > 2 else ""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    if command == "probe":
+        result: Any = probe(root)
+    elif command == "missing":
+        result = missing(root, json.load(stdin))
+    elif command == "receive":
+        result = {"stored": receive(root, stdin)}
+    elif command == "start":
+        result = start(root, arg, json.load(stdin))
+    elif command == "pull":
+        pull(root, arg, json.load(stdin), stdout)
+        return 0
+    elif command == "cancel":
+        run_dir = os.path.join(root, "runs", artifact_name(arg))
+        if os.path.isdir(run_dir):
+            request_cancel(run_dir)
+        result = {"requested": os.path.isdir(run_dir)}
+    elif command == "clean":
+        result = clean(root, arg)
+    elif command == "reap":
+        result = {"killed": reap(root, arg)}
+    else:
+        print(f"unknown command {command!r}", file=sys.stderr)
+        return 2
+    stdout.write(json.dumps(result).encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

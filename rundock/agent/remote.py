@@ -16,6 +16,7 @@ stdin (JSON or a tar stream), answers on stdout (JSON or a gzip tar stream).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -148,7 +149,8 @@ def pull(root: str, run_id: str, offsets: dict[str, int], out: Any) -> None:
                 files[rel] = {"offset": offset, "size": len(data)}
                 payload.append((f"data/{rel}", data))
     state = {"agent_alive": alive, "now": time.time(), "files": files, "run_dir": run_dir}
-    with tarfile.open(fileobj=out, mode="w|gz", compresslevel=1) as tar:
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w|") as tar:
         _add(tar, "state.json", json.dumps(state).encode())
         for name, data in payload:
             _add(tar, name, data)

@@ -130,6 +130,11 @@ class SshConnection:
             raise SshError(f"the key for {self.where} is encrypted: load it into ssh-agent or set "
                            "RUNDOCK_SSH_KEY_PASSPHRASE") from None
         except (OSError, paramiko.SSHException) as exc:
+            transport = self.client.get_transport()
+            if transport is not None and transport.is_active() and not transport.is_authenticated():
+                # paramiko reports some refused logins as errors reading the key files it tried
+                raise SshError(f"{self.where} refused the login; check the user name and that its authorized_keys "
+                               "holds your public key (or load the key into ssh-agent)") from None
             raise SshError(f"cannot connect to {self.where}: {exc}; check the address and port, that sshd runs "
                            "there and that the network lets you reach it") from None
 

@@ -130,6 +130,10 @@ def test_live_logs_are_read_from_an_offset(store: RunStore) -> None:
     assert store.read_log(run, "driver", 3) == b"lo world\n"
     assert store.read_log(run, "driver", 12) == b""
     assert store.log_names(run) == ["driver"]
+    store.append_log(run, "driver", 0, b"hello world\nmore\n")  # shipped again from the start, longer
+    store.append_log(run, "driver", 0, b"hello")  # and shorter: the longer one stays
+    assert store.read_log(run, "driver") == b"hello world\nmore\n"
+    assert store.read_log(run, "driver", 12) == b"more\n"
 
 
 def test_snapshots(store: RunStore) -> None:

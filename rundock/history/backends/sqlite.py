@@ -329,17 +329,21 @@ class SqliteRunStore(RunStore):
     def append_log(self, run_id: str, name: str, offset: int, data: bytes) -> None:
         if data:
             with self._write() as db:
-                db.execute("INSERT OR IGNORE INTO log_chunks VALUES (?, ?, ?, ?)", (run_id, name, offset, data))
+                # A log only grows: a longer chunk at the same offset (shipped again after a restart) holds the other.
+                db.execute("INSERT INTO log_chunks VALUES (?, ?, ?, ?) ON CONFLICT (run_id, name, pos) DO UPDATE SET "
+                           "data = excluded.data WHERE length(excluded.data) > length(data)",
+                           (run_id, name, offset, data))
 
     def read_log(self, run_id: str, name: str, offset: int = 0) -> bytes:
         rows = self._read("SELECT pos, data FROM log_chunks WHERE run_id = ? AND name = ? "
                           "AND pos + length(data) > ? ORDER BY pos", (run_id, name, offset))
         out, at = bytearray(), offset
-        for pos, data in rows:
+        for pos, data in rows:  # chunks may overlap when a log was shipped again with other boundaries
             if pos > at:
                 break  # a gap: the rest arrives later
-            out += data[at - pos:]
-            at = pos + len(data)
+            if pos + len(data) > at:
+                out += data[at - pos:]
+                at = pos + len(data)
         return bytes(out)
 
     def log_names(self, run_id: str) -> list[str]:

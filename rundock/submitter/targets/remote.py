@@ -16,6 +16,7 @@ pull is repeated or interrupted.
 from __future__ import annotations
 
 import getpass
+import gzip
 import io
 import json
 import os
@@ -85,9 +86,9 @@ class RemoteTarget:
 
     def root(self, conn: SshConnection) -> str:
         if self._root is None:
-            code, out, err = conn.run(f"{shlex.quote(self.config.python)} -c "
-                                      "'import os, sys; print(sys.version_info >= (3, 8)); "
-                                      f"print(os.path.expanduser({self.config.root!r}))'")
+            script = ("import os, sys; print(sys.version_info >= (3, 8)); "
+                      f"print(os.path.expanduser({self.config.root!r}))")
+            code, out, err = conn.run(f"{shlex.quote(self.config.python)} -c {shlex.quote(script)}")
             if code != 0:
                 raise SshError(f"no usable Python on {conn.where}: `{self.config.python}` failed "
                                f"({err.decode(errors='replace').strip()[-300:]}); install Python >= 3.8 there or "
@@ -229,7 +230,8 @@ def _tar_stream(ws: Workspace, digests: list[str], total: int, progress: Progres
     """A gzip tar of blobs, produced in pieces while it is sent."""
     buffer = _Drain()
     done = 0
-    with tarfile.open(fileobj=buffer, mode="w|gz", compresslevel=1) as tar:
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=1) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w|") as tar:
         for digest in digests:
             tar.add(ws.artifacts.path(digest), arcname=digest)
             done += os.path.getsize(ws.artifacts.path(digest))

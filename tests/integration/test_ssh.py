@@ -1,0 +1,287 @@
+"""Remote hosts over SSH, against a real OpenSSH server.
+
+The "remote host" is a container of the test base image running sshd on a
+loopback port (``--network host``): its own filesystem and Python, nothing of
+rundock installed, reached only through SSH.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import paramiko
+import pytest
+
+from rundock import ComputeTarget, Experiment, RemoteCompute, Run, RunConfiguration, ScriptRunConfig
+from rundock.submitter.ssh import SshError, fingerprint
+from rundock.submitter.targets.remote import RemoteTarget
+from rundock.submitter.workspace import Workspace
+from tests.conftest import REPO, require_service, wait_until
+
+
+@dataclasses.dataclass
+class SshHost:
+    port: int
+    key_file: str
+    container: str
+    folder: Path
+
+    def sh(self, code: str) -> str:
+        """Run Python on the host (outside SSH, to inspect it)."""
+        proc = subprocess.run(["docker", "exec", self.container, "python3", "-c", code], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ssh_host(tmp_path_factory: pytest.TempPathFactory, docker_base_image: str) -> Iterator[SshHost]:
+    client = docker.from_env()
+    probe = client.containers.run(docker_base_image, ["sh", "-c", "test -x /usr/sbin/sshd && echo yes || echo no"],
+                                  remove=True, network_mode="none")
+    if b"yes" not in probe:
+        require_service("SSH", f"the test base image {docker_base_image} has no sshd; .ci/services.sh builds one")
+    folder = tmp_path_factory.mktemp("sshd")
+    host_key, client_key = paramiko.RSAKey.generate(2048), paramiko.RSAKey.generate(2048)
+    host_key.write_private_key_file(str(folder / "host_key"))
+    client_key.write_private_key_file(str(folder / "client_key"))
+    (folder / "authorized_keys").write_text(f"ssh-rsa {client_key.get_base64()}\n")
+    port = _free_port()
+    (folder / "sshd_config").write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", "HostKey /sshtest/host_key",
+        "AuthorizedKeysFile /sshtest/authorized_keys", "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no", "UsePAM no", "StrictModes no"]) + "\n")
+    for name in ("host_key", "client_key"):
+        os.chmod(folder / name, 0o600)
+    container = client.containers.run(
+        docker_base_image, ["sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -f /sshtest/sshd_config"],
+        detach=True, network_mode="host", volumes={str(folder): {"bind": "/sshtest", "mode": "ro"}},
+        tmpfs={"/small": "size=2m"}, name=f"rundock-test-sshd-{port}", remove=True)
+    try:
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(listening, timeout=30, message="sshd to listen")
+        yield SshHost(port, str(folder / "client_key"), container.id, folder)
+    finally:
+        container.remove(force=True)
+
+
+@pytest.fixture
+def box(workspace: Workspace, ssh_host: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RemoteTarget:
+    """The host attached as target 'box', its key trusted, in a workspace with its own HOME."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    _attach(workspace, ssh_host)
+    _rundock(workspace, "target", "trust", "box")
+    return RemoteTarget(workspace, "box")
+
+
+def _attach(workspace: Workspace, host: SshHost, name: str = "box", **config: object) -> None:
+    attach = RemoteCompute.attach_configuration(address="127.0.0.1", ssh_port=host.port, username="root",
+                                                private_key_file=host.key_file, **config)
+    ComputeTarget.attach(workspace, name, attach)
+
+
+def _rundock(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "rundock", *args], cwd=Path(workspace.path).parent,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _submit(workspace: Workspace, src: Path, target: str = "box", **config: object) -> Run:
+    run_config = RunConfiguration(target=target, **config)  # type: ignore[arg-type]
+    return Experiment(workspace, "remote").submit(ScriptRunConfig(str(src), "train.py", run_config=run_config))
+
+
+def _statuses(workspace: Workspace, run: Run) -> list[str]:
+    return [c.status.value for c in workspace.store.status_history(run.id)]
+
+
+def _remote_processes(host: SshHost, run_id: str) -> list[int]:
+    return json.loads(host.sh(
+        "import json, os\nfound = []\nfor p in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try:\n        env = open(f'/proc/{p}/environ', 'rb').read().split(b'\\0')\n"
+        "        state = open(f'/proc/{p}/stat', 'rb').read().rsplit(b')', 1)[1].split()[0]\n"
+        "    except OSError:\n        continue\n"
+        f"    if b'RUNDOCK_RUN_ID={run_id}' in env and state != b'Z':\n        found.append(int(p))\n"
+        "print(json.dumps(found))"))
+
+
+TRAIN = """
+import os, time
+from rundock import Run
+run = Run.get_context()
+for i in range(12):
+    run.log("loss", 1.0 / (i + 1))
+    print(f"step {i}", flush=True)
+    time.sleep(0.15)
+os.makedirs("outputs", exist_ok=True)
+open("outputs/model.bin", "wb").write(os.urandom(4096))
+"""
+
+
+def test_unknown_host_key_is_refused_until_trusted(workspace: Workspace, ssh_host: SshHost, tmp_path: Path,
+                                                   source: Callable[..., Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    _attach(workspace, ssh_host)
+    src = source(**{"train.py": "print('hello from the host')"})
+    with pytest.raises(SshError, match=r"not known: ssh-rsa SHA256:\S+.*rundock target trust box"):
+        _submit(workspace, src)
+    assert workspace.store.list_runs() == []  # nothing half-created
+    trusted = _rundock(workspace, "target", "trust", "box")
+    host_key = paramiko.RSAKey.from_private_key_file(str(ssh_host.folder / "host_key"))
+    assert f"[127.0.0.1]:{ssh_host.port} ssh-rsa {fingerprint(host_key)}" in trusted.stderr
+    run = _submit(workspace, src)
+    run.wait_for_completion()
+    assert workspace.store.read_log(run.id, "system_logs/driver_log.txt") == b"hello from the host\n"
+
+
+def test_first_and_second_run(workspace: Workspace, box: RemoteTarget, ssh_host: SshHost,
+                              source: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert ssh_host.sh("import importlib.util; print(importlib.util.find_spec('rundock'))").strip() == "None"
+    src = source(**{"train.py": TRAIN})
+    first = _submit(workspace, src)
+    first.wait_for_completion(show_output=True)
+    out = capsys.readouterr().out
+    assert "step 0" in out and "step 11" in out and "Status: Completed" in out
+    assert first.get_metrics() == {"loss": [1.0 / (i + 1) for i in range(12)]}
+    assert _statuses(workspace, first) == ["NotStarted", "Starting", "Preparing", "Queued", "Running",
+                                           "Finalizing", "Completed"]
+    assert "outputs/model.bin" in first.get_file_names()
+    remote_dir = first._record.run_dir or ""
+    remote_hash = ssh_host.sh(f"import hashlib; print(hashlib.sha256(open({remote_dir!r} + '/src/outputs/model.bin',"
+                              " 'rb').read()).hexdigest())").strip()
+    assert workspace.store.list_files(first.id)["outputs/model.bin"].digest == remote_hash
+    conn = box.connect()
+    snapshot = workspace.store.get_snapshot(first.get_snapshot_id() or "")
+    assert box.send_blobs(conn, [e["digest"] for e in snapshot]) == 0  # unchanged folder: nothing to send
+    installed = ssh_host.sh("import os; print(sorted(os.listdir('/root/.rundock/agent')))")
+    second = _submit(workspace, src)
+    second.wait_for_completion()
+    assert ssh_host.sh("import os; print(sorted(os.listdir('/root/.rundock/agent')))") == installed  # reused
+    assert second.get_metrics() == first.get_metrics()
+    listed = _rundock(workspace, "target", "show", "box").stdout
+    assert "Python 3." in listed and "CPUs" in listed
+
+
+def test_the_run_survives_the_submitter_and_resyncs_exactly_once(workspace: Workspace, box: RemoteTarget,
+                                                                 ssh_host: SshHost,
+                                                                 source: Callable[..., Path]) -> None:
+    src = source(**{"train.py": TRAIN})
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+            "from rundock import Workspace, Experiment, RunConfiguration, ScriptRunConfig\n"
+            f"ws = Workspace({workspace.path!r})\n"
+            f"config = ScriptRunConfig({str(src)!r}, 'train.py', run_config=RunConfiguration(target='box'))\n"
+            "print(Experiment(ws, 'remote').submit(config).id)\n")
+    submitted = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                               env=dict(os.environ))
+    assert submitted.returncode == 0, submitted.stderr
+    run = Run.get(workspace, submitted.stdout.strip())  # the submitting process has exited
+    time.sleep(0.6)
+    run.get_status()  # one pull while the run is live, then none until it has ended
+    time.sleep(2.5)
+    assert run._record.status.value in ("Running", "Queued", "Preparing", "Starting")
+    _rundock(workspace, "sync", run.id, "--wait")
+    run.refresh()
+    assert run.status == "Completed"
+    assert run.get_metrics() == {"loss": [1.0 / (i + 1) for i in range(12)]}
+    log = workspace.store.read_log(run.id, "system_logs/driver_log.txt").decode()
+    assert log == "".join(f"step {i}\n" for i in range(12))
+    _rundock(workspace, "sync", run.id)
+    run.get_status()
+    assert len(workspace.store.get_metric_records(run.id)) == 12  # replays change nothing
+    assert _statuses(workspace, run).count("Running") == 1
+
+
+def test_cancel_reaches_the_remote_agent(workspace: Workspace, box: RemoteTarget, ssh_host: SshHost,
+                                         source: Callable[..., Path]) -> None:
+    src = source(**{"train.py": """
+        import os, signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.makedirs("outputs", exist_ok=True)
+        open("outputs/partial.txt", "w").write("kept")
+        subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                          " time.sleep(300)"], start_new_session=True)
+        print("ready", flush=True)
+        time.sleep(300)
+    """})
+    run = _submit(workspace, src, cancel_grace_seconds=1)
+    wait_until(lambda: run.get_status() == "Running" and b"ready" in workspace.store.read_log(
+        run.id, "system_logs/driver_log.txt"), timeout=30, message="ready")
+    assert len(_remote_processes(ssh_host, run.id)) >= 2
+    run.cancel()
+    run.wait_for_completion()
+    assert run.get_status() == "Canceled"
+    assert _statuses(workspace, run)[-3:] == ["CancelRequested", "Finalizing", "Canceled"]
+    assert "outputs/partial.txt" in run.get_file_names()
+    assert _remote_processes(ssh_host, run.id) == []
+
+
+def test_a_killed_remote_agent_shows_not_responding_then_agent_lost(workspace: Workspace, box: RemoteTarget,
+                                                                     ssh_host: SshHost, source: Callable[..., Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _submit(workspace, source(**{"train.py": "import time\nprint('up', flush=True)\ntime.sleep(300)\n"}))
+    wait_until(lambda: run.get_status() == "Running", timeout=30, message="Running")
+    ssh_host.sh(f"import os, signal; os.kill(int(open({run._record.run_dir!r} + '/agent.pid').read()), "
+                "signal.SIGKILL)")
+    wait_until(lambda: run.get_status() == "NotResponding", timeout=15, message="NotResponding")
+    monkeypatch.setenv("RUNDOCK_AGENT_LOST_AFTER_SECONDS", "1")
+    wait_until(lambda: run.get_status() == "Failed", timeout=15, message="Failed")
+    assert run.get_details()["error"]["error"]["code"] == "AgentLost"
+    wait_until(lambda: _remote_processes(ssh_host, run.id) == [], timeout=15, message="the orphaned job killed")
+
+
+def test_a_changed_host_key_is_refused_loudly(workspace: Workspace, box: RemoteTarget, ssh_host: SshHost,
+                                              source: Callable[..., Path]) -> None:
+    other = paramiko.RSAKey.generate(2048)
+    Path(box.known_hosts).write_text(f"[127.0.0.1]:{ssh_host.port} ssh-rsa {other.get_base64()}\n")
+    _attach(workspace, ssh_host, name="moved", root="/tmp/never-created")
+    with pytest.raises(SshError, match="HAS CHANGED.*Nothing was sent"):
+        _submit(workspace, source(**{"train.py": "print(1)"}), target="moved")
+    assert workspace.store.list_runs() == []
+    assert ssh_host.sh("import os; print(os.path.exists('/tmp/never-created'))").strip() == "False"
+
+
+def test_clear_errors_name_the_host_and_the_fix(workspace: Workspace, box: RemoteTarget, ssh_host: SshHost,
+                                               source: Callable[..., Path]) -> None:
+    src = source(**{"train.py": "print(1)"})
+    _attach(workspace, ssh_host, name="nopython", python="/usr/bin/python9")
+    with pytest.raises(SshError, match=r"no usable Python on root@127\.0\.0\.1:\d+ \(target nopython\)"):
+        _submit(workspace, src, target="nopython")
+    ComputeTarget.attach(workspace, "wronguser", RemoteCompute.attach_configuration(
+        address="127.0.0.1", ssh_port=ssh_host.port, username="nobody", private_key_file=ssh_host.key_file))
+    with pytest.raises(SshError, match=r"nobody@127\.0\.0\.1:\d+ \(target wronguser\) refused the login"):
+        _submit(workspace, src, target="wronguser")
+    ComputeTarget.attach(workspace, "offline", RemoteCompute.attach_configuration(
+        address="127.0.0.1", ssh_port=_free_port(), username="root", private_key_file=ssh_host.key_file))
+    with pytest.raises(SshError, match=r"cannot connect to root@127\.0\.0\.1:\d+ \(target offline\).*sshd runs"):
+        _submit(workspace, src, target="offline")
+    big = source(name="big", **{"train.py": "print(1)"})
+    (big / "weights.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    _attach(workspace, ssh_host, name="tiny", root="/small/rundock")
+    with pytest.raises(SshError, match=r"MB free under /small/rundock.*free some space"):
+        _submit(workspace, big, target="tiny")
+    assert workspace.store.list_runs() == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -285,3 +286,50 @@ def test_clear_errors_name_the_host_and_the_fix(workspace: Workspace, box: Remot
     with pytest.raises(SshError, match=r"MB free under /small/rundock.*free some space"):
         _submit(workspace, big, target="tiny")
     assert workspace.store.list_runs() == []
+
+
+def test_ssh_config_aliases_proxyjump_and_agent_keys(workspace: Workspace, ssh_host: SshHost, tmp_path: Path,
+                                                     source: Callable[..., Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    (home / ".ssh" / "config").write_text(
+        f"Host gpubox\n  HostName 127.0.0.1\n  Port {ssh_host.port}\n  User root\n  IdentityFile {ssh_host.key_file}\n"
+        f"Host behind-jump\n  HostName 127.0.0.1\n  Port {ssh_host.port}\n  User root\n"
+        f"  IdentityFile {ssh_host.key_file}\n  ProxyJump gpubox\n")
+    src = source(**{"train.py": "print('via', __import__('socket').gethostname() != '')"})
+    for name, address in (("alias", "gpubox"), ("jumped", "behind-jump")):
+        ComputeTarget.attach(workspace, name, RemoteCompute.attach_configuration(address=address, ssh_port=None))
+        _rundock(workspace, "target", "trust", name)
+        run = _submit(workspace, src, target=name)
+        run.wait_for_completion()
+        assert workspace.store.read_log(run.id, "system_logs/driver_log.txt") == b"via True\n", name
+    if not (shutil.which("ssh-agent") and shutil.which("ssh-add")):
+        pytest.skip("no ssh-agent on this machine")
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    env = dict(part.split("=", 1) for part in agent.replace(";", "\n").split() if "=" in part)
+    try:
+        monkeypatch.setenv("SSH_AUTH_SOCK", env["SSH_AUTH_SOCK"])
+        subprocess.run(["ssh-add", ssh_host.key_file], check=True, capture_output=True,
+                       env={**os.environ, "SSH_AUTH_SOCK": env["SSH_AUTH_SOCK"]})
+        ComputeTarget.attach(workspace, "agentkeys", RemoteCompute.attach_configuration(
+            address="127.0.0.1", ssh_port=ssh_host.port, username="root"))  # no key file: the agent has it
+        run = _submit(workspace, src, target="agentkeys")
+        run.wait_for_completion()
+        assert run.get_status() == "Completed"
+    finally:
+        os.kill(int(env["SSH_AGENT_PID"]), 15)
+
+
+def test_passwords_are_never_written(workspace: Workspace, ssh_host: SshHost) -> None:
+    ComputeTarget.attach(workspace, "withpw", RemoteCompute.attach_configuration(
+        address="127.0.0.1", ssh_port=ssh_host.port, username="root", password="pw-s3cret",
+        private_key_passphrase="phrase-s3cret"))
+    stored = Path(workspace.path, "targets.yaml").read_text()
+    assert "withpw" in stored and "s3cret" not in stored
+    assert all(b"s3cret" not in p.read_bytes() for p in Path(workspace.path).rglob("*") if p.is_file())
+    assert ComputeTarget(workspace, "withpw").credentials() == ("pw-s3cret", "phrase-s3cret")  # this process only
+    ComputeTarget(workspace, "withpw").detach()
+    assert [t.name for t in ComputeTarget.list(workspace)] == []

@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint bench clean
 
 # The venv is rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -23,9 +23,19 @@ PY38_FILES := rundock/__init__.py rundock/states.py rundock/errors.py rundock/co
 	rundock/runconfig/__init__.py rundock/runconfig/docker_args.py
 
 lint: venv
-	$(BIN)/ruff check rundock tests examples
+	$(BIN)/ruff check rundock tests examples bench
 	$(BIN)/mypy
 	$(BIN)/vermin -q -t=3.8- --no-tips --violations --backport typing $(PY38_FILES)
 
+# Benchmarks: a separate venv that also has MLflow (the baseline of figure 5); needs root for the services.
+$(VENV)-bench/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)-bench
+	$(VENV)-bench/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 'mlflow>=2.10'
+	touch $@
+
+bench: $(VENV)-bench/.installed
+	bash .ci/services.sh
+	$(VENV)-bench/bin/python -m bench
+
 clean:
-	rm -rf $(VENV) examples/quickstart/.rundock examples/quickstart/model.pkl
+	rm -rf $(VENV) $(VENV)-bench examples/quickstart/.rundock examples/quickstart/model.pkl

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
     """A workspace in a temporary folder, with a fast heartbeat so liveness tests stay short."""
     monkeypatch.setenv("RUNDOCK_HEARTBEAT_SECONDS", "0.2")
+    monkeypatch.setenv("RUNDOCK_AGENT_IDLE_SECONDS", "10")  # warm agents of test workspaces go away soon
     monkeypatch.delenv("RUNDOCK_MAX_CONCURRENT_RUNS", raising=False)
     monkeypatch.delenv("RUNDOCK_AGENT_LOST_AFTER_SECONDS", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -10,6 +10,7 @@ package decides whether rundock's ``azureml.core`` shim goes on its path
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import socket
@@ -63,10 +64,38 @@ def prepare(spec: JobSpec, src: str, agent_root: str, prepare_log: str, note: No
     else:
         interpreter = system_managed_python(python, os.path.join(agent_root, "envs"), prepare_log, note)
     note(f"interpreter: {interpreter}")
-    shim = subprocess.run([interpreter, "-c", HAS_AZUREML], capture_output=True, timeout=60).returncode != 0
+    shim = _interpreter_lacks_azureml(interpreter, os.path.join(agent_root, "interpreters"))
     _note_shim(note, shim)
     return Plan(_command(interpreter, os.path.join(src, spec.script), os.path.join(src, spec.script),
                          spec.arguments), azureml_shim=shim, gpus=gpus)
+
+
+def _package_dirs(interpreter: str) -> list[str]:
+    """The site-/dist-packages folders of a Python installation or virtual environment."""
+    lib = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(interpreter))), "lib")
+    found = []
+    for version in sorted(os.listdir(lib)) if os.path.isdir(lib) else []:
+        for kind in ("site-packages", "dist-packages"):
+            if os.path.isdir(os.path.join(lib, version, kind)):
+                found.append(os.path.join(lib, version, kind))
+    return found
+
+
+def _interpreter_lacks_azureml(interpreter: str, cache_dir: str) -> bool:
+    """Whether ``interpreter`` has no ``azureml.core``, remembered per interpreter and per state of its
+    package folders (installing or removing a package changes their modification time)."""
+    st = os.stat(interpreter)
+    stamp = [os.path.realpath(interpreter), st.st_size, st.st_mtime_ns,
+             *[(d, os.stat(d).st_mtime_ns) for d in _package_dirs(interpreter)]]
+    cache = os.path.join(cache_dir, hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:20] + ".json")
+    if os.path.exists(cache):
+        with open(cache, encoding="utf-8") as fh:
+            return bool(json.load(fh)["azureml_shim"])
+    shim = subprocess.run([interpreter, "-c", HAS_AZUREML], capture_output=True, timeout=60).returncode != 0
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(cache, "w", encoding="utf-8") as fh:
+        json.dump({"azureml_shim": shim, "interpreter": interpreter}, fh)
+    return shim
 
 
 def _note_shim(note: Note, shim: bool) -> None:

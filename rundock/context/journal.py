@@ -76,6 +76,16 @@ class JournalWriter:
                 raise OSError(f"short write to the run journal {self.path} ({written} of {len(data)} bytes)")
             return self._seq
 
+    def append_raw(self, record_type: str, body: str) -> int:
+        """Write a record whose fields are given as JSON text (``"name":"x","value":1``): the fast path of
+        ``run.log()``, which formats a scalar metric without building a dict or calling json.dumps."""
+        with self._lock:
+            self._seq += 1
+            line = f'{{"seq":{self._seq},"t":{time.time()!r},"type":"{record_type}",{body}}}\n'.encode()
+            if os.write(self._fd, line) != len(line):
+                raise OSError(f"short write to the run journal {self.path}")
+            return self._seq
+
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
@@ -104,11 +114,13 @@ class JournalReader:
             data = read_from(path, offset)
             end = data.rfind(b"\n") + 1  # a trailing partial record waits for its newline
             self._offsets[source] = offset + end
-            for line in data[:end].splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    out.append((source, json.loads(line)))
-                except ValueError:
-                    continue  # a torn write from a crashed writer carries no sequence number
+            lines = [line for line in data[:end].split(b"\n") if line.strip()]
+            try:  # one parse for the whole batch is several times faster than one per line
+                out.extend((source, rec) for rec in json.loads(b"[" + b",".join(lines) + b"]"))
+            except ValueError:
+                for line in lines:
+                    try:
+                        out.append((source, json.loads(line)))
+                    except ValueError:
+                        continue  # a torn write from a crashed writer carries no sequence number
         return out

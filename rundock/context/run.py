@@ -29,6 +29,7 @@ FAIL_FILE = "fail_requested.json"
 CANCEL_FILE = "cancel_requested"
 
 Emit = Callable[..., None]
+_INF = float("inf")
 
 
 class ExperimentRef:
@@ -217,10 +218,27 @@ class _LiveRun(Run):
     def __init__(self, run_id: str, experiment: str, run_dir: str, display_name: str | None) -> None:
         self._pid = os.getpid()
         self._writer = JournalWriter(run_dir, f"job-{self._pid}")
+        self._heads: dict[str, str] = {}
         super().__init__(run_id, experiment, self._journal, run_dir=run_dir, display_name=display_name)
 
     def _stale(self) -> bool:
         return self._pid != os.getpid()
+
+    def _log_scalar(self, name: str, value: Any) -> bool:
+        if self._pid != os.getpid():
+            return False
+        head = self._heads.get(name)
+        if head is None:
+            head = self._heads[name] = f'"name":{json.dumps(name)},"kind":"scalar","value":'
+        kind = type(value)
+        if kind is int:
+            text = str(value)
+        elif kind is float and value == value and value not in (_INF, -_INF):
+            text = repr(value)
+        else:
+            text = json.dumps(value)  # bools, strings, None, NaN and infinities
+        self._writer.append_raw("metric", head + text)
+        return True
 
     def _journal(self, record_type: str, /, **fields: Any) -> None:
         if self._pid != os.getpid():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from typing import Any
+import json
+from typing import Any, NamedTuple
 
 from rundock.states import RunStatus
 
@@ -51,9 +52,9 @@ class StatusChange:
     detail: str
 
 
-@dataclasses.dataclass(frozen=True)
-class MetricRecord:
-    """One logged value: kind is scalar, list, row or table."""
+class MetricRecord(NamedTuple):
+    """One logged value: kind is scalar, list, row, table, image or a JSON schema (a tuple: made by the
+    hundred thousand when a journal is shipped)."""
 
     name: str
     kind: str
@@ -107,21 +108,25 @@ def plan_journal(records: list[dict[str, Any]], after_seq: int) -> JournalPlan:
 
     The records are those of one run: the syncer routes records that name
     another run (``"run"``: a child created by the job) to that run.
-
     File records must already carry ``digest`` and ``size`` (the syncer
     ingests staged paths into the artifact store before planning).
     """
     plan = JournalPlan(last_seq=after_seq)
+    metrics = plan.metrics
+    last = after_seq
     for rec in records:
-        seq = int(rec["seq"])
+        seq = rec["seq"]
         if seq <= after_seq:
             continue
-        plan.last_seq = max(plan.last_seq, seq)
-        kind, at = rec.get("type"), float(rec.get("t", 0.0))
-        if kind == "metric":
-            plan.metrics.append(MetricRecord(rec["name"], rec.get("kind", "scalar"), rec.get("value"),
-                                             rec.get("step"), rec.get("description") or "", at))
-        elif kind == "tags":
+        if seq > last:
+            last = seq
+        kind = rec["type"]
+        if kind == "metric":  # the common case, by far: kept short
+            metrics.append(MetricRecord(rec["name"], rec.get("kind", "scalar"), rec.get("value"), rec.get("step"),
+                                        rec.get("description") or "", rec.get("t", 0.0)))
+            continue
+        at = float(rec.get("t", 0.0))
+        if kind == "tags":
             plan.tags.update(rec["values"])
         elif kind == "properties":
             for key, val in rec["values"].items():
@@ -136,4 +141,18 @@ def plan_journal(records: list[dict[str, Any]], after_seq: int) -> JournalPlan:
             plan.create = {"parent": rec["parent"], "name": rec.get("name"), "at": at}
             plan.tags.update(rec.get("tags") or {})
             plan.states.append((RunStatus.RUNNING, at, "child run started by its job", None))
+    plan.last_seq = last
     return plan
+
+
+_INF = float("inf")
+
+
+def value_json(value: Any) -> str:
+    """A metric value as JSON text; plain numbers without going through the json module."""
+    kind = type(value)
+    if kind is int:
+        return str(value)
+    if kind is float and value == value and value not in (_INF, -_INF):
+        return repr(value)
+    return json.dumps(value)

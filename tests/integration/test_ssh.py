@@ -7,11 +7,9 @@ rundock installed, reached only through SSH.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,64 +25,19 @@ from rundock.submitter.ssh import SshError, fingerprint
 from rundock.submitter.targets.remote import RemoteTarget
 from rundock.submitter.workspace import Workspace
 from tests.conftest import REPO, require_service, wait_until
-
-
-@dataclasses.dataclass
-class SshHost:
-    port: int
-    key_file: str
-    container: str
-    folder: Path
-
-    def sh(self, code: str) -> str:
-        """Run Python on the host (outside SSH, to inspect it)."""
-        proc = subprocess.run(["docker", "exec", self.container, "python3", "-c", code], capture_output=True,
-                              text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.hosts import SshHost, free_port, has_sshd, start_ssh_host
 
 
 @pytest.fixture(scope="module")
 def ssh_host(tmp_path_factory: pytest.TempPathFactory, docker_base_image: str) -> Iterator[SshHost]:
     client = docker.from_env()
-    probe = client.containers.run(docker_base_image, ["sh", "-c", "test -x /usr/sbin/sshd && echo yes || echo no"],
-                                  remove=True, network_mode="none")
-    if b"yes" not in probe:
+    if not has_sshd(client, docker_base_image):
         require_service("SSH", f"the test base image {docker_base_image} has no sshd; .ci/services.sh builds one")
-    folder = tmp_path_factory.mktemp("sshd")
-    host_key, client_key = paramiko.RSAKey.generate(2048), paramiko.RSAKey.generate(2048)
-    host_key.write_private_key_file(str(folder / "host_key"))
-    client_key.write_private_key_file(str(folder / "client_key"))
-    (folder / "authorized_keys").write_text(f"ssh-rsa {client_key.get_base64()}\n")
-    port = _free_port()
-    (folder / "sshd_config").write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", "HostKey /sshtest/host_key",
-        "AuthorizedKeysFile /sshtest/authorized_keys", "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no", "UsePAM no", "StrictModes no"]) + "\n")
-    for name in ("host_key", "client_key"):
-        os.chmod(folder / name, 0o600)
-    container = client.containers.run(
-        docker_base_image, ["sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -f /sshtest/sshd_config"],
-        detach=True, network_mode="host", volumes={str(folder): {"bind": "/sshtest", "mode": "ro"}},
-        tmpfs={"/small": "size=2m"}, name=f"rundock-test-sshd-{port}", remove=True)
+    host = start_ssh_host(client, docker_base_image, tmp_path_factory.mktemp("sshd"))
     try:
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(listening, timeout=30, message="sshd to listen")
-        yield SshHost(port, str(folder / "client_key"), container.id, folder)
+        yield host
     finally:
-        container.remove(force=True)
+        client.containers.get(host.container).remove(force=True)
 
 
 @pytest.fixture
@@ -277,7 +230,7 @@ def test_clear_errors_name_the_host_and_the_fix(workspace: Workspace, box: Remot
     with pytest.raises(SshError, match=r"nobody@127\.0\.0\.1:\d+ \(target wronguser\) refused the login"):
         _submit(workspace, src, target="wronguser")
     ComputeTarget.attach(workspace, "offline", RemoteCompute.attach_configuration(
-        address="127.0.0.1", ssh_port=_free_port(), username="root", private_key_file=ssh_host.key_file))
+        address="127.0.0.1", ssh_port=free_port(), username="root", private_key_file=ssh_host.key_file))
     with pytest.raises(SshError, match=r"cannot connect to root@127\.0\.0\.1:\d+ \(target offline\).*sshd runs"):
         _submit(workspace, src, target="offline")
     big = source(name="big", **{"train.py": "print(1)"})

@@ -27,6 +27,7 @@ from rundock.history.records import (
     RunRecord,
     StatusChange,
     plan_journal,
+    value_json,
 )
 from rundock.history.store import RunStore, new_run_id, register_backend
 from rundock.states import RunStatus, can_transition
@@ -292,7 +293,7 @@ class SqliteRunStore(RunStore):
         if plan.metrics:
             db.executemany(
                 "INSERT INTO metrics (run_id, name, kind, value, step, description, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, m.name, m.kind, json.dumps(m.value), m.step, m.description, m.at) for m in plan.metrics])
+                [(run_id, m.name, m.kind, value_json(m.value), m.step, m.description, m.at) for m in plan.metrics])
         if plan.tags:
             db.executemany("INSERT INTO tags VALUES (?, ?, ?) ON CONFLICT (run_id, key) DO UPDATE SET value = "
                            "excluded.value", [(run_id, k, v) for k, v in plan.tags.items()])

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import psutil
 
 import rundock
+from rundock.agent.daemon import request_agent
 from rundock.agent.job import JobSpec, request_cancel
 from rundock.agent.slots import Ticket, issue_ticket
 from rundock.context.run import ENV_RUN_ID
@@ -31,6 +33,7 @@ from rundock.history.records import RunRecord
 from rundock.runconfig.environment import Environment
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.states import RunStatus
+from rundock.submitter.bundle import agent_bundle
 from rundock.submitter.gitinfo import git_properties
 from rundock.submitter.snapshot import Progress, take_snapshot
 from rundock.submitter.workspace import Workspace
@@ -87,16 +90,27 @@ class LocalTarget:
             raise RundockError(f"could not start the local agent for run {record.run_id}: {exc}") from exc
         return ws.store.get_run(record.run_id)
 
-    @staticmethod
-    def _spawn_agent(run_dir: str) -> None:
+    def _spawn_agent(self, run_dir: str) -> None:
+        """Hand the run to the warm agent daemon; start one (and a one-off agent for this run) if none answers."""
         logs = os.path.join(run_dir, "system_logs")
         os.makedirs(logs, exist_ok=True)
+        version, _ = agent_bundle()
+        root = self.workspace.local_root
+        if request_agent(root, version, run_dir, dict(os.environ)) is not None:
+            return
+        # The agent needs only the standard library (watchdog and docker-py when present): it starts with -S,
+        # skipping the site module's .pth processing, and finds rundock and site-packages on PYTHONPATH.
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rundock.__file__)))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+        paths = [package_parent, *site.getsitepackages(), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+        # New sessions: agents keep running when the submitter (or its terminal) goes away.
+        with open(os.path.join(root, "agent-daemon.log"), "ab") as daemon_log:
+            subprocess.Popen([sys.executable, "-S", "-m", "rundock.agent", "serve", root, version], cwd=root,
+                             env=env, stdin=subprocess.DEVNULL, stdout=daemon_log, stderr=subprocess.STDOUT,
+                             start_new_session=True, close_fds=True)
         with open(os.path.join(logs, "agent_log.txt"), "ab") as agent_log:
-            # A new session: the agent keeps running when the submitter (or its terminal) goes away.
-            subprocess.Popen([sys.executable, "-m", "rundock.agent", "run", run_dir], cwd=run_dir, env=env,
+            subprocess.Popen([sys.executable, "-S", "-m", "rundock.agent", "run", run_dir], cwd=run_dir, env=env,
                              stdin=subprocess.DEVNULL, stdout=agent_log, stderr=subprocess.STDOUT,
                              start_new_session=True, close_fds=True)
 

@@ -1,0 +1,1 @@
+"""Benchmarks: ``make bench`` measures rundock beside its baselines and writes BENCHMARKS.md."""

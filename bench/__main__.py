@@ -1,0 +1,63 @@
+"""``python -m bench``: run every figure and write BENCHMARKS.md at the repository root."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+
+from bench import files, latency, metrics, processes
+from bench.common import Figure, log, render
+from tests.hosts import has_sshd, start_ssh_host
+
+BASE_IMAGE = "rundock-test-base:2"
+OUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def main() -> int:
+    started, clock = time.time(), time.perf_counter()
+    figures: list[Figure] = []
+    failures = []
+
+    def measure(name: str, step: Callable[[], Figure | list[Figure]]) -> None:
+        try:
+            result = step()
+            figures.extend(result if isinstance(result, list) else [result])
+        except Exception:
+            failures.append(name)
+            log(f"{name} failed:\n{traceback.format_exc()}")
+
+    with tempfile.TemporaryDirectory(prefix="rundock-bench-") as tmp:
+        root = Path(tmp)
+        client = docker.from_env()
+        host = start_ssh_host(client, BASE_IMAGE, root) if has_sshd(client, BASE_IMAGE) else None
+        try:
+            tree = files.make_tree(root / "tree")
+            measure("1", lambda: latency.local(root))
+            measure("2", lambda: latency.in_docker(root, BASE_IMAGE))
+            if host is not None:
+                measure("3", lambda: latency.over_ssh(root, host))
+            measure("4", lambda: metrics.log_cost(root))
+            measure("5-6", lambda: metrics.durability(root))
+            measure("7", lambda: files.snapshots(root, tree))
+            if host is not None:
+                measure("8", lambda: files.transfer(root, tree, host))
+            measure("9", lambda: files.outputs(root))
+            measure("10", lambda: processes.cancel(root))
+            measure("11", lambda: processes.idle_agent(root))
+        finally:
+            if host is not None:
+                client.containers.get(host.container).remove(force=True)
+    figures.sort(key=lambda f: f.number)
+    OUT.write_text(render(figures, started, time.perf_counter() - clock))
+    log(f"wrote {OUT}" + (f"; failed: {', '.join(failures)}" if failures else ""))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -57,7 +57,8 @@ def start_ssh_host(client: Any, image: str, folder: Path) -> SshHost:
     (folder / "sshd_config").write_text("\n".join([
         f"Port {port}", "ListenAddress 127.0.0.1", "HostKey /sshtest/host_key",
         "AuthorizedKeysFile /sshtest/authorized_keys", "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no", "UsePAM no", "StrictModes no"]) + "\n")
+        "PasswordAuthentication no", "UsePAM no", "StrictModes no",
+        "Subsystem sftp /usr/lib/openssh/sftp-server"]) + "\n")
     container = client.containers.run(
         image, ["sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -f /sshtest/sshd_config"],
         detach=True, network_mode="host", volumes={str(folder): {"bind": "/sshtest", "mode": "ro"}},

@@ -1,9 +1,9 @@
 """A warm local agent: ``python -m rundock.agent serve ROOT`` forks one agent per run.
 
 Starting a Python process and importing the agent costs more than the rest of
-a local submit; this daemon pays it once. It listens on a Unix socket in the
-agent root (named by the code's content hash, so changed code never reuses an
-old daemon), and for each request forks a child that becomes that run's agent,
+a local submit; this daemon pays it once. It listens on a Unix socket named by
+the agent root and the code's content hash (changed code never reuses an old
+daemon), in a folder only its user can enter, and for each request forks a child that becomes that run's agent,
 exactly as a freshly started one: its own session, its run directory as
 working directory, the submitter's environment. Children outlive the daemon.
 It exits after ``RUNDOCK_AGENT_IDLE_SECONDS`` (default 600) without requests or
@@ -12,10 +12,12 @@ runs. The daemon stays single-threaded, so forking it is safe.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -25,7 +27,11 @@ DEFAULT_IDLE = 600.0
 
 
 def socket_path(root: str, version: str) -> str:
-    return os.path.join(root, f"agent-{version}.sock")
+    """A short path (Unix sockets allow about 100 characters) in a folder only this user can enter."""
+    folder = os.path.join(tempfile.gettempdir(), f"rundock-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    key = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
+    return os.path.join(folder, f"{key}-{version}.sock")
 
 
 def _reap(children: set[int]) -> None:

@@ -29,9 +29,7 @@ DEFAULT_PYTHON = "python3"
 def connect() -> docker.DockerClient:
     """A client of the local Docker engine; PrepareError with what to do when there is none."""
     try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-        return client
+        return docker.from_env(timeout=120)  # asks the engine for its API version: fails here if there is none
     except docker.errors.DockerException as exc:
         raise PrepareError(f"cannot reach a Docker engine ({exc}); start it (e.g. `sudo systemctl start docker`), "
                            "check DOCKER_HOST and that this user may use the Docker socket, or set "
@@ -98,8 +96,8 @@ def _ensure_base(client: docker.DockerClient, image: str, note: Note) -> str:
 
 
 def ensure_image(client: docker.DockerClient, environment: dict[str, Any], note: Note,
-                 log: Callable[[str], None]) -> str:
-    """The tag of the image a run's environment asks for, built if it is not there yet."""
+                 log: Callable[[str], None]) -> tuple[str, str]:
+    """(tag, image id) of the image a run's environment asks for, built if it is not there yet."""
     docker_section, python = environment.get("docker") or {}, environment.get("python") or {}
     if docker_section.get("base_dockerfile"):
         dockerfile = docker_section["base_dockerfile"]
@@ -113,12 +111,13 @@ def ensure_image(client: docker.DockerClient, environment: dict[str, Any], note:
     packages = [] if python.get("user_managed_dependencies") else pip_requirements(python)
     if not packages:
         note(f"image {base} ({base_id[:19]})")
-        return base
+        return base, base_id
     key = hashlib.sha256(json.dumps({"base": base_id, "packages": sorted(packages)}).encode()).hexdigest()[:16]
     tag = f"rundock-env:{key}"
-    if client.images.list(name=tag):
+    found = client.images.list(name=tag)
+    if found:
         note(f"reusing image {tag} ({base} + {', '.join(packages)})")
-        return tag
+        return tag, str(found[0].id)
     interpreter = python_in_image(python)
     quoted = " ".join(json.dumps(p) for p in packages)
     ca_bundle = host_ca_bundle()
@@ -128,7 +127,7 @@ def ensure_image(client: docker.DockerClient, environment: dict[str, Any], note:
         lines.append(f"COPY {CA_IN_CONTEXT} /tmp/{CA_IN_CONTEXT}")
         pip = f"PIP_CERT=/tmp/{CA_IN_CONTEXT} {pip} && rm /tmp/{CA_IN_CONTEXT}"
     _build(client, "\n".join([*lines, f"RUN {pip}"]) + "\n", tag, log, ca_bundle)
-    return tag
+    return tag, str(client.images.get(tag).id)
 
 
 def python_in_image(python: dict[str, Any]) -> str:

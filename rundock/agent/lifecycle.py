@@ -42,7 +42,7 @@ from rundock.states import RunStatus
 
 log = logging.getLogger("rundock.agent")
 
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.25  # how often a running job's cancel request and time limit are checked
 DRIVER_LOG = "driver_log.txt"
 PREPARE_LOG = "prepare_log.txt"
 SECRETS_FILE = "secrets.json"

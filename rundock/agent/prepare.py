@@ -108,20 +108,19 @@ def _prepare_docker(spec: JobSpec, environment: dict[str, Any], agent_root: str,
     from rundock.agent import images
 
     client = images.connect()
-    image = images.ensure_image(client, environment, note, log=note)
+    image, image_id = images.ensure_image(client, environment, note, log=note)
     python = environment.get("python") or {}
     interpreter = images.python_in_image(python)
     settings = parse_docker_arguments(list((environment.get("docker") or {}).get("arguments") or []))
     settings.setdefault("shm_size", (environment.get("docker") or {}).get("shm_size") or "2g")
-    shim = _image_lacks_azureml(client, image, interpreter, os.path.join(agent_root, "images"))
+    shim = _image_lacks_azureml(client, image, image_id, interpreter, os.path.join(agent_root, "images"))
     _note_shim(note, shim)
     return Plan(_command(interpreter, spec.script, "", spec.arguments), image=image, azureml_shim=shim, gpus=gpus,
                 docker_settings=settings, docker_client=client)
 
 
-def _image_lacks_azureml(client: Any, image: str, interpreter: str, cache_dir: str) -> bool:
-    image_id = str(client.images.get(image).id).replace(":", "_")
-    cache = os.path.join(cache_dir, f"{image_id}.json")
+def _image_lacks_azureml(client: Any, image: str, image_id: str, interpreter: str, cache_dir: str) -> bool:
+    cache = os.path.join(cache_dir, f"{image_id.replace(':', '_')}.json")
     if os.path.exists(cache):
         with open(cache, encoding="utf-8") as fh:
             return bool(json.load(fh)["azureml_shim"])

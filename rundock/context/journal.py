@@ -100,13 +100,13 @@ class JournalReader:
         self.directory = os.path.join(run_dir, JOURNAL_DIR)
         self._offsets: dict[str, int] = {}
 
-    def read_new(self) -> list[tuple[str, dict[str, Any]]]:
-        """Complete records not returned before, as (source, record), per source in order."""
+    def read_new(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Complete records not returned before, as (source, its new records in order)."""
         try:
             names = sorted(n for n in os.listdir(self.directory) if n.endswith(_SUFFIX))
         except FileNotFoundError:
             return []
-        out: list[tuple[str, dict[str, Any]]] = []
+        out: list[tuple[str, list[dict[str, Any]]]] = []
         for name in names:
             source = name[: -len(_SUFFIX)]
             path = os.path.join(self.directory, name)
@@ -115,12 +115,16 @@ class JournalReader:
             end = data.rfind(b"\n") + 1  # a trailing partial record waits for its newline
             self._offsets[source] = offset + end
             lines = [line for line in data[:end].split(b"\n") if line.strip()]
+            if not lines:
+                continue
             try:  # one parse for the whole batch is several times faster than one per line
-                out.extend((source, rec) for rec in json.loads(b"[" + b",".join(lines) + b"]"))
+                records = json.loads(b"[" + b",".join(lines) + b"]")
             except ValueError:
+                records = []
                 for line in lines:
                     try:
-                        out.append((source, json.loads(line)))
+                        records.append(json.loads(line))
                     except ValueError:
                         continue  # a torn write from a crashed writer carries no sequence number
+            out.append((source, records))
         return out

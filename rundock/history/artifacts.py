@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 from typing import IO
 
 _CHUNK = 1 << 20
@@ -32,6 +33,7 @@ class ArtifactStore:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         os.makedirs(self.root, exist_ok=True)
+        self._dirs: set[str] = set()
 
     def path(self, digest: str) -> str:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
@@ -74,6 +76,28 @@ class ArtifactStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def adopt(self, source: str, digest: str, size: int, mtime_ns: int) -> bool:
+        """Store ``source`` under a digest just computed from it, copying without hashing again.
+
+        Refuses (returns False) if the file changed since it was hashed (size or mtime differ), so a
+        blob's name always matches its content.
+        """
+        final = self.path(digest)
+        if os.path.exists(final):
+            return False
+        directory = os.path.dirname(final)
+        if directory not in self._dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._dirs.add(directory)
+        tmp = f"{final}.incoming-{os.getpid()}-{threading.get_ident()}"
+        shutil.copyfile(source, tmp)
+        st = os.stat(source)
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            os.unlink(tmp)
+            raise OSError(f"{source} changed while it was being stored; try again")
+        os.replace(tmp, final)
+        return True
 
     def put_bytes(self, data: bytes) -> tuple[str, int, bool]:
         import io

@@ -34,7 +34,7 @@ class Syncer:
         self.artifacts = artifacts
         self._journal = JournalReader(run_dir)
         self._log_offsets: dict[str, int] = {}
-        self._waiting: list[tuple[str, dict[str, Any]]] = []  # records of a child not created yet
+        self._waiting: list[tuple[str, list[dict[str, Any]]]] = []  # records of a child not created yet
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -44,12 +44,16 @@ class Syncer:
     def sync_once(self) -> int:
         """Ship what is new; return the number of journal records read."""
         with self._lock:
-            records = self._journal.read_new()
+            batches = self._journal.read_new()
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for source, rec in [*self._waiting, *records]:
-                if rec.get("type") == "file" and "digest" not in rec:
-                    self._ingest(rec)
-                groups.setdefault((source, rec.get("run", self.run_id)), []).append(rec)
+            for source, recs in [*self._waiting, *batches]:
+                if not any("run" in r or r["type"] == "file" for r in recs):  # the common case: as it is
+                    groups.setdefault((source, self.run_id), []).extend(recs)
+                    continue
+                for rec in recs:
+                    if rec["type"] == "file" and "digest" not in rec:
+                        self._ingest(rec)
+                    groups.setdefault((source, rec.get("run", self.run_id)), []).append(rec)
             self._waiting = []
             for (source, run_id), recs in groups.items():
                 try:
@@ -57,14 +61,14 @@ class Syncer:
                 except RunNotFoundError:  # a child whose creating record is in another source's file
                     if run_id == self.run_id:
                         raise
-                    self._waiting.extend((source, r) for r in recs)
+                    self._waiting.append((source, recs))
             self._ship_logs()
-            return len(records)
+            return sum(len(recs) for _, recs in batches)
 
     @property
     def pending(self) -> int:
         """Records held back until the child run they belong to exists."""
-        return len(self._waiting)
+        return sum(len(recs) for _, recs in self._waiting)
 
     def _ingest(self, rec: dict[str, Any]) -> None:
         path = rec.get("path", "")

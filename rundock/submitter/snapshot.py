@@ -149,10 +149,10 @@ def take_snapshot(source_dir: str, store: RunStore, artifacts: ArtifactStore,
     total = sum(f.size for f in files)
     for f in files:
         try:
+            before = os.stat(f.full)
             digest, size = sha256_file(f.full)
-            if not artifacts.has(digest):
-                _, size, fresh = artifacts.put_file(f.full)
-                new_bytes += size if fresh else 0
+            if artifacts.adopt(f.full, digest, before.st_size, before.st_mtime_ns):
+                new_bytes += size
         except OSError as exc:
             raise SnapshotError(f"cannot read {f.path!r} in {source_dir!r}: {exc}") from exc
         manifest.append({"path": f.path, "digest": digest, "size": size, "mode": 0o755 if f.executable else 0o644})

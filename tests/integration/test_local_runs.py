@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rundock import Environment, Experiment, Run, RunConfiguration, ScriptRunConfig
+from rundock.agent.daemon import socket_path
 from rundock.errors import RunFailedError
 from rundock.states import RunStatus
 from rundock.submitter.workspace import Workspace
@@ -344,3 +345,35 @@ def test_restore_snapshot_gives_the_submitted_files(workspace: Workspace, source
     path = run.restore_snapshot(path=str(tmp_path))
     with zipfile.ZipFile(path) as zf:
         assert sorted(zf.namelist()) == [".gitignore", "pkg/util.py", "train.py"]
+
+
+def test_the_warm_agent_forks_runs_with_the_submitters_environment(workspace: Workspace,
+                                                                  source: Callable[..., Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    src = source(**{"train.py": "import os, time\nprint(os.environ.get('ONLY_FOR_SECOND', '-'), flush=True)\n"
+                                "time.sleep(float(os.environ.get('SLEEP', '0')))\n"})
+    _submit(workspace, src).wait_for_completion()  # starts the warm agent
+    local = workspace.local_root
+
+    def warm_agent() -> psutil.Process | None:
+        return next((p for p in psutil.process_iter(["cmdline"])
+                     if "serve" in (p.info["cmdline"] or []) and local in (p.info["cmdline"] or [])), None)
+
+    daemon = wait_until(warm_agent, message="the warm agent")
+    assert isinstance(daemon, psutil.Process)
+    version = daemon.cmdline()[-1]
+    wait_until(lambda: os.path.exists(socket_path(local, version)), message="its socket")
+    monkeypatch.setenv("ONLY_FOR_SECOND", "yes")
+    monkeypatch.setenv("SLEEP", "2")
+    second = _submit(workspace, src)
+    wait_until(lambda: second.get_status() == "Running", message="Running")
+    agent = json.loads((Path(second._record.run_dir or "") / "processes.json").read_text())["agent_pid"]
+    assert psutil.Process(agent).ppid() == daemon.pid  # forked by the warm agent, not started afresh
+    daemon.kill()  # the run does not depend on the daemon staying up
+    second.wait_for_completion()
+    assert workspace.store.read_log(second.id, "system_logs/driver_log.txt") == b"yes\n"
+    third = _submit(workspace, src)  # no daemon answering: a fresh agent (and a new daemon) take over
+    third.wait_for_completion()
+    assert third.get_status() == "Completed"

@@ -18,14 +18,14 @@ def test_reader_returns_only_new_complete_records(tmp_path: Path) -> None:
     writer = JournalWriter(str(tmp_path), "job-1")
     reader = JournalReader(str(tmp_path))
     writer.append("tags", values={"a": "1"})
-    assert [r["seq"] for _, r in reader.read_new()] == [1]
+    assert [(s, [r["seq"] for r in recs]) for s, recs in reader.read_new()] == [("job-1", [1])]
     assert reader.read_new() == []
     with open(writer.path, "ab") as fh:  # a record still being written
         fh.write(b'{"seq": 2, "type": "tags", "val')
     assert reader.read_new() == []
     with open(writer.path, "ab") as fh:
         fh.write(b'ues": {"b": "2"}}\n')
-    assert [(s, r["values"]) for s, r in reader.read_new()] == [("job-1", {"b": "2"})]
+    assert [(s, [r["values"] for r in recs]) for s, recs in reader.read_new()] == [("job-1", [{"b": "2"}])]
 
 
 def test_records_of_each_source_come_in_order(tmp_path: Path) -> None:
@@ -33,6 +33,16 @@ def test_records_of_each_source_come_in_order(tmp_path: Path) -> None:
     for i in range(5):
         a.append("heartbeat", interval=1)
         b.append("metric", name="x", value=i)
-    records = JournalReader(str(tmp_path)).read_new()
+    batches = dict(JournalReader(str(tmp_path)).read_new())
     for source in ("agent", f"job-{os.getpid()}"):
-        assert [r["seq"] for s, r in records if s == source] == [1, 2, 3, 4, 5]
+        assert [r["seq"] for r in batches[source]] == [1, 2, 3, 4, 5]
+
+
+def test_a_torn_record_is_skipped_without_losing_its_neighbours(tmp_path: Path) -> None:
+    writer = JournalWriter(str(tmp_path), "job-9")
+    writer.append("tags", values={"a": "1"})
+    with open(writer.path, "ab") as fh:
+        fh.write(b'{"seq": 2, "type": "ta\n')  # a writer died mid-record, then another record follows
+    writer.append("tags", values={"c": "3"})
+    (_, records), = JournalReader(str(tmp_path)).read_new()
+    assert [r["values"] for r in records] == [{"a": "1"}, {"c": "3"}]

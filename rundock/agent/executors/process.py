@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 
 from rundock.agent.cancel import stop_tree
@@ -19,11 +21,16 @@ class ProcessExecutor:
         self.env = env
         self.driver_log = driver_log
         self._proc: subprocess.Popen[bytes] | None = None
+        self._pidfd: int | None = None
         self._pump: LogPump | None = None
 
     def start(self) -> None:
         self._proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            self._pidfd = os.pidfd_open(self._proc.pid) if hasattr(os, "pidfd_open") else None  # novermin
+        except OSError:
+            self._pidfd = None
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._pump = LogPump(pipe_chunks(self._proc.stdout), pipe_chunks(self._proc.stderr), self.driver_log,
                              self.secrets)
@@ -34,8 +41,12 @@ class ProcessExecutor:
         return self._proc.pid
 
     def wait(self, timeout: float) -> int | None:
-        """The exit code, or None if still running after ``timeout`` seconds."""
+        """The exit code, or None if still running after ``timeout`` seconds (sleeping, not polling,
+        where the kernel offers a process file descriptor)."""
         assert self._proc is not None
+        if self._pidfd is not None and self._proc.returncode is None:
+            select.select([self._pidfd], [], [], timeout)
+            return self._proc.poll()
         try:
             return self._proc.wait(timeout)
         except subprocess.TimeoutExpired:

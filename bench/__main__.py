@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ OUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
 def main() -> int:
+    os.environ.setdefault("RUNDOCK_AGENT_IDLE_SECONDS", "15")  # warm agents of the bench's workspaces go away
     started, clock = time.time(), time.perf_counter()
     figures: list[Figure] = []
     failures = []

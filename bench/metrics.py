@@ -138,7 +138,9 @@ def durability(root: Path) -> list[Figure]:
                   "MLflow `log_metric` to a local tracking server (sqlite backend)",
                   [mlflow_rate] if mlflow_rate else [],
                   note="From the script's first value to the last one committed in the embedded history (SQLite, "
-                       "WAL), counted in the database." + ("" if mlflow_rate else
+                       "WAL), counted in the database. One run's values go through one syncer thread in its agent "
+                       "(about 9 µs per value to parse, plan and insert), beside the job, on 2 cores." +
+                       ("" if mlflow_rate else
                                                             " MLflow was not installed, so no baseline was measured."))
     rates, problems_all = [], 0
     for rep in range(3):

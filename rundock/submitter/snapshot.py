@@ -148,26 +148,30 @@ def take_snapshot(source_dir: str, store: RunStore, artifacts: ArtifactStore,
     """Store the snapshot of ``source_dir``; return its id and how many new bytes it cost."""
     files = collect(source_dir, limits)
     total = sum(f.size for f in files)
-
-    def store_one(f: SourceFile) -> tuple[dict[str, Any], int]:
+    manifest, missing, done = [], [], 0
+    for f in files:  # hashing is fast and sequential; an unchanged folder stops here
         try:
             before = os.stat(f.full)
             digest, size = sha256_file(f.full)
-            fresh = artifacts.adopt(f.full, digest, before.st_size, before.st_mtime_ns)
         except OSError as exc:
             raise SnapshotError(f"cannot read {f.path!r} in {source_dir!r}: {exc}") from exc
-        return {"path": f.path, "digest": digest, "size": size, "mode": 0o755 if f.executable else 0o644}, \
-            size if fresh else 0
+        manifest.append({"path": f.path, "digest": digest, "size": size, "mode": 0o755 if f.executable else 0o644})
+        if not artifacts.has(digest):
+            missing.append((f, digest, before))
+        done += size
+        if progress is not None:
+            progress(done, total)
 
-    # Hashing and file creation spend their time in system calls, which run in parallel across threads.
-    manifest, new_bytes, done = [], 0, 0
+    def store_one(item: tuple[SourceFile, str, os.stat_result]) -> int:
+        f, digest, before = item
+        try:
+            return before.st_size if artifacts.adopt(f.full, digest, before.st_size, before.st_mtime_ns) else 0
+        except OSError as exc:
+            raise SnapshotError(f"cannot store {f.path!r} from {source_dir!r}: {exc}") from exc
+
+    # Creating one file per new blob is the slow part; those system calls overlap across threads.
     with concurrent.futures.ThreadPoolExecutor(max_workers=SNAPSHOT_THREADS) as pool:
-        for entry, fresh_bytes in pool.map(store_one, files):
-            manifest.append(entry)
-            new_bytes += fresh_bytes
-            done += entry["size"]
-            if progress is not None:
-                progress(done, total)
+        new_bytes = sum(pool.map(store_one, missing))
     snapshot_id = manifest_id(manifest)
     store.put_snapshot(snapshot_id, manifest)
     return Snapshot(snapshot_id, manifest, total, new_bytes)

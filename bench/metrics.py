@@ -76,6 +76,9 @@ def _flood(ws: Workspace, root: Path, jobs: int, per_job: int) -> tuple[float, i
     began = min(float(f) for f in firsts)
     ids = [r.id for r in runs]
     while _durable(ws, ids) < jobs * per_job:
+        ended = [r for r in runs if r.refresh()._record.status.is_terminal and r.status != "Completed"]
+        if ended:
+            raise RuntimeError(f"run {ended[0].id} ended {ended[0].status}: {ended[0].get_detailed_status()}")
         time.sleep(0.005)
     done = time.time()
     counted = sum(len(ws.store.get_metric_records(i)) for i in ids)

@@ -210,6 +210,8 @@ class Agent:
         tail = executor.finish_logs()
         if code != 0:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if getattr(executor, "oom_killed", False):
+                how += " (out of memory: the container hit its memory limit; raise --memory in docker.arguments)"
             message = f"the script {how}" + ("; last lines of stderr:\n" + "\n".join(tail) if tail else "")
             return Outcome(RunStatus.FAILED, f"script {how}", {
                 "code": "UserError", "message": message, "exit_code": code, "stderr_tail": tail})

@@ -88,14 +88,29 @@ def _interpreter_lacks_azureml(interpreter: str, cache_dir: str) -> bool:
     stamp = [os.path.realpath(interpreter), st.st_size, st.st_mtime_ns,
              *[(d, os.stat(d).st_mtime_ns) for d in _package_dirs(interpreter)]]
     cache = os.path.join(cache_dir, hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:20] + ".json")
-    if os.path.exists(cache):
-        with open(cache, encoding="utf-8") as fh:
-            return bool(json.load(fh)["azureml_shim"])
+    known = _read_cache(cache)
+    if known is not None:
+        return known
     shim = subprocess.run([interpreter, "-c", HAS_AZUREML], capture_output=True, timeout=60).returncode != 0
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(cache, "w", encoding="utf-8") as fh:
-        json.dump({"azureml_shim": shim, "interpreter": interpreter}, fh)
+    _write_cache(cache, {"azureml_shim": shim, "interpreter": interpreter})
     return shim
+
+
+def _read_cache(path: str) -> bool | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return bool(json.load(fh)["azureml_shim"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_cache(path: str, value: dict[str, Any]) -> None:
+    """Written whole or not at all: agents preparing at once read these files while others write them."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(value, fh)
+    os.replace(tmp, path)
 
 
 def _note_shim(note: Note, shim: bool) -> None:
@@ -121,9 +136,9 @@ def _prepare_docker(spec: JobSpec, environment: dict[str, Any], agent_root: str,
 
 def _image_lacks_azureml(client: Any, image: str, image_id: str, interpreter: str, cache_dir: str) -> bool:
     cache = os.path.join(cache_dir, f"{image_id.replace(':', '_')}.json")
-    if os.path.exists(cache):
-        with open(cache, encoding="utf-8") as fh:
-            return bool(json.load(fh)["azureml_shim"])
+    known = _read_cache(cache)
+    if known is not None:
+        return known
     import docker.errors
 
     try:
@@ -137,7 +152,5 @@ def _image_lacks_azureml(client: Any, image: str, image_id: str, interpreter: st
     except docker.errors.DockerException as exc:
         raise PrepareError(f"cannot run {interpreter!r} in image {image!r}: {exc}; the image needs Python "
                            "(set environment.python.interpreter_path to its interpreter)") from None
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(cache, "w", encoding="utf-8") as fh:
-        json.dump({"azureml_shim": shim}, fh)
+    _write_cache(cache, {"azureml_shim": shim, "image": image})
     return shim

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import io
 import os
-from typing import IO, Any, Iterable, Mapping, Union
+from typing import IO, Any, Iterable, Mapping, TypeVar, Union
 
 from rundock.context import schemas
 from rundock.context.names import artifact_name, metric_name
 
 _SCALARS = (int, float, bool, str)
 PathOrStream = Union[str, "os.PathLike[str]", IO[bytes]]
+_Self = TypeVar("_Self", bound="RunRecorder")
 
 
 class RunRecorder:
@@ -49,6 +50,22 @@ class RunRecorder:
         for key, val in values.items():
             if key in self._properties and self._properties[key] != val:
                 raise ValueError(f"property {key!r} is already {self._properties[key]!r}; properties are immutable")
+
+    # -- lifecycle (``with run:`` completes the run, or fails it on an exception) ----------------
+    def complete(self, _set_status: bool = True) -> None:
+        raise NotImplementedError
+
+    def fail(self, error_details: Any = None, error_code: str | None = None, _set_status: bool = True) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is not None:
+            self.fail(error_details=repr(exc))
+        else:
+            self.complete()
 
     # -- metrics --------------------------------------------------------------------------
     def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:

@@ -199,15 +199,6 @@ class Run(RunRecorder):
             known = {name: os.environ[name] for name in secrets if name in os.environ}
         return {name: known.get(name) for name in secrets}
 
-    def __enter__(self) -> Run:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc is not None:
-            self.fail(error_details=repr(exc))
-        else:
-            self.complete()
-
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, experiment={self.experiment.name!r})"
 

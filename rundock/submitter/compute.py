@@ -51,9 +51,10 @@ def _load(workspace: Workspace) -> dict[str, Any]:
 
 def _save(workspace: Workspace, targets: dict[str, Any]) -> None:
     path = os.path.join(workspace.path, TARGETS_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
         yaml.safe_dump(targets, fh, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
 class RemoteCompute:

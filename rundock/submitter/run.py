@@ -329,15 +329,6 @@ class Run(RunRecorder):
             raise RuntimeError(f"run {self._id} is {record.status.value}; clean() removes files of finished runs")
         return get_target(self.experiment.workspace, record.target).clean(record)
 
-    def __enter__(self) -> Run:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc is not None:
-            self.fail(error_details=repr(exc))
-        else:
-            self.complete()
-
     # -- children -----------------------------------------------------------------------------
     def child_run(self, name: str | None = None, run_id: str | None = None, outputs: str | None = None) -> Run:
         """A started child run; its ``outputs`` folder is stored with it when it completes."""

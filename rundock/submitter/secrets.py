@@ -27,7 +27,7 @@ class SecretStore:
             return {}
 
     def _save(self, secrets: dict[str, str]) -> None:
-        tmp = self.path + ".tmp"
+        tmp = f"{self.path}.{os.getpid()}.tmp"  # writers in other processes never share a temporary file
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(secrets, fh)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -377,3 +378,15 @@ def test_the_warm_agent_forks_runs_with_the_submitters_environment(workspace: Wo
     third = _submit(workspace, src)  # no daemon answering: a fresh agent (and a new daemon) take over
     third.wait_for_completion()
     assert third.get_status() == "Completed"
+
+
+def test_runs_preparing_at_once_share_the_interpreter_probe(workspace: Workspace, source: Callable[..., Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNDOCK_MAX_CONCURRENT_RUNS", "4")
+    src = source(**{"train.py": "print('ok')"})
+    for _ in range(3):  # each round starts from a cold probe cache, with four agents preparing together
+        shutil.rmtree(Path(workspace.local_root) / "interpreters", ignore_errors=True)
+        runs = [_submit(workspace, src) for _ in range(4)]
+        for run in runs:
+            run.wait_for_completion()
+        assert [r.get_status() for r in runs] == ["Completed"] * 4

@@ -84,7 +84,7 @@ class Agent:
         self.syncer: Syncer | JournalOnly = JournalOnly() if self.store is None else \
             Syncer(self.run_dir, self.spec.run_id, self.store, self.artifacts, self.spec.attempt)
         self.heartbeat = Heartbeat(self.journal, self.spec.heartbeat_seconds, on_beat=self.syncer.poke)
-        self.collector = OutputCollector(self.src, self.artifacts, self.journal)
+        self.collector = OutputCollector(self.src, self.artifacts, self.journal, on_record=self.syncer.poke)
         self.executor: Executor | None = None
         self.agent_root = os.path.dirname(os.path.dirname(self.run_dir))
         self.secrets: dict[str, str] = {}

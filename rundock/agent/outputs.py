@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from rundock.context.journal import JournalWriter
 from rundock.history.artifacts import ArtifactStore, sha256_file
@@ -82,14 +82,17 @@ class _Poller(threading.Thread):
 class OutputCollector:
     """Stores files under the watched folders of ``src_dir`` as journal file records."""
 
-    def __init__(self, src_dir: str, artifacts: ArtifactStore, journal: JournalWriter) -> None:
+    def __init__(self, src_dir: str, artifacts: ArtifactStore, journal: JournalWriter,
+                 on_record: Callable[[], None] | None = None) -> None:
         self.src_dir = src_dir
+        self.on_record = on_record  # e.g. wake the syncer: a stored file reaches the history at once
         self.artifacts = artifacts
         self.journal = journal
         self._known: dict[str, str] = {}
         self._dirty: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._observer: Any = None
         self._thread = threading.Thread(target=self._loop, name="rundock-outputs", daemon=True)
 
@@ -106,9 +109,12 @@ class OutputCollector:
     def mark(self, path: str, closed: bool) -> None:
         with self._lock:
             self._dirty[path] = 0.0 if closed else time.monotonic()
+        self._wake.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.is_set():
+            self._wake.wait(0.2 if self._dirty else 2.0)  # idle: sleep until a file event wakes it
+            self._wake.clear()
             now = time.monotonic()
             with self._lock:
                 ready = [p for p, t in self._dirty.items() if now - t >= QUIET_SECONDS or t == 0.0]
@@ -138,10 +144,13 @@ class OutputCollector:
             return False
         self.journal.append("file", name=name, digest=digest, size=size)
         self._known[name] = digest
+        if self.on_record is not None:
+            self.on_record()
         return True
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join()

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SYSTEM_LOGS_DIR = "system_logs"
 MAX_LOG_CHUNK = 256 * 1024
+IDLE_PERIOD = 1.0
 
 
 class Syncer:
@@ -42,7 +43,7 @@ class Syncer:
 
     # -- one pass -----------------------------------------------------------------------
     def sync_once(self) -> int:
-        """Ship what is new; return the number of journal records read."""
+        """Ship what is new; return how much (journal records plus log bytes; 0 when nothing was new)."""
         with self._lock:
             batches = self._journal.read_new()
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -62,8 +63,8 @@ class Syncer:
                     if run_id == self.run_id:
                         raise
                     self._waiting.append((source, recs))
-            self._ship_logs()
-            return sum(len(recs) for _, recs in batches)
+            shipped = self._ship_logs()
+            return sum(len(recs) for _, recs in batches) + shipped
 
     @property
     def pending(self) -> int:
@@ -81,19 +82,23 @@ class Syncer:
             return
         rec["digest"], rec["size"] = digest, size
 
-    def _ship_logs(self) -> None:
+    def _ship_logs(self) -> int:
+        """Ship new log bytes; return how many."""
         directory = os.path.join(self.run_dir, SYSTEM_LOGS_DIR)
         try:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
-            return
+            return 0
+        shipped = 0
         for name in names:
             path = os.path.join(directory, name)
             offset = self._log_offsets.get(name, 0)
             while data := read_from(path, offset, MAX_LOG_CHUNK):
                 self.store.append_log(self.run_id, f"{SYSTEM_LOGS_DIR}/{name}", offset, data)
                 offset += len(data)
+                shipped += len(data)
             self._log_offsets[name] = offset
+        return shipped
 
     # -- background loop ------------------------------------------------------------------
     def start(self, period: float = 0.25) -> None:
@@ -106,13 +111,17 @@ class Syncer:
         self._wake.set()
 
     def _loop(self, period: float) -> None:
+        """Sync every ``period`` while there is something new; back off to once a second when idle."""
+        wait = period
         while not self._stop.is_set():
-            self._wake.wait(period)
+            poked = self._wake.wait(wait)
             self._wake.clear()
             try:
-                self.sync_once()
+                moved = self.sync_once()
             except Exception:  # the next pass retries; the final sync raises
                 log.exception("run %s: sync to the run history failed; retrying", self.run_id)
+                moved = 0
+            wait = period if (moved or poked) else min(wait * 2, IDLE_PERIOD)
 
     def stop(self) -> None:
         """Stop the loop and ship everything that is left (raises if the history is unreachable)."""

@@ -183,8 +183,10 @@ class Agent:
         else:
             executor = ProcessExecutor(plan.argv, self.src, env, driver_log, secrets)
         self.executor = executor
-        self.collector.start()
+        for name in ("outputs", "logs"):
+            os.makedirs(os.path.join(self.src, name), exist_ok=True)
         executor.start()
+        self.collector.start()  # after the job: watching costs the job's start nothing; it then catches up
         with open(os.path.join(self.run_dir, "processes.json"), "w", encoding="utf-8") as fh:
             json.dump({"host": socket.gethostname(), "agent_pid": os.getpid(), "job_pgid": executor.pid,
                        "container": getattr(self.executor, "container_id", None)}, fh)

@@ -105,6 +105,10 @@ class OutputCollector:
             self._observer = _Poller(self, paths)
             self._observer.start()
         self._thread.start()
+        for top in paths:  # files written before the watch began (it starts just after the job)
+            for root, _dirs, files in os.walk(top):
+                for name in files:
+                    self.mark(os.path.join(root, name), closed=False)
 
     def mark(self, path: str, closed: bool) -> None:
         with self._lock:

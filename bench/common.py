@@ -101,6 +101,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:.0f} MB/s"
     if unit == "s":
         return f"{value:.2f} s"
+    if unit in ("% CPU", "%"):
+        return f"{value:.2f} {unit}" if unit == "% CPU" else f"{value:g} %"
     return f"{value:g} {unit}"
 
 

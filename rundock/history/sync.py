@@ -66,11 +66,6 @@ class Syncer:
             shipped = self._ship_logs()
             return sum(len(recs) for _, recs in batches) + shipped
 
-    @property
-    def pending(self) -> int:
-        """Records held back until the child run they belong to exists."""
-        return sum(len(recs) for _, recs in self._waiting)
-
     def _ingest(self, rec: dict[str, Any]) -> None:
         path = rec.get("path", "")
         full = path if os.path.isabs(path) else os.path.join(self.run_dir, path)
@@ -135,8 +130,6 @@ class Syncer:
 class JournalOnly:
     """The syncer of an agent without a run history (a remote host): records stay in the
     run directory, and the submitter pulls them over SSH and ships them with a ``Syncer``."""
-
-    pending = 0
 
     def sync_once(self) -> int:
         return 0

@@ -23,7 +23,6 @@ import os
 import shlex
 import tarfile
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -282,10 +281,3 @@ def _apply_pull(raw: bytes, mirror: str, ws: Workspace) -> dict[str, Any]:
                     out.truncate()
     return state
 
-
-def wait_synced(target: RemoteTarget, run: RunRecord, interval: float = 1.0) -> None:
-    """Pull until the run is terminal (used by ``rundock sync --wait``)."""
-    while not run.status.is_terminal:
-        target.sync(run)
-        run = target.workspace.store.get_run(run.run_id)
-        time.sleep(interval)

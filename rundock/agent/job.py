@@ -10,6 +10,8 @@ from typing import Any
 from rundock.context.run import CANCEL_FILE
 
 JOB_FILE = "job.json"
+# The PYTHONPATH the user had, for the job: an agent's own PYTHONPATH (rundock, its packages) is not the job's.
+ENV_USER_PYTHONPATH = "RUNDOCK_USER_PYTHONPATH"
 
 
 @dataclasses.dataclass

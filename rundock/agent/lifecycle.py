@@ -27,7 +27,7 @@ from rundock.agent.cancel import become_subreaper
 from rundock.agent.environments import PrepareError
 from rundock.agent.executors.process import ProcessExecutor
 from rundock.agent.heartbeat import Heartbeat
-from rundock.agent.job import JobSpec, cancel_requested
+from rundock.agent.job import ENV_USER_PYTHONPATH, JobSpec, cancel_requested
 from rundock.agent.joblib import ensure_azureml_shim, ensure_job_lib
 from rundock.agent.materialize import materialize
 from rundock.agent.outputs import OutputCollector
@@ -153,6 +153,9 @@ class Agent:
         run_dir = RUN_MOUNT if in_container else self.run_dir
         paths = [f"{LIB_MOUNT}/{i}" for i in range(len(libs))] if in_container else libs
         env = {"HOME": "/tmp"} if in_container else dict(os.environ)
+        user_path = env.pop(ENV_USER_PYTHONPATH, None)
+        if user_path is not None:  # this agent was started with its own PYTHONPATH: give the job the user's
+            env["PYTHONPATH"] = user_path
         env.update(spec.environment_variables)
         env.update(((spec.environment or {}).get("environment_variables")) or {})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (*paths, env.get("PYTHONPATH", "")) if p)

@@ -29,7 +29,7 @@ import tarfile
 import time
 from typing import Any
 
-from rundock.agent.job import JOB_FILE, request_cancel
+from rundock.agent.job import ENV_USER_PYTHONPATH, JOB_FILE, request_cancel
 from rundock.context.journal import JOURNAL_DIR, read_from
 from rundock.context.names import artifact_name
 
@@ -97,6 +97,7 @@ def start(root: str, run_id: str, request: dict[str, Any]) -> dict[str, Any]:
     with open(os.path.join(run_dir, JOB_FILE), "w", encoding="utf-8") as fh:
         json.dump(request["job"], fh)
     env = dict(os.environ)
+    env[ENV_USER_PYTHONPATH] = ""  # PYTHONPATH here is the agent bundle, set for this command only
     with open(os.path.join(run_dir, "system_logs", "agent_log.txt"), "ab") as log:
         agent = subprocess.Popen([sys.executable, "-m", "rundock.agent", "run", run_dir], cwd=run_dir, env=env,
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -390,3 +390,20 @@ def test_runs_preparing_at_once_share_the_interpreter_probe(workspace: Workspace
         for run in runs:
             run.wait_for_completion()
         assert [r.get_status() for r in runs] == ["Completed"] * 4
+
+
+def test_the_job_gets_the_users_pythonpath_not_the_agents(workspace: Workspace, source: Callable[..., Path],
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import site
+
+    mine = tmp_path / "my-libs"
+    mine.mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(mine))
+    src = source(**{"train.py": "import os\nprint(os.environ['PYTHONPATH'])\n"})
+    for _ in range(2):  # a freshly started agent, then one forked by the warm agent
+        run = _submit(workspace, src)
+        run.wait_for_completion()
+        entries = workspace.store.read_log(run.id, "system_logs/driver_log.txt").decode().strip().split(os.pathsep)
+        assert entries[-1] == str(mine)  # the user's own, after rundock's job library (and azureml shim)
+        assert all(e.startswith(os.path.join(workspace.local_root, "lib")) for e in entries[:-1])
+        assert not set(site.getsitepackages()) & set(entries)

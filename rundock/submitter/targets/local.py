@@ -25,7 +25,7 @@ import psutil
 
 import rundock
 from rundock.agent.daemon import request_agent
-from rundock.agent.job import JobSpec, request_cancel
+from rundock.agent.job import ENV_USER_PYTHONPATH, JobSpec, request_cancel
 from rundock.agent.slots import Ticket, issue_ticket
 from rundock.context.run import ENV_RUN_ID
 from rundock.errors import RundockError
@@ -102,6 +102,7 @@ class LocalTarget:
         # skipping the site module's .pth processing, and finds rundock and site-packages on PYTHONPATH.
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rundock.__file__)))
         env = dict(os.environ)
+        env[ENV_USER_PYTHONPATH] = env.get("PYTHONPATH", "")
         paths = [package_parent, *site.getsitepackages(), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
         # New sessions: agents keep running when the submitter (or its terminal) goes away.

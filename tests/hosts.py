@@ -45,7 +45,7 @@ def has_sshd(client: Any, image: str) -> bool:
     return b"yes" in out
 
 
-def start_ssh_host(client: Any, image: str, folder: Path) -> SshHost:
+def start_ssh_host(client: Any, image: str, folder: Path, volumes: dict[str, Any] | None = None) -> SshHost:
     """Start the host; its client key is ``folder/client_key`` (authorized for root)."""
     host_key, client_key = paramiko.RSAKey.generate(2048), paramiko.RSAKey.generate(2048)
     host_key.write_private_key_file(str(folder / "host_key"))
@@ -61,8 +61,8 @@ def start_ssh_host(client: Any, image: str, folder: Path) -> SshHost:
         "Subsystem sftp /usr/lib/openssh/sftp-server"]) + "\n")
     container = client.containers.run(
         image, ["sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -f /sshtest/sshd_config"],
-        detach=True, network_mode="host", volumes={str(folder): {"bind": "/sshtest", "mode": "ro"}},
-        tmpfs={"/small": "size=2m"}, name=f"rundock-test-sshd-{port}", remove=True)
+        detach=True, network_mode="host", volumes={str(folder): {"bind": "/sshtest", "mode": "ro"}, **(volumes or {})},
+        tmpfs={"/small": "size=2m", "/medium": "size=8m"}, name=f"rundock-test-sshd-{port}", remove=True)
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -182,7 +182,8 @@ class Agent:
             from rundock.agent.executors.docker import DockerExecutor  # docker-py only where Docker is used
 
             executor = DockerExecutor(plan.docker_client, plan.image, plan.argv, spec.run_id, self.run_dir, libs, env,
-                                      driver_log, secrets, plan.docker_settings, spec.run_as, plan.gpus)
+                                      driver_log, secrets, plan.docker_settings,
+                                      spec.run_as or f"{os.getuid()}:{os.getgid()}", plan.gpus)
         else:
             executor = ProcessExecutor(plan.argv, self.src, env, driver_log, secrets)
         self.executor = executor

@@ -51,8 +51,9 @@ def probe(root: str) -> dict[str, Any]:
         out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
                              text=True, timeout=60)
         gpus = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    docker = bool(shutil.which("docker") or os.environ.get("DOCKER_HOST") or os.path.exists("/var/run/docker.sock"))
     return {"python": sys.version.split()[0], "executable": sys.executable, "root": os.path.abspath(root),
-            "free_bytes": usage.free, "cpus": os.cpu_count() or 1, "docker": shutil.which("docker") is not None,
+            "free_bytes": usage.free, "cpus": os.cpu_count() or 1, "docker": docker,
             "gpus": gpus}
 
 

@@ -1,13 +1,17 @@
 """The agent bundle: rundock's standard-library files that run on a remote host.
 
 Installed once per content under ``<host root>/agent/<hash>/`` and reused by
-every later run, so a host needs nothing but Python >= 3.8.
+every later run, so a host needs nothing but Python >= 3.8. It also carries
+docker-py and what it needs (pure Python, copied from this environment), so
+Docker runs work on a host that has a Docker engine and nothing else; only the
+agent sees them, never the job.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import io
 import os
 import tarfile
@@ -16,6 +20,8 @@ import rundock
 
 _TOP = ("__init__.py", "states.py", "errors.py", "runconfig/__init__.py", "runconfig/docker_args.py")
 _TREES = ("context", "agent", "history")
+_VENDORED = ("docker", "requests", "urllib3", "idna", "certifi", "charset_normalizer")
+_VENDORED_FILES = (".py", ".pem")  # sources and certifi's CA bundle; compiled speedups stay behind
 
 # Unpacks the bundle from stdin on the host (no rundock there yet): regular files, relative names only.
 UNPACK = (
@@ -42,6 +48,16 @@ def _files() -> list[tuple[str, str]]:
                 if name.endswith(".py"):
                     full = os.path.join(root, name)
                     found.append(("rundock/" + os.path.relpath(full, package).replace(os.sep, "/"), full))
+    for name in _VENDORED:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        top = list(spec.submodule_search_locations)[0]
+        for root, _dirs, files in os.walk(top):
+            for fname in sorted(files):
+                if fname.endswith(_VENDORED_FILES):
+                    full = os.path.join(root, fname)
+                    found.append((f"{name}/" + os.path.relpath(full, top).replace(os.sep, "/"), full))
     return sorted(found)
 
 

@@ -235,9 +235,12 @@ def test_clear_errors_name_the_host_and_the_fix(workspace: Workspace, box: Remot
         _submit(workspace, src, target="offline")
     big = source(name="big", **{"train.py": "print(1)"})
     (big / "weights.bin").write_bytes(os.urandom(3 * 1024 * 1024))
-    _attach(workspace, ssh_host, name="tiny", root="/small/rundock")
-    with pytest.raises(SshError, match=r"MB free under /small/rundock.*free some space"):
+    _attach(workspace, ssh_host, name="tiny", root="/small/rundock")  # no room for the agent itself
+    with pytest.raises(SshError, match=r"\(target tiny\) has no space left under /small/rundock.*free some space"):
         _submit(workspace, big, target="tiny")
+    _attach(workspace, ssh_host, name="small", root="/medium/rundock")  # room for the agent, not for the run
+    with pytest.raises(SshError, match=r"MB free under /medium/rundock.*free some space"):
+        _submit(workspace, big, target="small")
     assert workspace.store.list_runs() == []
 
 
@@ -286,3 +289,55 @@ def test_passwords_are_never_written(workspace: Workspace, ssh_host: SshHost) ->
     assert ComputeTarget(workspace, "withpw").credentials() == ("pw-s3cret", "phrase-s3cret")  # this process only
     ComputeTarget(workspace, "withpw").detach()
     assert [t.name for t in ComputeTarget.list(workspace)] == []
+
+
+@pytest.fixture(scope="module")
+def docker_host(tmp_path_factory: pytest.TempPathFactory, docker_base_image: str) -> Iterator[tuple[SshHost, Path]]:
+    """A host with a Docker engine: the test engine's socket, and its rundock root at the same path on both
+    sides, so the containers its agent starts see the run directories it bind-mounts."""
+    client = docker.from_env()
+    if not has_sshd(client, docker_base_image):
+        require_service("SSH", f"the test base image {docker_base_image} has no sshd; .ci/services.sh builds one")
+    shared = tmp_path_factory.mktemp("remote-root")
+    host = start_ssh_host(client, docker_base_image, tmp_path_factory.mktemp("sshd-docker"), volumes={
+        "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+        str(shared): {"bind": str(shared), "mode": "rw"}})
+    try:
+        yield host, shared
+    finally:
+        client.containers.get(host.container).remove(force=True)
+
+
+def test_docker_runs_on_a_remote_host(workspace: Workspace, docker_host: tuple[SshHost, Path], tmp_path: Path,
+                                      source: Callable[..., Path], docker_base_image: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from rundock import Environment
+    from rundock.agent.executors.docker import LABEL
+
+    host, shared = docker_host
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    _attach(workspace, host, name="dockerbox", root=str(shared / "rundock"))
+    _rundock(workspace, "target", "trust", "dockerbox")
+    assert "Docker: yes" in _rundock(workspace, "target", "show", "dockerbox").stdout
+    env = Environment("remote-docker")
+    env.docker.enabled, env.docker.base_image = True, docker_base_image
+    env.docker.arguments = ["--network", "none"]
+    env.python.user_managed_dependencies = True
+    src = source(**{"train.py": """
+        import os
+        from azureml.core import Run
+        run = Run.get_context()
+        run.log("pid1", open("/proc/1/cmdline").read().split("\\0")[0])
+        os.makedirs("outputs", exist_ok=True)
+        open("outputs/where.txt", "w").write(os.getcwd())
+        print("in a container on the remote host", flush=True)
+    """})
+    run = _submit(workspace, src, target="dockerbox", environment=env)
+    run.wait_for_completion()
+    assert run.get_status() == "Completed", run.get_details().get("error")
+    assert "init" in run.get_metrics()["pid1"]
+    assert workspace.store.read_log(run.id, "system_logs/driver_log.txt") == b"in a container on the remote host\n"
+    assert "outputs/where.txt" in run.get_file_names()
+    assert docker.from_env().containers.list(all=True, filters={"label": f"{LABEL}={run.id}"}) == []
+    assert host.sh("import importlib.util; print(importlib.util.find_spec('docker'))").strip() == "None"

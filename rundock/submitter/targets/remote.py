@@ -109,8 +109,12 @@ class RemoteTarget:
                                     f"{shlex.quote(self.config.python)} -c {shlex.quote(UNPACK)} {shlex.quote(target)}",
                                     stdin=bundle)
             if code != 0:
-                raise SshError(f"installing the rundock agent on {conn.where} failed: "
-                               f"{err.decode(errors='replace').strip()[-500:]}")
+                detail = err.decode(errors="replace").strip()
+                if "No space left on device" in detail:
+                    raise SshError(f"{conn.where} has no space left under {self.root(conn)} for rundock's agent "
+                                   f"(about {len(bundle) * 5 / 1e6:.0f} MB unpacked); free some space there or attach "
+                                   "the target with another --root")
+                raise SshError(f"installing the rundock agent on {conn.where} failed: {detail[-500:]}")
         return dict(json.loads(self._remote(conn, "probe")))
 
     # -- submit ------------------------------------------------------------------------------
@@ -163,11 +167,9 @@ class RemoteTarget:
                            f"run needs about {needed / 1e6:.0f} MB; free some space there (old runs: "
                            f"`rundock runs -e ...` then run.clean()) or attach the target with another --root")
         if env.docker.enabled and not host["docker"]:
-            raise ConfigError(f"{conn.where} has no `docker` command; install Docker there or set "
-                              "environment.docker.enabled = False", field="environment.docker.enabled")
-        if env.docker.enabled:
-            raise ConfigError(f"Docker runs on remote hosts are not available yet ({conn.where}); run with a "
-                              "Python environment on the host instead", field="environment.docker.enabled")
+            raise ConfigError(f"{conn.where} has no Docker engine (no docker command, DOCKER_HOST or "
+                              "/var/run/docker.sock); install Docker there or set environment.docker.enabled = False",
+                              field="environment.docker.enabled")
 
     def send_blobs(self, conn: SshConnection, digests: list[str], progress: Progress | None = None) -> int:
         """Send the blobs the host lacks as one gzip tar stream; return the bytes read from disk."""

@@ -4,7 +4,7 @@
 # and `docker import`). Idempotent: what is already there is reused.
 set -euo pipefail
 
-BASE_IMAGE="${RUNDOCK_TEST_BASE_IMAGE:-rundock-test-base:2}"
+BASE_IMAGE="${RUNDOCK_TEST_BASE_IMAGE:-rundock-test-base:3}"
 ROOTFS="${RUNDOCK_ROOTFS:-/var/tmp/rundock-rootfs}"
 
 need=()
@@ -26,7 +26,7 @@ fi
 if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   echo "[services] building $BASE_IMAGE with debootstrap"
   rm -rf "$ROOTFS"
-  debootstrap --variant=minbase --include=python3,python3-pip,openssh-server bookworm "$ROOTFS" http://deb.debian.org/debian \
+  debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,openssh-server bookworm "$ROOTFS" http://deb.debian.org/debian \
     >/var/log/rundock-debootstrap.log 2>&1 || { tail -20 /var/log/rundock-debootstrap.log; exit 1; }
   rm -f "$ROOTFS"/usr/lib/python3*/EXTERNALLY-MANAGED  # the image is a throwaway test base: let pip install
   tar -C "$ROOTFS" -c . | docker import - "$BASE_IMAGE" >/dev/null

@@ -16,7 +16,7 @@ from bench import files, latency, metrics, processes
 from bench.common import Figure, log, render
 from tests.hosts import has_sshd, start_ssh_host
 
-BASE_IMAGE = "rundock-test-base:2"
+BASE_IMAGE = "rundock-test-base:3"
 OUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 

@@ -93,7 +93,7 @@ def docker_base_image() -> str:
     import docker
     import docker.errors
 
-    image = os.environ.get("RUNDOCK_TEST_BASE_IMAGE", "rundock-test-base:2")
+    image = os.environ.get("RUNDOCK_TEST_BASE_IMAGE", "rundock-test-base:3")
     try:
         client = docker.from_env(timeout=30)
         client.ping()

@@ -341,3 +341,39 @@ def test_docker_runs_on_a_remote_host(workspace: Workspace, docker_host: tuple[S
     assert "outputs/where.txt" in run.get_file_names()
     assert docker.from_env().containers.list(all=True, filters={"label": f"{LABEL}={run.id}"}) == []
     assert host.sh("import importlib.util; print(importlib.util.find_spec('docker'))").strip() == "None"
+
+
+def _wheel(folder: Path) -> Path:
+    """A one-module wheel, so a remote environment can be built without reaching a package index."""
+    import zipfile
+
+    path = folder / "rundockprobe-1.0-py3-none-any.whl"
+    files = {"rundockprobe/__init__.py": "VALUE = 42\n",
+             "rundockprobe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: rundockprobe\nVersion: 1.0\n",
+             "rundockprobe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: rundock-tests\n"
+                                                "Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "rundockprobe-1.0.dist-info/RECORD"
+    files[record] = "".join(f"{name},,\n" for name in [*files, record])
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return path
+
+
+def test_a_cached_environment_on_a_remote_host(workspace: Workspace, box: RemoteTarget, ssh_host: SshHost,
+                                               source: Callable[..., Path]) -> None:
+    from rundock import Environment
+
+    wheel = _wheel(ssh_host.folder)  # the host sees this folder at /sshtest
+    env = Environment("remote-venv")
+    env.python.pip_packages = [f"/sshtest/{wheel.name}"]
+    src = source(**{"train.py": "import sys, rundockprobe\nprint(rundockprobe.VALUE, sys.prefix, flush=True)\n"})
+    first = _submit(workspace, src, environment=env)
+    first.wait_for_completion()
+    assert first.get_status() == "Completed", first.get_details().get("error")
+    value, prefix = workspace.store.read_log(first.id, "system_logs/driver_log.txt").decode().split()
+    assert value == "42" and prefix.startswith("/root/.rundock/envs/")
+    second = _submit(workspace, src, environment=env)
+    second.wait_for_completion()
+    assert "reusing cached environment" in workspace.store.read_log(second.id, "system_logs/prepare_log.txt").decode()
+    assert workspace.store.read_log(second.id, "system_logs/driver_log.txt").decode().split()[1] == prefix

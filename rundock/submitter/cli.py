@@ -155,12 +155,17 @@ def show(run_id: str) -> None:
 @click.option("--name", default=follow.DRIVER_LOG, show_default=True, help="Which log.")
 def logs(run_id: str, follow_: bool, name: str) -> None:
     """Print a run's driver log (and follow it while the run is live)."""
+    from rundock.submitter.targets import sync
+
     run = _run(run_id)
-    store = run.experiment.workspace.store
+    ws = run.experiment.workspace
+    store = ws.store
     if not follow_:
+        sync(ws, store.get_run(run.id))  # a remote run: pull what its agent wrote since
         sys.stdout.buffer.write(store.read_log(run.id, name))
         return
-    for _record, _status, data in follow.follow(store, run.id, log_names=(name,)):
+    for _record, _status, data in follow.follow(store, run.id, log_names=(name,),
+                                                before_poll=lambda: sync(ws, store.get_run(run.id))):
         if data:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()

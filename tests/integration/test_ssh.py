@@ -158,6 +158,8 @@ def test_the_run_survives_the_submitter_and_resyncs_exactly_once(workspace: Work
     run.get_status()  # one pull while the run is live, then none until it has ended
     time.sleep(2.5)
     assert run._record.status.value in ("Running", "Queued", "Preparing", "Starting")
+    followed = _rundock(workspace, "logs", run.id, "--follow")  # reconnects, pulls, follows to the end
+    assert followed.stdout == "".join(f"step {i}\n" for i in range(12))
     _rundock(workspace, "sync", run.id, "--wait")
     run.refresh()
     assert run.status == "Completed"

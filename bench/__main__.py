@@ -37,7 +37,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rundock-bench-") as tmp:
         root = Path(tmp)
         client = docker.from_env()
-        host = start_ssh_host(client, BASE_IMAGE, root) if has_sshd(client, BASE_IMAGE) else None
+        # The test host writes into a folder of this machine's disk (mounted at the same path), as a real host
+        # would write to its own disk, rather than into the container's overlay filesystem.
+        disk = root / "host-disk"
+        disk.mkdir()
+        host = start_ssh_host(client, BASE_IMAGE, root, volumes={str(disk): {"bind": str(disk), "mode": "rw"}}) \
+            if has_sshd(client, BASE_IMAGE) else None
         try:
             tree = files.make_tree(root / "tree")
             measure("1", lambda: latency.local(root))
@@ -48,7 +53,7 @@ def main() -> int:
             measure("5-6", lambda: metrics.durability(root))
             measure("7", lambda: files.snapshots(root, tree))
             if host is not None:
-                measure("8", lambda: files.transfer(root, tree, host))
+                measure("8", lambda: files.transfer(root, tree, host, disk))
             measure("9", lambda: files.outputs(root))
             measure("10", lambda: processes.cancel(root))
             measure("11", lambda: processes.idle_agent(root))

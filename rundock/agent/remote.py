@@ -16,6 +16,7 @@ stdin (JSON or a tar stream), answers on stdout (JSON or a gzip tar stream).
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import hashlib
 import io
@@ -26,7 +27,9 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+import zlib
 from typing import Any
 
 from rundock.agent.job import ENV_USER_PYTHONPATH, JOB_FILE, request_cancel
@@ -61,28 +64,40 @@ def missing(root: str, digests: list[str]) -> list[str]:
     return [d for d in digests if not os.path.exists(_blob_path(root, d))]
 
 
+def _store_blob(root: str, name: str, data: bytes) -> None:
+    if hashlib.sha256(data).hexdigest() != name:
+        raise ValueError(f"blob {name} arrived damaged")
+    target = _blob_path(root, name)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.incoming-{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "wb") as out:
+        out.write(data)
+    os.replace(tmp, target)
+
+
 def receive(root: str, stream: Any) -> int:
-    """Store each member of a tar stream under its digest name, verifying the content."""
+    """Store each member of a tar stream under its digest name (``<digest>.z``: zlib-compressed),
+    verifying the content. Creating the files runs on a few threads while the stream is read."""
     stored = 0
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+    with tarfile.open(fileobj=stream, mode="r|*") as tar, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        pending: list[concurrent.futures.Future[None]] = []
         for member in tar:
             if not member.isfile():
                 continue
-            target = _blob_path(root, member.name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            name, compressed = (member.name[:-2], True) if member.name.endswith(".z") else (member.name, False)
+            _blob_path(root, name)  # refuse anything that is not a digest before reading it
             src = tar.extractfile(member)
             assert src is not None
-            tmp = f"{target}.incoming-{os.getpid()}"
-            digest = hashlib.sha256()
-            with open(tmp, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if digest.hexdigest() != member.name:
-                os.unlink(tmp)
-                raise ValueError(f"blob {member.name} arrived damaged")
-            os.replace(tmp, target)
+            data = src.read()
+            if compressed:
+                data = zlib.decompress(data)
+            pending.append(pool.submit(_store_blob, root, name, data))
             stored += 1
+            if len(pending) > 64:  # bounded memory: wait for the oldest writes
+                pending.pop(0).result()
+        for future in pending:
+            future.result()
     return stored
 
 

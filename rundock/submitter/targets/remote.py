@@ -16,13 +16,13 @@ pull is repeated or interrupted.
 from __future__ import annotations
 
 import getpass
-import gzip
 import io
 import json
 import os
 import shlex
 import tarfile
 import threading
+import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -227,15 +227,36 @@ class RemoteTarget:
         """Remote liveness is judged by ``sync`` (which can see the host); nothing to do here."""
 
 
+COMPRESS_LIMIT = 8 * 1024 * 1024  # larger blobs (checkpoints, data) go as they are
+SAMPLE = 4096  # enough to tell text from random bytes
+
+
+def _packed(path: str) -> tuple[str, bytes] | None:
+    """(suffix, bytes) of a blob worth compressing (zlib, ``.z``), or None to send it as it is."""
+    if os.path.getsize(path) > COMPRESS_LIMIT:
+        return None
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if len(zlib.compress(data[:SAMPLE], 1)) > 0.9 * min(len(data), SAMPLE):
+        return None  # random-looking content: compressing it costs time and saves nothing
+    return ".z", zlib.compress(data, 1)
+
+
 def _tar_stream(ws: Workspace, digests: list[str], total: int, progress: Progress | None) -> Iterator[bytes]:
-    """A gzip tar of blobs, produced in pieces while it is sent."""
+    """A tar of blobs, produced in pieces while it is sent; each compressible blob is zlib-compressed."""
     buffer = _Drain()
     done = 0
-    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=1) as zipped, \
-            tarfile.open(fileobj=zipped, mode="w|") as tar:
+    with tarfile.open(fileobj=buffer, mode="w|") as tar:
         for digest in digests:
-            tar.add(ws.artifacts.path(digest), arcname=digest)
-            done += os.path.getsize(ws.artifacts.path(digest))
+            path = ws.artifacts.path(digest)
+            packed = _packed(path)
+            if packed is None:
+                tar.add(path, arcname=digest)
+            else:
+                info = tarfile.TarInfo(digest + packed[0])
+                info.size = len(packed[1])
+                tar.addfile(info, io.BytesIO(packed[1]))
+            done += os.path.getsize(path)
             if progress is not None:
                 progress(done, total)
             yield buffer.take()

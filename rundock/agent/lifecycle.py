@@ -86,6 +86,7 @@ class Agent:
         self.heartbeat = Heartbeat(self.journal, self.spec.heartbeat_seconds, on_beat=self.syncer.poke)
         self.collector = OutputCollector(self.src, self.artifacts, self.journal, on_record=self.syncer.poke)
         self.executor: Executor | None = None
+        self._status: RunStatus | None = None
         self.agent_root = os.path.dirname(os.path.dirname(self.run_dir))
         self.secrets: dict[str, str] = {}
         self.slot: Slot | None = None
@@ -94,6 +95,10 @@ class Agent:
 
     # -- helpers ---------------------------------------------------------------------
     def state(self, status: RunStatus, detail: str = "", error: dict[str, Any] | None = None) -> None:
+        """Record a status change (the same status again is not a change: the history would ignore it)."""
+        if status == self._status:
+            return
+        self._status = status
         self.journal.append("state", status=status.value, detail=detail, error=error)
         self.syncer.poke()
 
@@ -117,17 +122,12 @@ class Agent:
         materialize(manifest, self.artifacts, self.src)
         self.note(PREPARE_LOG, f"materialized {len(manifest)} files from snapshot {spec.snapshot_id} "
                                f"in {time.monotonic() - started:.2f} s")
-        self.state(RunStatus.PREPARING, "preparing the environment")
-        plan = prepare(spec, self.src, self.agent_root, os.path.join(self.logs_dir, PREPARE_LOG),
+        return prepare(spec, self.src, self.agent_root, os.path.join(self.logs_dir, PREPARE_LOG),
                        lambda line: self.note(PREPARE_LOG, line))
-        self.syncer.poke()
-        return plan
 
     def wait_for_slot(self) -> bool:
         """Take a run slot; False if the run was canceled while it waited."""
-        spec = self.spec
-        slots_dir = self.slots_dir
-        ticket = self.ticket
+        spec, slots_dir, ticket = self.spec, self.slots_dir, self.ticket
         try:
             self.slot = try_acquire(slots_dir, spec.max_concurrent_runs) if ticket.is_first() else None
             if self.slot is not None:
@@ -193,7 +193,7 @@ class Agent:
         self.collector.start()  # after the job: watching costs the job's start nothing; it then catches up
         with open(os.path.join(self.run_dir, "processes.json"), "w", encoding="utf-8") as fh:
             json.dump({"host": socket.gethostname(), "agent_pid": os.getpid(), "job_pgid": executor.pid,
-                       "container": getattr(self.executor, "container_id", None)}, fh)
+                       "container": getattr(executor, "container_id", None)}, fh)
         where = f"container {plan.image}" if plan.image else f"pid {executor.pid}"
         self.state(RunStatus.RUNNING, f"running {os.path.basename(spec.script)} ({where})")
         deadline = time.monotonic() + spec.max_run_duration_seconds

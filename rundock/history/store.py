@@ -176,7 +176,7 @@ class RunStore(abc.ABC):
                   **filters: Any) -> list[RunRecord]:
         """``list_runs`` plus tag/property filters: ``"key"`` or ``{"key": "value"}``."""
         runs = self.list_runs(statuses=[status] if status else None, **filters)
-        return [r for r in runs if _matches(r.tags, tags) and _matches(r.properties, properties)]
+        return [r for r in runs if matches(r, tags, properties)]
 
     def find_models(self, name: str | None = None, tags: Filter = None, properties: Filter = None,
                     run_id: str | None = None) -> list[ModelRecord]:
@@ -214,6 +214,11 @@ class RunStore(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def matches(run: RunRecord, tags: Filter = None, properties: Filter = None) -> bool:
+    """Whether a run has the tags and properties asked for (``"key"`` or ``{"key": "value"}``)."""
+    return _matches(run.tags, tags) and _matches(run.properties, properties)
 
 
 def _matches(values: Mapping[str, Any], wanted: Filter) -> bool:

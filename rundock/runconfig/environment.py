@@ -126,15 +126,15 @@ class Environment:
     def from_dockerfile(cls, name: str, dockerfile: str, conda_specification: str | None = None,
                         pip_requirements: str | None = None) -> Environment:
         """A Docker environment built from a Dockerfile (its path or its text)."""
+        if conda_specification:
+            raise ConfigError("conda specifications are not supported; list the packages in pip_requirements",
+                              source=conda_specification)
         text = dockerfile
         if os.path.isfile(dockerfile):
             with open(dockerfile, encoding="utf-8") as fh:
                 text = fh.read()
         env = cls.from_pip_requirements(name, pip_requirements) if pip_requirements else cls(name=name)
         env.docker = DockerSection(enabled=True, base_image=None, base_dockerfile=text)
-        if conda_specification:
-            raise ConfigError("conda specifications are not supported; list the packages in pip_requirements",
-                              source=conda_specification)
         return env
 
     def save_to_directory(self, path: str, overwrite: bool = False) -> None:

@@ -62,6 +62,17 @@ def _files() -> list[tuple[str, str]]:
 
 
 @functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of rundock's own agent files: names the local warm agent (no archive is built)."""
+    digest = hashlib.sha256()
+    for name, path in _files():
+        if name.startswith("rundock/"):
+            with open(path, "rb") as fh:
+                digest.update(name.encode() + b"\0" + fh.read())
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
 def agent_bundle() -> tuple[str, bytes]:
     """(content hash, gzip tar) of the agent bundle."""
     digest = hashlib.sha256()

@@ -24,7 +24,7 @@ from rundock.history import liveness
 from rundock.history.artifacts import sha256_file
 from rundock.history.metrics import check_steps, metric_shapes
 from rundock.history.records import RunRecord, iso_utc, plan_journal
-from rundock.history.store import RunStore
+from rundock.history.store import RunStore, matches
 from rundock.runconfig.environment import Environment
 from rundock.states import RunStatus
 from rundock.submitter import follow
@@ -355,11 +355,9 @@ class Run(RunRecorder):
                      _rehydrate_runs: bool = True) -> builtins.list[Run]:
         """Children (all descendants when ``recursive``) matching the filters."""
         records = self._descendants() if recursive else self._store.list_runs(parent_id=self._id)
-        wanted = {r.run_id for r in self._store.find_runs(tags=tags, properties=properties, status=status,
-                                                          run_type=type)} if (tags or properties or status or type) \
-            else None
         return [Run._rehydrate(self.experiment, r, _rehydrate_runs) for r in records
-                if wanted is None or r.run_id in wanted]
+                if matches(r, tags, properties) and (type is None or r.run_type == type)
+                and (status is None or r.status.value == status)]
 
     def _descendants(self) -> builtins.list[RunRecord]:
         found, frontier = [], [self._id]

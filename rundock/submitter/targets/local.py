@@ -33,7 +33,7 @@ from rundock.history.records import RunRecord
 from rundock.runconfig.environment import Environment
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.states import RunStatus
-from rundock.submitter.bundle import agent_bundle
+from rundock.submitter.bundle import code_version
 from rundock.submitter.gitinfo import git_properties
 from rundock.submitter.snapshot import Progress, take_snapshot
 from rundock.submitter.workspace import Workspace
@@ -94,7 +94,7 @@ class LocalTarget:
         """Hand the run to the warm agent daemon; start one (and a one-off agent for this run) if none answers."""
         logs = os.path.join(run_dir, "system_logs")
         os.makedirs(logs, exist_ok=True)
-        version, _ = agent_bundle()
+        version = code_version()
         root = self.workspace.local_root
         if request_agent(root, version, run_dir, dict(os.environ)) is not None:
             return

@@ -1,19 +1,38 @@
 """Content-addressed file storage: a blob is stored once under its SHA-256.
 
-Writes go to a temporary file in the same folder and are renamed into place,
-so a reader never sees a partial blob and a crash leaves no corrupt one.
+Two layouts, both read through the same calls (``has``, ``open``, ``read``, ``copy_to``):
+
+- loose blobs, one file each under ``root/<2 hex>/<64 hex>``: large files, logs,
+  outputs and models;
+- packs under ``root/packs/``: many small blobs written together as one
+  ``<name>.pack`` (their bytes, back to back) and one ``<name>.idx`` (digest,
+  offset, size per blob). A snapshot of 2,000 small files creates two files
+  instead of 2,000, which is what made snapshots slow.
+
+Every write goes to a temporary file in the same folder and is renamed into
+place (a pack before its index), so a reader never sees a partial blob and a
+crash leaves no corrupt one. Packs are never rewritten, so readers in other
+processes only ever have to notice new index files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
+import struct
 import tempfile
 import threading
-from typing import IO
+import time
+import uuid
+from typing import IO, BinaryIO, NamedTuple
 
 _CHUNK = 1 << 20
+PACK_MAX_BLOB = 1 << 20  # larger blobs are stored loose
+_IDX_MAGIC = b"RDPACK01"
+_IDX_ENTRY = struct.Struct("<32sQQ")
+_MTIME_TICK = 0.05  # seconds; generous for the kernel's coarse file timestamps
 
 
 def sha256_file(path: str) -> tuple[str, int]:
@@ -27,22 +46,128 @@ def sha256_file(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _check_digest(digest: str) -> None:
+    if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a SHA-256 digest: {digest!r}")
+
+
+class _Packed(NamedTuple):
+    pack: str
+    offset: int
+    size: int
+
+
 class ArtifactStore:
-    """Blobs under ``root/<2 hex>/<64 hex>``."""
+    """Loose blobs under ``root/<2 hex>/<64 hex>`` and packs of small blobs under ``root/packs``."""
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-        os.makedirs(self.root, exist_ok=True)
+        self.packs_dir = os.path.join(self.root, "packs")
+        os.makedirs(self.packs_dir, exist_ok=True)
         self._dirs: set[str] = set()
+        self._packed: dict[str, _Packed] = {}
+        self._indexes: set[str] = set()
+        self._seen: tuple[int, float] | None = None  # (packs folder mtime, when it was read)
+        self._lock = threading.Lock()
 
+    # -- where a blob is --------------------------------------------------------------------------
     def path(self, digest: str) -> str:
-        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
-            raise ValueError(f"not a SHA-256 digest: {digest!r}")
+        """Where the blob is (or would be) stored loose."""
+        _check_digest(digest)
         return os.path.join(self.root, digest[:2], digest)
 
-    def has(self, digest: str) -> bool:
-        return os.path.exists(self.path(digest))
+    def loose_path(self, digest: str) -> str | None:
+        """The blob's own file, or None when it is missing or lives in a pack."""
+        path = self.path(digest)
+        return path if os.path.exists(path) else None
 
+    def file_path(self, digest: str) -> str:
+        """A file holding the blob's bytes (a packed blob gets its own loose copy first)."""
+        path = self.path(digest)
+        if not os.path.exists(path):
+            data = self.read(digest)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.incoming-{os.getpid()}-{threading.get_ident()}"
+            with open(tmp, "wb") as out:
+                out.write(data)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, path)
+        return path
+
+    def _find_packed(self, digest: str, refresh: bool = True) -> _Packed | None:
+        found = self._packed.get(digest)
+        if found is None and refresh and self.refresh():
+            found = self._packed.get(digest)
+        return found
+
+    def refresh(self) -> bool:
+        """Read index files other writers added since the last look; True when there were any."""
+        try:
+            mtime = os.stat(self.packs_dir).st_mtime_ns
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            # The folder's mtime has a coarse clock: if the last look came right after a change, a second
+            # change in the same tick would leave the mtime as it was, so look again.
+            if self._seen is not None and self._seen[0] == mtime and self._seen[1] - mtime / 1e9 > _MTIME_TICK:
+                return False
+            self._seen = (mtime, time.time())
+            fresh = [n for n in os.listdir(self.packs_dir) if n.endswith(".idx") and n not in self._indexes]
+            for name in sorted(fresh):
+                self._load_index(name)
+            return bool(fresh)
+
+    def _load_index(self, name: str) -> None:
+        pack = os.path.join(self.packs_dir, name[:-len(".idx")] + ".pack")
+        with open(os.path.join(self.packs_dir, name), "rb") as fh:
+            data = fh.read()
+        if not data.startswith(_IDX_MAGIC):
+            raise OSError(f"{os.path.join(self.packs_dir, name)} is not a rundock pack index")
+        for raw, offset, size in _IDX_ENTRY.iter_unpack(data[len(_IDX_MAGIC):]):
+            self._packed.setdefault(raw.hex(), _Packed(pack, offset, size))
+        self._indexes.add(name)
+
+    def has(self, digest: str, refresh: bool = True) -> bool:
+        """Whether the blob is stored; ``refresh=False`` skips looking for packs written since ``refresh()``."""
+        return (digest in self._packed or os.path.exists(self.path(digest))
+                or self._find_packed(digest, refresh) is not None)
+
+    def size(self, digest: str) -> int:
+        packed = self._find_packed(digest)
+        return packed.size if packed is not None else os.path.getsize(self.path(digest))
+
+    # -- reading ----------------------------------------------------------------------------------
+    def read(self, digest: str) -> bytes:
+        packed = self._find_packed(digest)
+        if packed is None:
+            with open(self.path(digest), "rb") as fh:
+                return fh.read()
+        with open(packed.pack, "rb") as fh:
+            fh.seek(packed.offset)
+            data = fh.read(packed.size)
+        if len(data) != packed.size:
+            raise OSError(f"pack {packed.pack} is shorter than its index says; blob {digest} is damaged")
+        return data
+
+    def open(self, digest: str) -> BinaryIO:
+        """A readable binary stream of the blob."""
+        if self._find_packed(digest) is not None:
+            return io.BytesIO(self.read(digest))  # packed blobs are small
+        return open(self.path(digest), "rb")
+
+    def copy_to(self, digest: str, target: str) -> None:
+        """Write the blob to ``target`` (a new, writable file)."""
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        tmp = target + ".rundock-partial"
+        if self._find_packed(digest) is not None:
+            with open(tmp, "wb") as out:
+                out.write(self.read(digest))
+        else:
+            shutil.copyfile(self.path(digest), tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+
+    # -- writing ----------------------------------------------------------------------------------
     def put_file(self, source: str, digest: str | None = None) -> tuple[str, int, bool]:
         """Store a file; return (digest, size, whether new bytes were written).
 
@@ -64,10 +189,10 @@ class ArtifactStore:
                     out.write(chunk)
                     size += len(chunk)
             hexdigest = digest.hexdigest()
-            final = self.path(hexdigest)
-            if os.path.exists(final):
+            if self.has(hexdigest):
                 os.unlink(tmp)
                 return hexdigest, size, False
+            final = self.path(hexdigest)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.chmod(tmp, 0o444)
             os.replace(tmp, final)
@@ -77,15 +202,18 @@ class ArtifactStore:
                 os.unlink(tmp)
             raise
 
+    def put_bytes(self, data: bytes) -> tuple[str, int, bool]:
+        return self.put_stream(io.BytesIO(data))
+
     def adopt(self, source: str, digest: str, size: int, mtime_ns: int) -> bool:
-        """Store ``source`` under a digest just computed from it, copying without hashing again.
+        """Store ``source`` loose under a digest just computed from it, copying without hashing again.
 
         Refuses (returns False) if the file changed since it was hashed (size or mtime differ), so a
         blob's name always matches its content.
         """
-        final = self.path(digest)
-        if os.path.exists(final):
+        if self.has(digest):
             return False
+        final = self.path(digest)
         directory = os.path.dirname(final)
         if directory not in self._dirs:
             os.makedirs(directory, exist_ok=True)
@@ -99,15 +227,57 @@ class ArtifactStore:
         os.replace(tmp, final)
         return True
 
-    def put_bytes(self, data: bytes) -> tuple[str, int, bool]:
-        import io
+    def pack(self) -> PackWriter:
+        """A writer that stores many small blobs as one pack: ``with store.pack() as p: p.add(data)``."""
+        return PackWriter(self)
 
-        return self.put_stream(io.BytesIO(data))
+    def _commit_pack(self, tmp_pack: str, index: bytes) -> None:
+        name = f"{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
+        pack = os.path.join(self.packs_dir, name + ".pack")
+        os.chmod(tmp_pack, 0o444)
+        os.replace(tmp_pack, pack)
+        fd, tmp_idx = tempfile.mkstemp(dir=self.packs_dir, prefix=".incoming-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(_IDX_MAGIC + index)
+        os.chmod(tmp_idx, 0o444)
+        os.replace(tmp_idx, os.path.join(self.packs_dir, name + ".idx"))
+        with self._lock:
+            self._load_index(name + ".idx")
 
-    def copy_to(self, digest: str, target: str) -> None:
-        """Write the blob to ``target`` (a new, writable file)."""
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        tmp = target + ".rundock-partial"
-        shutil.copyfile(self.path(digest), tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+
+class PackWriter:
+    """Small blobs appended to one new pack; committed (made visible) when the ``with`` block ends without error."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+        store.refresh()
+        fd, self._tmp = tempfile.mkstemp(dir=store.packs_dir, prefix=".incoming-", suffix=".pack")
+        self._out = os.fdopen(fd, "wb")
+        self._entries: dict[str, tuple[int, int]] = {}
+        self._offset = 0
+
+    def add(self, data: bytes, digest: str | None = None) -> tuple[str, bool]:
+        """Store ``data`` (whose SHA-256 is ``digest`` when already known); return (digest, whether it is new)."""
+        digest = digest or hashlib.sha256(data).hexdigest()
+        if digest in self._entries or self.store.has(digest, refresh=False):
+            return digest, False
+        self._out.write(data)
+        self._entries[digest] = (self._offset, len(data))
+        self._offset += len(data)
+        return digest, True
+
+    def __enter__(self) -> PackWriter:
+        return self
+
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        self._out.close()
+        if kind is not None or not self._entries:
+            os.unlink(self._tmp)
+            return
+        index = b"".join(_IDX_ENTRY.pack(bytes.fromhex(d), off, size) for d, (off, size) in self._entries.items())
+        try:
+            self.store._commit_pack(self._tmp, index)
+        except BaseException:
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+            raise

@@ -224,7 +224,7 @@ class Run(RunRecorder):
         details.update({
             "properties": dict(run.properties), "inputDatasets": [], "outputDatasets": [],
             "runDefinition": run.run_definition,
-            "logFiles": {name: self.experiment.workspace.artifacts.path(f.digest)
+            "logFiles": {name: self.experiment.workspace.artifacts.file_path(f.digest)
                          for name, f in self._store.list_files(run.run_id).items()
                          if name.startswith(("system_logs/", "logs/"))},
             "submittedBy": run.submitted_by})

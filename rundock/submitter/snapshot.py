@@ -5,7 +5,8 @@ Which files travel: one ignore file at the root (``.amlignore``, else
 (pathspec), a deeper file overriding a shallower one; version-control folders,
 caches and virtual environments are always left out. A link that leaves the
 folder is refused. Each file is stored once in the artifact store under its
-SHA-256, so an unchanged folder re-submitted writes nothing new.
+SHA-256 (small files together in one pack), so an unchanged folder
+re-submitted writes nothing new.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pathspec
 
 from rundock.context.names import artifact_name
 from rundock.errors import SnapshotError
-from rundock.history.artifacts import ArtifactStore, sha256_file
+from rundock.history.artifacts import PACK_MAX_BLOB, ArtifactStore, sha256_file
 from rundock.history.store import RunStore
 
 DEFAULT_MAX_BYTES = 300 * 1024 * 1024
@@ -32,7 +33,7 @@ DEFAULT_MAX_FILES = 2000
 ALWAYS_EXCLUDED = frozenset({".git", ".hg", ".svn", "__pycache__", ".ipynb_checkpoints", ".rundock",
                              ".mypy_cache", ".pytest_cache", ".ruff_cache", "node_modules", ".tox", ".nox"})
 Progress = Callable[[int, int], None]
-SNAPSHOT_THREADS = max(2, os.cpu_count() or 1)  # file creation and hashing overlap across threads
+SNAPSHOT_THREADS = max(2, os.cpu_count() or 1)  # large files are copied into the store on this many threads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,22 +146,36 @@ def manifest_id(manifest: list[dict[str, Any]]) -> str:
 
 def take_snapshot(source_dir: str, store: RunStore, artifacts: ArtifactStore,
                   limits: SnapshotLimits = SnapshotLimits(), progress: Progress | None = None) -> Snapshot:
-    """Store the snapshot of ``source_dir``; return its id and how many new bytes it cost."""
+    """Store the snapshot of ``source_dir``; return its id and how many new bytes it cost.
+
+    Small files are read once, hashed and, when new, appended to one pack; large ones are hashed, then
+    copied loose on a few threads. An unchanged folder only costs reading and hashing it.
+    """
     files = collect(source_dir, limits)
     total = sum(f.size for f in files)
-    manifest, missing, done = [], [], 0
-    for f in files:  # hashing is fast and sequential; an unchanged folder stops here
-        try:
-            before = os.stat(f.full)
-            digest, size = sha256_file(f.full)
-        except OSError as exc:
-            raise SnapshotError(f"cannot read {f.path!r} in {source_dir!r}: {exc}") from exc
-        manifest.append({"path": f.path, "digest": digest, "size": size, "mode": 0o755 if f.executable else 0o644})
-        if not artifacts.has(digest):
-            missing.append((f, digest, before))
-        done += size
-        if progress is not None:
-            progress(done, total)
+    manifest: list[dict[str, Any]] = []
+    large: list[tuple[SourceFile, str, os.stat_result]] = []
+    done = new_bytes = 0
+    with artifacts.pack() as pack:
+        for f in files:
+            try:
+                if f.size <= PACK_MAX_BLOB:
+                    with open(f.full, "rb") as fh:
+                        data = fh.read()
+                    digest, new = pack.add(data, hashlib.sha256(data).hexdigest())
+                    size = len(data)
+                    new_bytes += size if new else 0
+                else:
+                    before = os.stat(f.full)
+                    digest, size = sha256_file(f.full)
+                    if not artifacts.has(digest, refresh=False):
+                        large.append((f, digest, before))
+            except OSError as exc:
+                raise SnapshotError(f"cannot read {f.path!r} in {source_dir!r}: {exc}") from exc
+            manifest.append({"path": f.path, "digest": digest, "size": size, "mode": 0o755 if f.executable else 0o644})
+            done += size
+            if progress is not None:
+                progress(done, total)
 
     def store_one(item: tuple[SourceFile, str, os.stat_result]) -> int:
         f, digest, before = item
@@ -169,9 +184,8 @@ def take_snapshot(source_dir: str, store: RunStore, artifacts: ArtifactStore,
         except OSError as exc:
             raise SnapshotError(f"cannot store {f.path!r} from {source_dir!r}: {exc}") from exc
 
-    # Creating one file per new blob is the slow part; those system calls overlap across threads.
     with concurrent.futures.ThreadPoolExecutor(max_workers=SNAPSHOT_THREADS) as pool:
-        new_bytes = sum(pool.map(store_one, missing))
+        new_bytes += sum(pool.map(store_one, large))
     snapshot_id = manifest_id(manifest)
     store.put_snapshot(snapshot_id, manifest)
     return Snapshot(snapshot_id, manifest, total, new_bytes)
@@ -185,7 +199,7 @@ def write_zip(manifest: list[dict[str, Any]], artifacts: ArtifactStore, path: st
             info = zipfile.ZipInfo(artifact_name(entry["path"]), date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = (entry.get("mode", 0o644) | stat.S_IFREG) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            with open(artifacts.path(entry["digest"]), "rb") as src, zf.open(info, "w") as dst:
+            with artifacts.open(entry["digest"]) as src, zf.open(info, "w") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
     return path

@@ -177,7 +177,7 @@ class RemoteTarget:
         lacking = json.loads(self._remote(conn, "missing", stdin=json.dumps(wanted).encode()))
         if not lacking:
             return 0
-        total = sum(os.path.getsize(self.workspace.artifacts.path(d)) for d in lacking)
+        total = sum(self.workspace.artifacts.size(d) for d in lacking)
         self._remote(conn, "receive", stdin=_tar_stream(self.workspace, lacking, total, progress))
         return total
 
@@ -231,32 +231,30 @@ COMPRESS_LIMIT = 8 * 1024 * 1024  # larger blobs (checkpoints, data) go as they 
 SAMPLE = 4096  # enough to tell text from random bytes
 
 
-def _packed(path: str) -> tuple[str, bytes] | None:
-    """(suffix, bytes) of a blob worth compressing (zlib, ``.z``), or None to send it as it is."""
-    if os.path.getsize(path) > COMPRESS_LIMIT:
-        return None
-    with open(path, "rb") as fh:
-        data = fh.read()
+def _compressed(data: bytes) -> bytes | None:
+    """The zlib-compressed bytes of a blob worth compressing, or None to send it as it is."""
     if len(zlib.compress(data[:SAMPLE], 1)) > 0.9 * min(len(data), SAMPLE):
         return None  # random-looking content: compressing it costs time and saves nothing
-    return ".z", zlib.compress(data, 1)
+    return zlib.compress(data, 1)
 
 
 def _tar_stream(ws: Workspace, digests: list[str], total: int, progress: Progress | None) -> Iterator[bytes]:
-    """A tar of blobs, produced in pieces while it is sent; each compressible blob is zlib-compressed."""
+    """A tar of blobs, produced in pieces while it is sent; each compressible blob is zlib-compressed (``.z``)."""
     buffer = _Drain()
     done = 0
     with tarfile.open(fileobj=buffer, mode="w|") as tar:
         for digest in digests:
-            path = ws.artifacts.path(digest)
-            packed = _packed(path)
-            if packed is None:
-                tar.add(path, arcname=digest)
+            size = ws.artifacts.size(digest)
+            loose = ws.artifacts.loose_path(digest)
+            if loose and size > COMPRESS_LIMIT:
+                tar.add(loose, arcname=digest)
             else:
-                info = tarfile.TarInfo(digest + packed[0])
-                info.size = len(packed[1])
-                tar.addfile(info, io.BytesIO(packed[1]))
-            done += os.path.getsize(path)
+                data = ws.artifacts.read(digest)
+                packed = _compressed(data)
+                info = tarfile.TarInfo(digest if packed is None else digest + ".z")
+                info.size = len(data if packed is None else packed)
+                tar.addfile(info, io.BytesIO(data if packed is None else packed))
+            done += size
             if progress is not None:
                 progress(done, total)
             yield buffer.take()

@@ -65,7 +65,8 @@ def _run_child(request: dict[str, Any]) -> None:
 
 def preload() -> None:
     """Import now what every forked agent would otherwise import on its own (optional packages too)."""
-    for name in ("watchdog.observers", "watchdog.events", "docker", "rundock.agent.executors.docker"):
+    for name in ("rundock.history.backends.sqlite", "watchdog.observers", "watchdog.events", "docker", "netrc",
+                 "rundock.agent.images", "rundock.agent.executors.docker"):
         try:
             __import__(name)
         except ImportError:

@@ -26,14 +26,49 @@ Note = Callable[[str], None]
 DEFAULT_PYTHON = "python3"
 
 
-def connect() -> docker.DockerClient:
-    """A client of the local Docker engine; PrepareError with what to do when there is none."""
+def connect(cache_dir: str | None = None) -> docker.DockerClient:
+    """A client of the local Docker engine; PrepareError with what to do when there is none.
+
+    Asking the engine for its version costs several milliseconds on every run (the engine asks its runtime
+    for theirs), so the API version is remembered in ``cache_dir`` and checked with a ping instead.
+    """
+    cache = os.path.join(cache_dir, "engine-api.json") if cache_dir else None
+    engine = os.environ.get("DOCKER_HOST", "default")
+    known = _read_json(cache).get(engine) if cache else None
+    if isinstance(known, str):
+        try:
+            client = docker.from_env(timeout=120, version=known)
+            client.ping()
+            return client
+        except docker.errors.DockerException:
+            pass  # the engine changed (or is gone): ask it again, and say why if it is gone
     try:
-        return docker.from_env(timeout=120)  # asks the engine for its API version: fails here if there is none
+        client = docker.from_env(timeout=120)  # asks the engine for its API version: fails here if there is none
     except docker.errors.DockerException as exc:
         raise PrepareError(f"cannot reach a Docker engine ({exc}); start it (e.g. `sudo systemctl start docker`), "
                            "check DOCKER_HOST and that this user may use the Docker socket, or set "
                            "environment.docker.enabled = False") from None
+    if cache:
+        _write_json(cache, {**_read_json(cache), engine: client.api.api_version})
+    return client
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: str, value: dict[str, Any]) -> None:
+    """Written whole or not at all (agents of runs starting at once share the file)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(value, fh)
+    os.replace(tmp, path)
 
 
 CA_IN_CONTEXT = "rundock-host-ca.crt"

@@ -122,7 +122,7 @@ def _prepare_docker(spec: JobSpec, environment: dict[str, Any], agent_root: str,
                     note: Note) -> Plan:
     from rundock.agent import images
 
-    client = images.connect()
+    client = images.connect(os.path.join(agent_root, "images"))
     image, image_id = images.ensure_image(client, environment, note, log=note)
     python = environment.get("python") or {}
     interpreter = images.python_in_image(python)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Callable
@@ -175,3 +176,20 @@ def test_secrets_reach_a_container_through_the_mount(workspace: Workspace, sourc
     run.wait_for_completion()
     assert workspace.store.read_log(run.id, "system_logs/driver_log.txt") == b"token is ***\n"
     assert stat.S_IMODE(os.stat(workspace.secrets.path).st_mode) == 0o600
+
+
+def test_the_engine_api_version_is_remembered_and_asked_again_when_it_no_longer_fits(
+        tmp_path: Path, docker_base_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rundock.agent import images
+    from rundock.agent.environments import PrepareError
+
+    cache = tmp_path / "images" / "engine-api.json"
+    first = images.connect(str(tmp_path / "images"))
+    remembered = json.loads(cache.read_text())
+    assert remembered == {"default": first.api.api_version} == {"default": first.version()["ApiVersion"]}
+    cache.write_text(json.dumps({"default": "9.99"}))  # an engine downgraded since: the ping refuses it
+    again = images.connect(str(tmp_path / "images"))
+    assert again.images.get(docker_base_image).id and json.loads(cache.read_text()) == remembered
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(PrepareError, match="cannot reach a Docker engine"):
+        images.connect(str(tmp_path / "images"))

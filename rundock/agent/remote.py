@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import zlib
 from typing import Any
@@ -35,15 +34,14 @@ from typing import Any
 from rundock.agent.job import ENV_USER_PYTHONPATH, JOB_FILE, request_cancel
 from rundock.context.journal import JOURNAL_DIR, read_from
 from rundock.context.names import artifact_name
+from rundock.history.artifacts import PACK_MAX_BLOB, ArtifactStore
 
 PULLED_DIRS = (JOURNAL_DIR, "system_logs")
 AGENT_PID = "agent.pid"
 
 
-def _blob_path(root: str, digest: str) -> str:
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ValueError(f"not a digest: {digest!r}")
-    return os.path.join(root, "artifacts", digest[:2], digest)
+def _artifacts(root: str) -> ArtifactStore:
+    return ArtifactStore(os.path.join(root, "artifacts"))
 
 
 def probe(root: str) -> dict[str, Any]:
@@ -61,41 +59,44 @@ def probe(root: str) -> dict[str, Any]:
 
 
 def missing(root: str, digests: list[str]) -> list[str]:
-    return [d for d in digests if not os.path.exists(_blob_path(root, d))]
+    store = _artifacts(root)
+    store.refresh()  # every pack index once, not once per digest the host lacks
+    return [d for d in digests if not store.has(d, refresh=False)]
 
 
-def _store_blob(root: str, name: str, data: bytes) -> None:
+def _store_loose(store: ArtifactStore, name: str, data: bytes) -> None:
     if hashlib.sha256(data).hexdigest() != name:
         raise ValueError(f"blob {name} arrived damaged")
-    target = _blob_path(root, name)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.incoming-{os.getpid()}-{threading.get_ident()}"
-    with open(tmp, "wb") as out:
-        out.write(data)
-    os.replace(tmp, target)
+    store.put_bytes(data)
 
 
 def receive(root: str, stream: Any) -> int:
-    """Store each member of a tar stream under its digest name (``<digest>.z``: zlib-compressed),
-    verifying the content. Creating the files runs on a few threads while the stream is read."""
+    """Store each member of a tar stream under its digest name (``<digest>.z``: zlib-compressed), verifying
+    the content: small blobs into one pack, large ones as their own files on a few threads."""
     stored = 0
-    with tarfile.open(fileobj=stream, mode="r|*") as tar, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+    store = _artifacts(root)
+    with tarfile.open(fileobj=stream, mode="r|*") as tar, store.pack() as pack, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         pending: list[concurrent.futures.Future[None]] = []
         for member in tar:
             if not member.isfile():
                 continue
             name, compressed = (member.name[:-2], True) if member.name.endswith(".z") else (member.name, False)
-            _blob_path(root, name)  # refuse anything that is not a digest before reading it
+            store.path(name)  # refuse anything that is not a digest before reading it
             src = tar.extractfile(member)
             assert src is not None
             data = src.read()
             if compressed:
                 data = zlib.decompress(data)
-            pending.append(pool.submit(_store_blob, root, name, data))
+            if len(data) > PACK_MAX_BLOB:
+                pending.append(pool.submit(_store_loose, store, name, data))
+                if len(pending) > 4:  # bounded memory: wait for the oldest writes
+                    pending.pop(0).result()
+            elif hashlib.sha256(data).hexdigest() != name:
+                raise ValueError(f"blob {name} arrived damaged")
+            else:
+                pack.add(data, name)
             stored += 1
-            if len(pending) > 64:  # bounded memory: wait for the oldest writes
-                pending.pop(0).result()
         for future in pending:
             future.result()
     return stored
@@ -175,9 +176,13 @@ def pull(root: str, run_id: str, offsets: dict[str, int], out: Any) -> None:
             full = os.path.join(run_dir, artifact_name(path))
             if os.path.isfile(full):
                 tar.add(full, arcname=f"data/{artifact_name(path)}")
+        store = _artifacts(root)
         for digest in dict.fromkeys(blobs):
-            if os.path.exists(_blob_path(root, digest)):
-                tar.add(_blob_path(root, digest), arcname=f"blobs/{digest}")
+            if store.has(digest):
+                info = tarfile.TarInfo(f"blobs/{digest}")
+                info.size = store.size(digest)
+                with store.open(digest) as blob:
+                    tar.addfile(info, blob)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

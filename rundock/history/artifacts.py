@@ -46,8 +46,11 @@ def sha256_file(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def _check_digest(digest: str) -> None:
-    if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+    if len(digest) != 64 or not _HEX.issuperset(digest):
         raise ValueError(f"not a SHA-256 digest: {digest!r}")
 
 

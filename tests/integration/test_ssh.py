@@ -7,6 +7,7 @@ rundock installed, reached only through SSH.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -139,6 +140,33 @@ def test_first_and_second_run(workspace: Workspace, box: RemoteTarget, ssh_host:
     assert second.get_metrics() == first.get_metrics()
     listed = _rundock(workspace, "target", "show", "box").stdout
     assert "Python 3." in listed and "CPUs" in listed
+
+
+def test_many_small_files_and_large_ones_arrive_intact(workspace: Workspace, box: RemoteTarget, ssh_host: SshHost,
+                                                      source: Callable[..., Path]) -> None:
+    files = {f"pkg{i % 9}/mod{i}.py": f"value = {i}\n" * (i % 50) for i in range(300)}
+    src = source(**{"train.py": """
+        import hashlib, json, os
+        expected = json.load(open("expected.json"))
+        bad = [p for p, d in expected.items() if hashlib.sha256(open(p, "rb").read()).hexdigest() != d]
+        print(f"{len(expected) - len(bad)} of {len(expected)} files intact", bad)
+    """, **files})
+    (src / "weights.bin").write_bytes(os.urandom(3 * 1024 * 1024))  # large and random: sent as it is, stored loose
+    (src / "corpus.txt").write_text("the same sentence again\n" * 100_000)  # large and compressible
+    expected = {p.relative_to(src).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in src.rglob("*") if p.is_file() and p.name != "train.py"}
+    (src / "expected.json").write_text(json.dumps(expected))
+    root = f"/root/fresh-{time.time_ns()}"  # the module's other tests share the host: count this run's blobs only
+    _attach(workspace, ssh_host, name="fresh", root=root)
+    run = _submit(workspace, src, target="fresh")
+    run.wait_for_completion()
+    assert workspace.store.read_log(run.id, "system_logs/driver_log.txt") == b"302 of 302 files intact []\n"
+    stored = json.loads(ssh_host.sh(
+        f"import os, json; root = '{root}/artifacts'\n"
+        "print(json.dumps({'packs': sorted(n.rsplit('.', 1)[1] for n in os.listdir(root + '/packs')),\n"
+        "  'large': sum(os.path.getsize(os.path.join(d, n)) > 1 << 20 for d, _, ns in os.walk(root)\n"
+        "               if not d.endswith('packs') for n in ns)}))"))
+    assert stored == {"packs": ["idx", "pack"], "large": 2}  # the small files are one pack on the host too
 
 
 def test_the_run_survives_the_submitter_and_resyncs_exactly_once(workspace: Workspace, box: RemoteTarget,

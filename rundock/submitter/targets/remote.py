@@ -238,22 +238,30 @@ def _compressed(data: bytes) -> bytes | None:
     return zlib.compress(data, 1)
 
 
+def _member(ws: Workspace, digest: str) -> tuple[str, bytes | str, int]:
+    """(tar name, bytes to send or the path of a large loose blob, size in the store) of one blob."""
+    size = ws.artifacts.size(digest)
+    loose = ws.artifacts.loose_path(digest)
+    if loose and size > COMPRESS_LIMIT:
+        return digest, loose, size
+    data = ws.artifacts.read(digest)
+    packed = _compressed(data)
+    return (digest, data, size) if packed is None else (digest + ".z", packed, size)
+
+
 def _tar_stream(ws: Workspace, digests: list[str], total: int, progress: Progress | None) -> Iterator[bytes]:
     """A tar of blobs, produced in pieces while it is sent; each compressible blob is zlib-compressed (``.z``)."""
     buffer = _Drain()
     done = 0
     with tarfile.open(fileobj=buffer, mode="w|") as tar:
         for digest in digests:
-            size = ws.artifacts.size(digest)
-            loose = ws.artifacts.loose_path(digest)
-            if loose and size > COMPRESS_LIMIT:
-                tar.add(loose, arcname=digest)
+            name, body, size = _member(ws, digest)
+            if isinstance(body, str):
+                tar.add(body, arcname=name)
             else:
-                data = ws.artifacts.read(digest)
-                packed = _compressed(data)
-                info = tarfile.TarInfo(digest if packed is None else digest + ".z")
-                info.size = len(data if packed is None else packed)
-                tar.addfile(info, io.BytesIO(data if packed is None else packed))
+                info = tarfile.TarInfo(name)
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
             done += size
             if progress is not None:
                 progress(done, total)

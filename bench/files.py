@@ -129,8 +129,8 @@ def transfer(root: Path, tree: Path, host: SshHost, disk: Path) -> Figure:
                   note=f"`scp -r` (OpenSSH): p50 {p50(scp):.2f} s. rundock sends the blobs the host lacks as one "
                        "tar stream on one paramiko channel, each blob zlib-compressed when a sample shows it "
                        "compresses (half of this tree is random bytes, sent as they are); the host verifies each "
-                       "blob's SHA-256 and creates the files on 4 threads. All three methods write to a regular "
-                       "folder of the host's disk.")
+                       "blob's SHA-256 and stores the small ones as one pack, as the submitting machine does. All "
+                       "three methods write to a regular folder of the host's disk.")
 
 
 OUTPUTS = """

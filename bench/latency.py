@@ -70,7 +70,13 @@ def in_docker(root: Path, image: str) -> Figure:
         base.append(baseline())
     log(f"2: docker p50 {p50(ours) * 1000:.0f} ms, docker-py p50 {p50(base) * 1000:.0f} ms")
     return Figure(2, "submit → first line, Docker, image cached", "ms", ours, "<= 1.3x the baseline",
-                  p50(ours) <= 1.3 * p50(base), "docker-py `containers.run`", base)
+                  p50(ours) <= 1.3 * p50(base), "docker-py `containers.run`", base,
+                  note="Both run the same image with the network off, interleaved. Most of either figure is the "
+                       "engine starting the container. rundock's part before `create` (about 25 ms here): the "
+                       "snapshot and the run record, forking the run's agent from the warm agent, writing the run "
+                       "directory, and two engine calls (a ping, with the API version remembered from the first "
+                       "run, and the image lookup). Its container also gets `--init`, the run-directory mounts "
+                       "and the submitting user.")
 
 
 def over_ssh(root: Path, host: SshHost) -> Figure:

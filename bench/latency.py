@@ -101,4 +101,6 @@ def over_ssh(root: Path, host: SshHost) -> Figure:
     return Figure(3, "submit → first line, SSH host, agent cached, unchanged snapshot", "ms", ours,
                   "p50 <= 0.5 s on loopback", p50(ours) <= 0.5, "`ssh host true` (OpenSSH)", base,
                   note="The submitting process keeps its SSH connection between runs, as a notebook or a sweep does; "
-                       "the first submit in a process adds one SSH handshake.")
+                       "the first submit in a process adds one SSH handshake and a check of the host's Python. A "
+                       "submit then makes two round trips: one asks the host for its state and the blobs it lacks "
+                       "(none here), one starts the run's agent; each starts Python on the host.")

@@ -7,6 +7,7 @@ stdin (JSON or a tar stream), answers on stdout (JSON or a gzip tar stream).
 
 - ``probe``: Python version, free disk, CPUs, Docker, GPUs.
 - ``missing``: which of these blob digests the host lacks.
+- ``prepare``: ``probe`` and ``missing`` in one round trip (what a submit asks first).
 - ``receive``: store blobs from a tar stream (names are digests; each is verified).
 - ``start RUN_ID``: write the job and its snapshot manifest, start the agent detached.
 - ``pull RUN_ID``: what is new in the run directory since the given offsets, with the
@@ -221,6 +222,8 @@ def main(argv: list[str]) -> int:
         result: Any = probe(root)
     elif command == "missing":
         result = missing(root, json.load(stdin))
+    elif command == "prepare":
+        result = {"host": probe(root), "missing": missing(root, json.load(stdin))}
     elif command == "receive":
         result = {"stored": receive(root, stdin)}
     elif command == "start":

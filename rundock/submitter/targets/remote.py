@@ -43,7 +43,9 @@ from rundock.submitter.workspace import Workspace
 
 _CONNECTIONS: dict[tuple[str, str], SshConnection] = {}
 _SYNCERS: dict[tuple[str, str], Syncer] = {}  # kept per run so each pull reads only what is new
+_ROOTS: dict[tuple[str, str, str, str], tuple[SshConnection, str]] = {}  # the host's folder, per connection
 _LOCK = threading.Lock()
+NO_AGENT = 75  # exit status of the host check when this version of the agent is not installed there
 DISK_MARGIN = 64 * 1024 * 1024
 
 
@@ -56,7 +58,6 @@ class RemoteTarget:
         self.compute: RemoteCompute = ComputeTarget(workspace, name)
         self.config = self.compute.config
         self.known_hosts = os.path.join(workspace.path, "known_hosts")
-        self._root: str | None = None
 
     # -- connection ------------------------------------------------------------------------
     def ssh_target(self) -> SshTarget:
@@ -73,49 +74,71 @@ class RemoteTarget:
                 conn = _CONNECTIONS[key] = SshConnection(self.ssh_target(), self.known_hosts)
             return conn
 
-    def _remote(self, conn: SshConnection, command: str, *args: str, stdin: Any = b"") -> bytes:
+    def _agent_command(self, conn: SshConnection, command: str, *args: str) -> str:
         digest, _ = agent_bundle()
         root = self.root(conn)
-        line = (f"PYTHONPATH={shlex.quote(f'{root}/agent/{digest}')} {shlex.quote(self.config.python)} "
+        return (f"PYTHONPATH={shlex.quote(f'{root}/agent/{digest}')} {shlex.quote(self.config.python)} "
                 f"-m rundock.agent.remote {command} {shlex.quote(root)} {' '.join(shlex.quote(a) for a in args)}")
-        code, out, err = conn.run(line, stdin=stdin)
+
+    def _remote(self, conn: SshConnection, command: str, *args: str, stdin: Any = b"") -> bytes:
+        code, out, err = conn.run(self._agent_command(conn, command, *args), stdin=stdin)
         if code != 0:
             raise RundockError(f"`{command}` failed on {conn.where}: {err.decode(errors='replace').strip()[-2000:]}")
         return out
 
     def root(self, conn: SshConnection) -> str:
-        if self._root is None:
-            script = ("import os, sys; print(sys.version_info >= (3, 8)); "
-                      f"print(os.path.expanduser({self.config.root!r}))")
-            code, out, err = conn.run(f"{shlex.quote(self.config.python)} -c {shlex.quote(script)}")
-            if code != 0:
-                raise SshError(f"no usable Python on {conn.where}: `{self.config.python}` failed "
-                               f"({err.decode(errors='replace').strip()[-300:]}); install Python >= 3.8 there or "
-                               f"point the target at one (`rundock target attach {self.name} --python PATH`)")
-            modern, root = out.decode().split()
-            if modern != "True":
-                raise SshError(f"{conn.where} has a Python older than 3.8 at `{self.config.python}`; rundock's "
-                               "agent needs 3.8 or newer")
-            self._root = root
-        return self._root
+        """The host's rundock folder, asked once per connection (its Python is checked on the way)."""
+        key = (self.workspace.path, self.name, self.config.root, self.config.python)
+        with _LOCK:
+            known = _ROOTS.get(key)
+        if known is not None and known[0] is conn:
+            return known[1]
+        script = ("import os, sys; print(sys.version_info >= (3, 8)); "
+                  f"print(os.path.expanduser({self.config.root!r}))")
+        code, out, err = conn.run(f"{shlex.quote(self.config.python)} -c {shlex.quote(script)}")
+        if code != 0:
+            raise SshError(f"no usable Python on {conn.where}: `{self.config.python}` failed "
+                           f"({err.decode(errors='replace').strip()[-300:]}); install Python >= 3.8 there or "
+                           f"point the target at one (`rundock target attach {self.name} --python PATH`)")
+        modern, root = out.decode().split()
+        if modern != "True":
+            raise SshError(f"{conn.where} has a Python older than 3.8 at `{self.config.python}`; rundock's "
+                           "agent needs 3.8 or newer")
+        with _LOCK:
+            _ROOTS[key] = (conn, root)
+        return root
 
     def ensure_agent(self, conn: SshConnection) -> dict[str, Any]:
         """Install the agent bundle if the host lacks this version; return what the host has."""
-        digest, bundle = agent_bundle()
-        target = f"{self.root(conn)}/agent/{digest}"
-        code, _, _ = conn.run(f"test -f {shlex.quote(target)}/.complete")
-        if code != 0:
-            code, _, err = conn.run(f"mkdir -p {shlex.quote(os.path.dirname(target))} && "
-                                    f"{shlex.quote(self.config.python)} -c {shlex.quote(UNPACK)} {shlex.quote(target)}",
-                                    stdin=bundle)
+        return self._prepare_host(conn, [])[0]
+
+    def _prepare_host(self, conn: SshConnection, digests: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """What the host has and which of ``digests`` it lacks, in one round trip while the agent is installed."""
+        agent_dir = f"{self.root(conn)}/agent/{agent_bundle()[0]}"
+        line = f"test -f {shlex.quote(agent_dir)}/.complete || exit {NO_AGENT}; {self._agent_command(conn, 'prepare')}"
+        for attempt in (1, 2):
+            code, out, err = conn.run(line, stdin=json.dumps(digests).encode())
+            if code == NO_AGENT and attempt == 1:
+                self._install_agent(conn, agent_dir)
+                continue
             if code != 0:
-                detail = err.decode(errors="replace").strip()
-                if "No space left on device" in detail:
-                    raise SshError(f"{conn.where} has no space left under {self.root(conn)} for rundock's agent "
-                                   f"(about {len(bundle) * 5 / 1e6:.0f} MB unpacked); free some space there or attach "
-                                   "the target with another --root")
-                raise SshError(f"installing the rundock agent on {conn.where} failed: {detail[-500:]}")
-        return dict(json.loads(self._remote(conn, "probe")))
+                raise RundockError(f"checking {conn.where} failed: {err.decode(errors='replace').strip()[-2000:]}")
+            answer = json.loads(out)
+            return dict(answer["host"]), list(answer["missing"])
+        raise RundockError(f"rundock's agent on {conn.where} is still missing after installing it in {agent_dir}")
+
+    def _install_agent(self, conn: SshConnection, agent_dir: str) -> None:
+        _, bundle = agent_bundle()
+        code, _, err = conn.run(f"mkdir -p {shlex.quote(os.path.dirname(agent_dir))} && "
+                                f"{shlex.quote(self.config.python)} -c {shlex.quote(UNPACK)} {shlex.quote(agent_dir)}",
+                                stdin=bundle)
+        if code != 0:
+            detail = err.decode(errors="replace").strip()
+            if "No space left on device" in detail:
+                raise SshError(f"{conn.where} has no space left under {self.root(conn)} for rundock's agent "
+                               f"(about {len(bundle) * 5 / 1e6:.0f} MB unpacked); free some space there or attach "
+                               "the target with another --root")
+            raise SshError(f"installing the rundock agent on {conn.where} failed: {detail[-500:]}")
 
     # -- submit ------------------------------------------------------------------------------
     def submit(self, experiment: str, config: ScriptRunConfig, *, tags: Mapping[str, Any] | None = None,
@@ -127,9 +150,9 @@ class RemoteTarget:
             user_managed_dependencies=True, interpreter_path="python3"))
         snapshot = take_snapshot(config.source_directory, ws.store, ws.artifacts, ws.snapshot_limits)
         conn = self.connect()
-        host = self.ensure_agent(conn)
+        host, lacking = self._prepare_host(conn, list(dict.fromkeys(e["digest"] for e in snapshot.manifest)))
         self._check_host(conn, host, env, snapshot.total_bytes)
-        self.send_blobs(conn, [e["digest"] for e in snapshot.manifest], progress)
+        self._send(conn, lacking, progress)
         run_definition = {**config.run_config.to_mapping(), "environment": env.to_mapping(),
                           "source_directory": os.path.abspath(config.source_directory)}
         record = ws.store.create_run(
@@ -174,7 +197,10 @@ class RemoteTarget:
     def send_blobs(self, conn: SshConnection, digests: list[str], progress: Progress | None = None) -> int:
         """Send the blobs the host lacks as one gzip tar stream; return the bytes read from disk."""
         wanted = list(dict.fromkeys(digests))
-        lacking = json.loads(self._remote(conn, "missing", stdin=json.dumps(wanted).encode()))
+        return self._send(conn, json.loads(self._remote(conn, "missing", stdin=json.dumps(wanted).encode())),
+                          progress)
+
+    def _send(self, conn: SshConnection, lacking: list[str], progress: Progress | None) -> int:
         if not lacking:
             return 0
         total = sum(self.workspace.artifacts.size(d) for d in lacking)

@@ -42,7 +42,3 @@ class RunFailedError(RundockError):
 
 class StoreError(RundockError):
     """The run history cannot be read or written."""
-
-
-class InvalidArtifactNameError(RundockError, ValueError):
-    """A file name would leave the run's namespace (absolute, '..', empty)."""

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import docker
 import docker.errors
 
+from rundock.agent.cachefile import read_json, write_json
 from rundock.agent.environments import PrepareError, pip_requirements
 
 Note = Callable[[str], None]
@@ -34,7 +35,7 @@ def connect(cache_dir: str | None = None) -> docker.DockerClient:
     """
     cache = os.path.join(cache_dir, "engine-api.json") if cache_dir else None
     engine = os.environ.get("DOCKER_HOST", "default")
-    known = _read_json(cache).get(engine) if cache else None
+    known = read_json(cache).get(engine) if cache else None
     if isinstance(known, str):
         try:
             client = docker.from_env(timeout=120, version=known)
@@ -49,26 +50,8 @@ def connect(cache_dir: str | None = None) -> docker.DockerClient:
                            "check DOCKER_HOST and that this user may use the Docker socket, or set "
                            "environment.docker.enabled = False") from None
     if cache:
-        _write_json(cache, {**_read_json(cache), engine: client.api.api_version})
+        write_json(cache, {**read_json(cache), engine: client.api.api_version})
     return client
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            value = json.load(fh)
-        return value if isinstance(value, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_json(path: str, value: dict[str, Any]) -> None:
-    """Written whole or not at all (agents of runs starting at once share the file)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(value, fh)
-    os.replace(tmp, path)
 
 
 CA_IN_CONTEXT = "rundock-host-ca.crt"

@@ -17,6 +17,7 @@ import socket
 import subprocess
 from typing import Any, Callable
 
+from rundock.agent.cachefile import read_json, write_json
 from rundock.agent.environments import PrepareError, host_gpus, pick_gpus, resolve_interpreter, system_managed_python
 from rundock.agent.job import JobSpec
 from rundock.runconfig.docker_args import parse_docker_arguments
@@ -92,25 +93,13 @@ def _interpreter_lacks_azureml(interpreter: str, cache_dir: str) -> bool:
     if known is not None:
         return known
     shim = subprocess.run([interpreter, "-c", HAS_AZUREML], capture_output=True, timeout=60).returncode != 0
-    _write_cache(cache, {"azureml_shim": shim, "interpreter": interpreter})
+    write_json(cache, {"azureml_shim": shim, "interpreter": interpreter})
     return shim
 
 
 def _read_cache(path: str) -> bool | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return bool(json.load(fh)["azureml_shim"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _write_cache(path: str, value: dict[str, Any]) -> None:
-    """Written whole or not at all: agents preparing at once read these files while others write them."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(value, fh)
-    os.replace(tmp, path)
+    known = read_json(path).get("azureml_shim")
+    return None if known is None else bool(known)
 
 
 def _note_shim(note: Note, shim: bool) -> None:
@@ -152,5 +141,5 @@ def _image_lacks_azureml(client: Any, image: str, image_id: str, interpreter: st
     except docker.errors.DockerException as exc:
         raise PrepareError(f"cannot run {interpreter!r} in image {image!r}: {exc}; the image needs Python "
                            "(set environment.python.interpreter_path to its interpreter)") from None
-    _write_cache(cache, {"azureml_shim": shim, "image": image})
+    write_json(cache, {"azureml_shim": shim, "image": image})
     return shim

@@ -89,12 +89,10 @@ class ArtifactStore:
         path = self.path(digest)
         if not os.path.exists(path):
             data = self.read(digest)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.incoming-{os.getpid()}-{threading.get_ident()}"
+            tmp = self._incoming(path)
             with open(tmp, "wb") as out:
                 out.write(data)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, path)
+            self._install(tmp, path)
         return path
 
     def _find_packed(self, digest: str, refresh: bool = True) -> _Packed | None:
@@ -140,11 +138,8 @@ class ArtifactStore:
         return packed.size if packed is not None else os.path.getsize(self.path(digest))
 
     # -- reading ----------------------------------------------------------------------------------
-    def read(self, digest: str) -> bytes:
-        packed = self._find_packed(digest)
-        if packed is None:
-            with open(self.path(digest), "rb") as fh:
-                return fh.read()
+    @staticmethod
+    def _read_packed(digest: str, packed: _Packed) -> bytes:
         with open(packed.pack, "rb") as fh:
             fh.seek(packed.offset)
             data = fh.read(packed.size)
@@ -152,19 +147,28 @@ class ArtifactStore:
             raise OSError(f"pack {packed.pack} is shorter than its index says; blob {digest} is damaged")
         return data
 
+    def read(self, digest: str) -> bytes:
+        packed = self._find_packed(digest)
+        if packed is not None:
+            return self._read_packed(digest, packed)
+        with open(self.path(digest), "rb") as fh:
+            return fh.read()
+
     def open(self, digest: str) -> BinaryIO:
         """A readable binary stream of the blob."""
-        if self._find_packed(digest) is not None:
-            return io.BytesIO(self.read(digest))  # packed blobs are small
+        packed = self._find_packed(digest)
+        if packed is not None:
+            return io.BytesIO(self._read_packed(digest, packed))  # packed blobs are small
         return open(self.path(digest), "rb")
 
     def copy_to(self, digest: str, target: str) -> None:
         """Write the blob to ``target`` (a new, writable file)."""
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         tmp = target + ".rundock-partial"
-        if self._find_packed(digest) is not None:
+        packed = self._find_packed(digest)
+        if packed is not None:
             with open(tmp, "wb") as out:
-                out.write(self.read(digest))
+                out.write(self._read_packed(digest, packed))
         else:
             shutil.copyfile(self.path(digest), tmp)
         os.chmod(tmp, 0o644)
@@ -195,10 +199,7 @@ class ArtifactStore:
             if self.has(hexdigest):
                 os.unlink(tmp)
                 return hexdigest, size, False
-            final = self.path(hexdigest)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, final)
+            self._install(tmp, self.path(hexdigest))
             return hexdigest, size, True
         except BaseException:
             if os.path.exists(tmp):
@@ -217,18 +218,31 @@ class ArtifactStore:
         if self.has(digest):
             return False
         final = self.path(digest)
-        directory = os.path.dirname(final)
-        if directory not in self._dirs:
-            os.makedirs(directory, exist_ok=True)
-            self._dirs.add(directory)
-        tmp = f"{final}.incoming-{os.getpid()}-{threading.get_ident()}"
+        tmp = self._incoming(final)
         shutil.copyfile(source, tmp)
         st = os.stat(source)
         if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
             os.unlink(tmp)
             raise OSError(f"{source} changed while it was being stored; try again")
-        os.replace(tmp, final)
+        self._install(tmp, final)
         return True
+
+    def _incoming(self, final: str) -> str:
+        """A temporary name beside a loose blob's final place."""
+        self._folder(final)
+        return f"{final}.incoming-{os.getpid()}-{threading.get_ident()}"
+
+    def _folder(self, final: str) -> None:
+        directory = os.path.dirname(final)
+        if directory not in self._dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._dirs.add(directory)
+
+    def _install(self, tmp: str, final: str) -> None:
+        """Make a fully written temporary file the read-only blob at ``final``."""
+        self._folder(final)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, final)
 
     def pack(self) -> PackWriter:
         """A writer that stores many small blobs as one pack: ``with store.pack() as p: p.add(data)``."""
@@ -254,8 +268,8 @@ class PackWriter:
     def __init__(self, store: ArtifactStore) -> None:
         self.store = store
         store.refresh()
-        fd, self._tmp = tempfile.mkstemp(dir=store.packs_dir, prefix=".incoming-", suffix=".pack")
-        self._out = os.fdopen(fd, "wb")
+        self._tmp = ""
+        self._out: BinaryIO | None = None  # created with the first new blob: an unchanged snapshot writes nothing
         self._entries: dict[str, tuple[int, int]] = {}
         self._offset = 0
 
@@ -264,6 +278,9 @@ class PackWriter:
         digest = digest or hashlib.sha256(data).hexdigest()
         if digest in self._entries or self.store.has(digest, refresh=False):
             return digest, False
+        if self._out is None:
+            fd, self._tmp = tempfile.mkstemp(dir=self.store.packs_dir, prefix=".incoming-", suffix=".pack")
+            self._out = os.fdopen(fd, "wb")
         self._out.write(data)
         self._entries[digest] = (self._offset, len(data))
         self._offset += len(data)
@@ -273,8 +290,10 @@ class PackWriter:
         return self
 
     def __exit__(self, kind: object, error: object, tb: object) -> None:
+        if self._out is None:
+            return
         self._out.close()
-        if kind is not None or not self._entries:
+        if kind is not None:
             os.unlink(self._tmp)
             return
         index = b"".join(_IDX_ENTRY.pack(bytes.fromhex(d), off, size) for d, (off, size) in self._entries.items())

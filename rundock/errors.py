@@ -42,3 +42,20 @@ class RunFailedError(RundockError):
 
 class StoreError(RundockError):
     """The run history cannot be read or written."""
+
+
+# Callers that retry tell a transient failure (StoreUnavailableError) from the permanent ones (the others).
+class StoreUnavailableError(StoreError):
+    """The run history cannot be used now (locked, full, read-only); retrying later may succeed."""
+
+
+class StoreDamagedError(StoreError):
+    """The run history file is damaged; ``rundock doctor --repair`` rebuilds it."""
+
+
+class StoreVersionError(StoreError):
+    """The run history was written by a newer rundock; this one refuses to touch it."""
+
+
+class StoreReplacedError(StoreError):
+    """The run history file was deleted or replaced while open; reopen the store to use the new file."""

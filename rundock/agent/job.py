@@ -1,17 +1,34 @@
-"""The job description an agent runs: ``<run_dir>/job.json`` (standard library only)."""
+"""The job description an agent runs: ``<run_dir>/job.json`` (standard library only).
+
+One typed request for every path (local process, Docker, an SSH host): the
+submitter builds a ``JobSpec``, writes it with ``save`` (or sends ``to_dict``
+to a host, whose ``start`` writes it), and the agent reads it with ``load``,
+which checks every field's type and refuses unknown modes and non-finite
+numbers with an error naming the field.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
-from rundock.context.run import CANCEL_FILE
+from rundock.context import rundir
 
-JOB_FILE = "job.json"
+JOB_FILE = rundir.JOB_FILE
 # The PYTHONPATH the user had, for the job: an agent's own PYTHONPATH (rundock, its packages) is not the job's.
 ENV_USER_PYTHONPATH = "RUNDOCK_USER_PYTHONPATH"
+
+# How the agent reaches the run history.
+MODE_STORE = "store"  # it writes the history at ``store_uri`` itself (local and Docker runs)
+MODE_JOURNAL = "journal"  # it keeps everything in the run directory for the submitter to pull (SSH hosts)
+MODES = (MODE_STORE, MODE_JOURNAL)
+
+
+class JobSpecError(ValueError):
+    """A job file is missing, unreadable or has a field of the wrong kind."""
 
 
 @dataclasses.dataclass
@@ -20,6 +37,7 @@ class JobSpec:
 
     run_id: str
     experiment: str
+    mode: str
     store_uri: str
     artifacts_root: str
     snapshot_id: str
@@ -36,31 +54,85 @@ class JobSpec:
     max_concurrent_runs: int = 1
     target: str = "local"
     submitted_at: float = 0.0
-    secrets_file: str | None = None
+    secrets_file: str | None = None  # where the submitter left the secrets this run may read (removed at the end)
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     run_as: str = ""  # uid:gid of the submitting user, for containers
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise JobSpecError naming the first field that is not what the agent expects."""
+        for name in ("run_id", "experiment", "mode", "store_uri", "artifacts_root", "snapshot_id", "script",
+                     "interpreter", "target", "run_as"):
+            if not isinstance(getattr(self, name), str):
+                raise JobSpecError(f"job field {name!r} must be a string, got {getattr(self, name)!r}")
+        if self.mode not in MODES:
+            raise JobSpecError(f"job field 'mode' must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == MODE_STORE and not self.store_uri:
+            raise JobSpecError("job field 'store_uri' is empty, but mode 'store' writes the run history there")
+        for name in ("max_run_duration_seconds", "cancel_grace_seconds", "heartbeat_seconds", "submitted_at"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise JobSpecError(f"job field {name!r} must be a finite number >= 0, got {value!r}")
+        if self.heartbeat_seconds <= 0:
+            raise JobSpecError(f"job field 'heartbeat_seconds' must be above 0, got {self.heartbeat_seconds!r}")
+        for name in ("attempt", "max_concurrent_runs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise JobSpecError(f"job field {name!r} must be a whole number >= 0, got {value!r}")
+        if not isinstance(self.arguments, list) or not all(isinstance(a, str) for a in self.arguments):
+            raise JobSpecError("job field 'arguments' must be a list of strings")
+        if not isinstance(self.environment_variables, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.environment_variables.items()):
+            raise JobSpecError("job field 'environment_variables' must map strings to strings")
+        if not isinstance(self.environment, dict):
+            raise JobSpecError("job field 'environment' must be an object")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def save(self, run_dir: str) -> str:
         path = os.path.join(run_dir, JOB_FILE)
         tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(dataclasses.asdict(self), fh, indent=2)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2)
         os.replace(tmp, path)
         return path
 
     @classmethod
-    def load(cls, run_dir: str) -> JobSpec:
-        with open(os.path.join(run_dir, JOB_FILE), encoding="utf-8") as fh:
-            data: dict[str, Any] = json.load(fh)
+    def from_dict(cls, data: Any, source: str = "the job") -> JobSpec:
+        if not isinstance(data, dict):
+            raise JobSpecError(f"{source} must be a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise JobSpecError(f"{source} has unknown fields {', '.join(unknown)} (an agent of another version?)")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise JobSpecError(f"{source} is incomplete: {exc}") from None
+
+    @classmethod
+    def load(cls, run_dir: str) -> JobSpec:
+        path = os.path.join(run_dir, JOB_FILE)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise JobSpecError(f"cannot read the job file {path}: {exc}") from None
+        return cls.from_dict(data, source=path)
 
 
 def request_cancel(run_dir: str) -> None:
     """Leave the cancel request where the run's agent looks for it."""
-    with open(os.path.join(run_dir, CANCEL_FILE), "a", encoding="utf-8"):
+    path = os.path.join(run_dir, rundir.CANCEL_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8"):
         pass
 
 
 def cancel_requested(run_dir: str) -> bool:
-    return os.path.exists(os.path.join(run_dir, CANCEL_FILE))
+    return os.path.exists(os.path.join(run_dir, rundir.CANCEL_FILE))

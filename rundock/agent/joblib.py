@@ -14,7 +14,7 @@ import tempfile
 import rundock
 
 _FILES = ("__init__.py", "states.py", "context/__init__.py", "context/journal.py", "context/names.py",
-          "context/recorder.py", "context/run.py", "context/schemas.py")
+          "context/recorder.py", "context/records.py", "context/rundir.py", "context/run.py", "context/schemas.py")
 
 
 _SHIM_RUN = """\"\"\"rundock's stand-in for Azure ML inside a job: Run maps onto rundock's job-side run.\"\"\"

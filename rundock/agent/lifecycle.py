@@ -5,11 +5,20 @@ for a run slot) → Running (execute, watch outputs, honour cancel and the
 time limit) → Finalizing (stop every process of the run, store outputs and
 logs) → Completed | Failed | Canceled.
 
+One agent per run, one execution: ``main`` takes the run directory's agent
+lock (``rundock.agent.runlock``) and runs nothing if another agent holds it
+or if an agent already took this run before (its journal exists), or if the
+history already holds the run as finished (declared lost before the agent
+could start).
+
 Stop order at the end, and why: the job's whole tree is stopped first (no
 process may write after the final scan); then the output pipes drain; then
-the final scan stores every file; then the journal is synced; only then is
-the terminal status written, so a reader that sees it also sees every file.
-The heartbeat runs from the start until the terminal status.
+the final scan stores every file (a file that cannot be stored fails the run,
+naming it); then the journal is synced; only then is the terminal status
+written, so a reader that sees it also sees every file. The heartbeat runs
+from the start until the history has accepted the terminal status: when the
+history refuses writes (locked, full), the agent logs the real cause and
+retries with backoff, keeping everything in its journal meanwhile.
 """
 
 from __future__ import annotations
@@ -21,19 +30,22 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
+from rundock.agent import runlock
 from rundock.agent.cancel import become_subreaper
 from rundock.agent.environments import PrepareError
 from rundock.agent.executors.process import ProcessExecutor
 from rundock.agent.heartbeat import Heartbeat
-from rundock.agent.job import ENV_USER_PYTHONPATH, JobSpec, cancel_requested
+from rundock.agent.job import ENV_USER_PYTHONPATH, MODE_STORE, JobSpec, cancel_requested
+from rundock.agent.jobenv import job_base_environment
 from rundock.agent.joblib import ensure_azureml_shim, ensure_job_lib
 from rundock.agent.materialize import materialize
 from rundock.agent.outputs import OutputCollector
 from rundock.agent.prepare import Plan, prepare
 from rundock.agent.slots import Slot, Ticket, try_acquire
 from rundock.context import run as ctx
+from rundock.context import rundir
 from rundock.context.journal import JournalWriter
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import open_store
@@ -43,12 +55,13 @@ from rundock.states import RunStatus
 log = logging.getLogger("rundock.agent")
 
 POLL_SECONDS = 0.25  # how often a running job's cancel request and time limit are checked
-DRIVER_LOG = "driver_log.txt"
-PREPARE_LOG = "prepare_log.txt"
-SECRETS_FILE = "secrets.json"
-MANIFEST_FILE = "manifest.json"
-RUN_MOUNT = "/rundock/run"  # where a container sees the run directory
+DRIVER_LOG = rundir.DRIVER_LOG
+PREPARE_LOG = rundir.PREPARE_LOG
+SECRETS_FILE = rundir.SECRETS_FILE
+MANIFEST_FILE = rundir.MANIFEST_FILE
+RUN_MOUNT = "/rundock/run"  # where a container sees the job's part of the run directory
 LIB_MOUNT = "/rundock/lib"  # and the job-side package
+RETRY_MAX_SECONDS = 30.0
 
 
 @dataclasses.dataclass
@@ -62,7 +75,16 @@ class Executor(Protocol):
     """How the lifecycle drives a job, whatever runs it (see rundock.agent.executors)."""
 
     @property
-    def pid(self) -> int: ...
+    def pid(self) -> int:
+        """The job's process group on this host (0 when it runs elsewhere, e.g. in a container)."""
+
+    @property
+    def container_id(self) -> str:
+        """The job's container ("" for a host process)."""
+
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the job was killed for running out of memory."""
 
     def start(self) -> None: ...
     def wait(self, timeout: float) -> int | None: ...
@@ -70,20 +92,28 @@ class Executor(Protocol):
     def finish_logs(self) -> list[str]: ...
 
 
+ExecutorFactory = Callable[[Plan, "dict[str, str]", "list[str]"], Executor]
+
+
 class Agent:
-    def __init__(self, run_dir: str) -> None:
+    def __init__(self, run_dir: str, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, executor_factory: ExecutorFactory | None = None) -> None:
         self.run_dir = os.path.abspath(run_dir)
         self.spec = JobSpec.load(self.run_dir)
-        self.src = os.path.join(self.run_dir, "src")
+        self.clock = clock
+        self.sleep = sleep
+        self.executor_factory = executor_factory
+        self.src = os.path.join(self.run_dir, rundir.SRC_DIR)
         self.logs_dir = os.path.join(self.run_dir, SYSTEM_LOGS_DIR)
         os.makedirs(self.logs_dir, exist_ok=True)
         self.artifacts = ArtifactStore(self.spec.artifacts_root)
         self.journal = JournalWriter(self.run_dir, "agent")
         # Without a history (a remote host), everything stays in the run directory for the submitter to pull.
-        self.store = open_store(self.spec.store_uri) if self.spec.store_uri else None
+        self.store = open_store(self.spec.store_uri) if self.spec.mode == MODE_STORE else None
         self.syncer: Syncer | JournalOnly = JournalOnly() if self.store is None else \
             Syncer(self.run_dir, self.spec.run_id, self.store, self.artifacts, self.spec.attempt)
-        self.heartbeat = Heartbeat(self.journal, self.spec.heartbeat_seconds, on_beat=self.syncer.poke)
+        self.heartbeat = Heartbeat(self.journal, self.spec.heartbeat_seconds, on_beat=self.syncer.poke,
+                                   run_dir=self.run_dir)
         self.collector = OutputCollector(self.src, self.artifacts, self.journal, on_record=self.syncer.poke)
         self.executor: Executor | None = None
         self._status: RunStatus | None = None
@@ -138,23 +168,27 @@ class Agent:
             while self.slot is None:
                 if self.canceled():
                     return False
-                time.sleep(0.1)
+                self.sleep(0.1)
                 self.slot = try_acquire(slots_dir, spec.max_concurrent_runs) if ticket.is_first() else None
             return True
         finally:
             ticket.release()
 
     def job_env(self, plan: Plan) -> tuple[dict[str, str], list[str]]:
-        """The job's environment variables and the host folders to put on its PYTHONPATH."""
+        """The job's environment variables and the host folders to put on its PYTHONPATH.
+
+        What passes from the agent's own environment is ``rundock.agent.jobenv``'s list (never
+        rundock's credentials); the run configuration's variables and the run's context come on top.
+        """
         spec = self.spec
         lib_root = os.path.join(self.agent_root, "lib")
         libs = [ensure_job_lib(lib_root)] + ([ensure_azureml_shim(lib_root)] if plan.azureml_shim else [])
         in_container = plan.image is not None
         run_dir = RUN_MOUNT if in_container else self.run_dir
         paths = [f"{LIB_MOUNT}/{i}" for i in range(len(libs))] if in_container else libs
-        env = {"HOME": "/tmp"} if in_container else dict(os.environ)
-        user_path = env.pop(ENV_USER_PYTHONPATH, None)
-        if user_path is not None:  # this agent was started with its own PYTHONPATH: give the job the user's
+        env = {"HOME": "/tmp"} if in_container else job_base_environment(os.environ)
+        user_path = os.environ.get(ENV_USER_PYTHONPATH)
+        if user_path and not in_container:  # the user's PYTHONPATH, never the agent's own (rundock, its packages)
             env["PYTHONPATH"] = user_path
         env.update(spec.environment_variables)
         env.update(((spec.environment or {}).get("environment_variables")) or {})
@@ -163,40 +197,65 @@ class Agent:
                     ctx.ENV_DISPLAY_NAME: spec.display_name or spec.run_id, "PYTHONUNBUFFERED": "1"})
         if plan.gpus and not in_container:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
-        if spec.secrets_file and os.path.exists(spec.secrets_file):
-            with open(spec.secrets_file, encoding="utf-8") as fh:
-                self.secrets = json.load(fh)
-            fd = os.open(os.path.join(self.run_dir, SECRETS_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(self.secrets, out)
+        self.secrets = self._take_secrets()
+        if self.secrets:
             env[ctx.ENV_SECRETS_FILE] = os.path.join(run_dir, SECRETS_FILE)
         return env, libs
+
+    def _take_secrets(self) -> dict[str, str]:
+        """The secrets this run may read, in the run directory's private secrets file."""
+        own = os.path.join(self.run_dir, SECRETS_FILE)
+        given = self.spec.secrets_file
+        if given and os.path.abspath(given) != own and os.path.exists(given):
+            with open(given, encoding="utf-8") as fh:
+                secrets = json.load(fh)
+            fd = os.open(own, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(secrets, out)
+            if os.path.dirname(os.path.abspath(given)) == self.run_dir:  # a copy made for this run only
+                os.unlink(given)
+        if not os.path.exists(own):
+            return {}
+        with open(own, encoding="utf-8") as fh:
+            loaded = json.load(fh)
+        return {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+
+    def _remove_secrets(self) -> None:
+        for path in (os.path.join(self.run_dir, SECRETS_FILE), self.spec.secrets_file or ""):
+            inside = os.path.dirname(os.path.abspath(path)) == self.run_dir  # never the workspace's own file
+            if path and inside and os.path.exists(path):
+                os.unlink(path)
 
     def execute(self, plan: Plan) -> Outcome:
         spec = self.spec
         env, libs = self.job_env(plan)
         driver_log = os.path.join(self.logs_dir, DRIVER_LOG)
         secrets = list(self.secrets.values())
+        for name in rundir.JOB_WRITABLE:
+            os.makedirs(os.path.join(self.run_dir, name), exist_ok=True)
+        for name in rundir.WATCHED_DIRS:
+            os.makedirs(os.path.join(self.src, name), exist_ok=True)
         executor: Executor
-        if plan.image is not None:
+        keep_slot = [self.slot.fd] if self.slot is not None else []  # the job holds its slot until it is gone
+        if self.executor_factory is not None:
+            executor = self.executor_factory(plan, env, secrets)
+        elif plan.image is not None:
             from rundock.agent.executors.docker import DockerExecutor  # docker-py only where Docker is used
 
             executor = DockerExecutor(plan.docker_client, plan.image, plan.argv, spec.run_id, self.run_dir, libs, env,
                                       driver_log, secrets, plan.docker_settings,
                                       spec.run_as or f"{os.getuid()}:{os.getgid()}", plan.gpus)
         else:
-            executor = ProcessExecutor(plan.argv, self.src, env, driver_log, secrets)
+            executor = ProcessExecutor(plan.argv, self.src, env, driver_log, secrets, inherit_fds=keep_slot)
         self.executor = executor
-        for name in ("outputs", "logs"):
-            os.makedirs(os.path.join(self.src, name), exist_ok=True)
         executor.start()
         self.collector.start()  # after the job: watching costs the job's start nothing; it then catches up
-        with open(os.path.join(self.run_dir, "processes.json"), "w", encoding="utf-8") as fh:
+        with open(os.path.join(self.run_dir, rundir.PROCESSES_FILE), "w", encoding="utf-8") as fh:
             json.dump({"host": socket.gethostname(), "agent_pid": os.getpid(), "job_pgid": executor.pid,
-                       "container": getattr(executor, "container_id", None)}, fh)
+                       "container": executor.container_id or None}, fh)
         where = f"container {plan.image}" if plan.image else f"pid {executor.pid}"
         self.state(RunStatus.RUNNING, f"running {os.path.basename(spec.script)} ({where})")
-        deadline = time.monotonic() + spec.max_run_duration_seconds
+        deadline = self.clock() + spec.max_run_duration_seconds
         while True:
             code = executor.wait(POLL_SECONDS)
             if code is not None:
@@ -205,7 +264,7 @@ class Agent:
                 self.state(RunStatus.FINALIZING, "cancel requested: stopping the job's processes")
                 executor.stop(spec.cancel_grace_seconds)
                 return Outcome(RunStatus.CANCELED, "canceled on request")
-            if time.monotonic() > deadline:
+            if self.clock() > deadline:
                 self.state(RunStatus.FINALIZING, "time limit reached: stopping the job's processes")
                 executor.stop(spec.cancel_grace_seconds)
                 return Outcome(RunStatus.FAILED, "timeout", {
@@ -216,7 +275,7 @@ class Agent:
         tail = executor.finish_logs()
         if code != 0:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            if getattr(executor, "oom_killed", False):
+            if executor.oom_killed:
                 how += " (out of memory: the container hit its memory limit; raise --memory in docker.arguments)"
             message = f"the script {how}" + ("; last lines of stderr:\n" + "\n".join(tail) if tail else "")
             return Outcome(RunStatus.FAILED, f"script {how}", {
@@ -228,31 +287,62 @@ class Agent:
             return Outcome(RunStatus.FAILED, "run.fail() was called", error)
         return Outcome(RunStatus.COMPLETED, "script exited with code 0")
 
-    def finalize(self, outcome: Outcome) -> None:
+    def finalize(self, outcome: Outcome) -> Outcome:
+        """Store outputs and logs, then record the terminal status; return the outcome recorded."""
         self.state(RunStatus.FINALIZING, "storing outputs and logs")
         if self.executor is not None:
             self.executor.finish_logs()
             self.collector.stop()
-        stored = self.collector.final_scan()
-        self.note("finalize_log.txt", f"final scan stored {stored} changed files; ending {outcome.status.value}")
+        stored, failures = self.collector.final_scan()
         for name in sorted(os.listdir(self.logs_dir)):
-            self.collector.store_as(os.path.join(self.logs_dir, name), f"{SYSTEM_LOGS_DIR}/{name}")
-        for secrets in (os.path.join(self.run_dir, SECRETS_FILE), self.spec.secrets_file or ""):
-            inside = os.path.dirname(os.path.abspath(secrets)) == self.run_dir  # never the workspace's own file
-            if secrets and inside and os.path.exists(secrets):
-                os.unlink(secrets)
-        self.syncer.sync_once()  # every file record reaches the history before the terminal status
+            if not self.collector.store_as(os.path.join(self.logs_dir, name), f"{SYSTEM_LOGS_DIR}/{name}"):
+                failures.extend(self.collector.last_failures())
+        if failures and outcome.status != RunStatus.FAILED:
+            listed = "; ".join(f"{name}: {error}" for name, error in failures[:5])
+            more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+            outcome = Outcome(RunStatus.FAILED, "outputs could not be stored", {
+                "code": "OutputsNotStored", "message": f"outputs could not be stored: {listed}{more}"})
+        self.note(rundir.FINALIZE_LOG, f"final scan stored {stored} changed files, {len(failures)} could not be "
+                                       f"stored; ending {outcome.status.value}")
+        self._remove_secrets()
+        self._until_accepted("ship the journal", self.syncer.sync_once)  # files reach the history first
         if self.store is not None:
-            self.store.end_open_children(self.spec.run_id, outcome.status)
-        self.heartbeat.stop()
+            store = self.store
+            self._until_accepted("end open child runs",
+                                 lambda: store.end_open_children(self.spec.run_id, outcome.status))
         self.state(outcome.status, outcome.detail, outcome.error)
-        self.syncer.stop()
+        self._until_accepted("record the final status", self.syncer.stop)
+        self.heartbeat.stop()
         self.ticket.release()
         if self.slot is not None:
             self.slot.release()
+        return outcome
+
+    def _until_accepted(self, what: str, action: Callable[[], Any]) -> None:
+        """Run ``action`` until the history accepts it, logging the real cause of each refusal; the journal
+        keeps everything meanwhile and the heartbeat goes on, so no reader takes the run for lost."""
+        delay = 0.5
+        while True:
+            try:
+                action()
+                return
+            except Exception as exc:
+                log.error("run %s: could not %s in the run history: %s: %s; retrying in %.1f s",
+                          self.spec.run_id, what, type(exc).__name__, exc, delay, exc_info=delay == 0.5)
+                self.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    def already_finished(self) -> bool:
+        """Whether the history holds this run as finished already (declared lost before this agent began)."""
+        if self.store is None:
+            return False
+        return self.store.get_run(self.spec.run_id).status.is_terminal
 
     def run(self) -> Outcome:
         become_subreaper()
+        if self.already_finished():
+            log.warning("run %s already ended in the run history; not running it", self.spec.run_id)
+            return Outcome(RunStatus.FAILED, "already ended")
         self.syncer.start()
         self.heartbeat.start()
         try:
@@ -273,13 +363,24 @@ class Agent:
                 self.executor.stop(self.spec.cancel_grace_seconds)
             outcome = Outcome(RunStatus.FAILED, "agent error", {"code": "AgentError",
                                                                 "message": f"{type(exc).__name__}: {exc}"})
-        self.finalize(outcome)
-        return outcome
+        return self.finalize(outcome)
 
 
 def main(run_dir: str) -> int:
+    """Run the job of ``run_dir`` if no other agent has it; every error is logged (stderr is the agent log)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    outcome = Agent(run_dir).run()
-    log.info("run ended %s: %s", outcome.status.value, outcome.detail)
-    return 0
+    try:
+        lock = runlock.AgentLock(run_dir)
+        if not lock.acquire():
+            log.warning("another agent holds %s; this one runs nothing", lock.path)
+            return 0
+        if runlock.agent_started(run_dir):
+            log.warning("an earlier agent already took run %s; it is never executed twice", run_dir)
+            return 0
+        outcome = Agent(run_dir).run()
+        log.info("run ended %s: %s", outcome.status.value, outcome.detail)
+        return 0
+    except BaseException:
+        log.exception("the agent of %s failed", run_dir)
+        raise

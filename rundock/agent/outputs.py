@@ -6,7 +6,13 @@ way they are only hints: a file is stored when it is closed, or once it
 has been quiet for a moment; ``final_scan`` (after the job's processes are
 gone) stores every file whose content is not already recorded, so each file
 present at the end is in the history with a matching hash whatever the
-watcher missed.
+watcher missed. A file that cannot be stored at the final scan (a full
+artifact store) is reported, and the run fails naming it.
+
+The job is untrusted: files are opened without following links and only when
+their real location is inside the watched folder, so a link in ``outputs/``
+never makes the agent copy a file from elsewhere. A name that is not UTF-8 is
+stored under an escaped name (``%XX`` for each such byte), never dropped.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import threading
 import time
 from typing import Any, Callable
 
+from rundock.context import rundir
 from rundock.context.journal import JournalWriter
-from rundock.history.artifacts import ArtifactStore, sha256_file
+from rundock.context.names import escape_name, open_inside
+from rundock.history.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
 
-WATCHED_DIRS = ("outputs", "logs")
+WATCHED_DIRS = rundir.WATCHED_DIRS
 QUIET_SECONDS = 0.5
 
 
@@ -88,7 +96,9 @@ class OutputCollector:
         self.on_record = on_record  # e.g. wake the syncer: a stored file reaches the history at once
         self.artifacts = artifacts
         self.journal = journal
-        self._known: dict[str, str] = {}
+        self._known: dict[str, tuple[int, int, str]] = {}  # name -> (size, mtime_ns, digest) stored
+        self._failed: dict[str, str] = {}
+        self._exact = False
         self._dirty: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -130,27 +140,44 @@ class OutputCollector:
     def store(self, path: str) -> bool:
         """Store one file of the watched folders if its content is new; return whether it was recorded."""
         name = os.path.relpath(path, self.src_dir).replace(os.sep, "/")
-        if name.startswith("../"):
+        if name.startswith("../") or name.split("/")[0] not in WATCHED_DIRS:
             return False
-        return self.store_as(path, name)
+        return self.store_as(path, escape_name(name), os.path.join(self.src_dir, name.split("/")[0]))
 
-    def store_as(self, path: str, name: str) -> bool:
-        """Store ``path`` as the run file ``name`` if its content is new."""
-        if not os.path.isfile(path) or os.path.islink(path):
+    def store_as(self, path: str, name: str, folder: str | None = None) -> bool:
+        """Store ``path`` (which must stay inside ``folder``, default its own folder) as the run file ``name``
+        if its content is new; return whether it was recorded. Failures are kept for ``final_scan``."""
+        try:
+            fh = open_inside(path, folder or os.path.dirname(path))
+        except FileNotFoundError:
+            self._failed.pop(name, None)  # deleted since: nothing to store
+            return False
+        except OSError as exc:  # a link, a device, a folder: never followed, never stored
+            log.debug("not stored: %s (%s)", path, exc)
             return False
         try:
-            digest, size = sha256_file(path)
-            if self._known.get(name) == digest:
-                return False
-            digest, size, _ = self.artifacts.put_file(path, digest)
-        except OSError as exc:  # deleted or unreadable mid-run; the final scan decides
-            log.debug("not stored yet: %s (%s)", path, exc)
+            with fh:
+                st = os.fstat(fh.fileno())
+                known = self._known.get(name)
+                if known is not None and known[:2] == (st.st_size, st.st_mtime_ns) and not self._exact:
+                    return False  # while the job runs; the final scan hashes every file
+                digest, size, _ = self.artifacts.put_stream(fh)
+        except OSError as exc:  # a full artifact store; the final scan reports it
+            self._failed[name] = f"{exc.strerror or exc}"
+            log.warning("could not store %s: %s", name, exc)
+            return False
+        self._failed.pop(name, None)
+        self._known[name] = (st.st_size, st.st_mtime_ns, digest)
+        if known is not None and known[2] == digest:
             return False
         self.journal.append("file", name=name, digest=digest, size=size)
-        self._known[name] = digest
         if self.on_record is not None:
             self.on_record()
         return True
+
+    def last_failures(self) -> list[tuple[str, str]]:
+        """(name, reason) of files that could not be stored, as of now."""
+        return sorted(self._failed.items())
 
     def stop(self) -> None:
         self._stop.set()
@@ -161,11 +188,14 @@ class OutputCollector:
         if self._thread.is_alive():
             self._thread.join()
 
-    def final_scan(self) -> int:
-        """Store every file under the watched folders not yet recorded as it is now."""
+    def final_scan(self) -> tuple[int, list[tuple[str, str]]]:
+        """Store every file under the watched folders not yet recorded as it is now; return how many were
+        stored and (name, reason) for each file that could not be."""
         stored = 0
+        self._failed.clear()
+        self._exact = True
         for name in WATCHED_DIRS:
             for root, _dirs, files in os.walk(os.path.join(self.src_dir, name)):
                 for fname in sorted(files):
                     stored += self.store(os.path.join(root, fname))
-        return stored
+        return stored, self.last_failures()

@@ -2,51 +2,79 @@
 
 ``python3 -m rundock.agent.remote COMMAND ROOT [ARG]`` with the agent bundle on
 PYTHONPATH; standard library only. ROOT is the host's rundock folder
-(``~/.rundock``) with ``artifacts/``, ``runs/``, ``slots/``... Requests come on
+(``~/.rundock``, kept 0700) with ``artifacts/``, ``runs/``, ``slots/``... Requests come on
 stdin (JSON or a tar stream), answers on stdout (JSON or a gzip tar stream).
+Every command may be run again after a lost connection (the submitter retries them).
 
 - ``probe``: Python version, free disk, CPUs, Docker, GPUs.
 - ``missing``: which of these blob digests the host lacks.
 - ``prepare``: ``probe`` and ``missing`` in one round trip (what a submit asks first).
-- ``receive``: store blobs from a tar stream (names are digests; each is verified).
-- ``start RUN_ID``: write the job and its snapshot manifest, start the agent detached.
+- ``receive``: store blobs from a tar stream (see ``rundock.agent.receive``).
+- ``start RUN_ID``: write the job, its snapshot manifest and the secrets it may read (0600), start the
+  agent detached. Once an agent was started for the run, a repeated ``start`` answers with it.
 - ``pull RUN_ID``: what is new in the run directory since the given offsets, with the
   blobs and uploads its new journal records name, and whether the agent is alive.
-- ``cancel RUN_ID`` / ``clean RUN_ID`` / ``reap RUN_ID``.
+- ``cancel RUN_ID`` / ``clean RUN_ID`` / ``reap RUN_ID`` (a lost run: kill what is left, remove its secrets).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import gzip
-import hashlib
 import io
 import json
 import os
+import re
 import shutil
-import signal
+import stat
 import subprocess
 import sys
 import tarfile
 import time
-import zlib
-from typing import Any
+from typing import IO, Any
 
-from rundock.agent.job import ENV_USER_PYTHONPATH, JOB_FILE, request_cancel
-from rundock.context.journal import JOURNAL_DIR, read_from
-from rundock.context.names import artifact_name
-from rundock.history.artifacts import PACK_MAX_BLOB, ArtifactStore
+from rundock.agent import reaper, runlock
+from rundock.agent.job import ENV_USER_PYTHONPATH, JobSpec, request_cancel
+from rundock.agent.receive import receive
+from rundock.context import rundir
+from rundock.context.journal import read_from
+from rundock.context.names import open_inside
+from rundock.context.records import check_run_id, upload_path
+from rundock.history.artifacts import ArtifactStore
 
-PULLED_DIRS = (JOURNAL_DIR, "system_logs")
-AGENT_PID = "agent.pid"
+PULLED_DIRS = (rundir.JOURNAL_DIR, rundir.AGENT_JOURNAL_DIR, rundir.SYSTEM_LOGS_DIR)
+JOURNAL_DIRS = (rundir.JOURNAL_DIR, rundir.AGENT_JOURNAL_DIR)
+MAX_PULL_FILE = 16 << 20  # bytes of one file per pull; the rest comes with the next one
+START_WAIT_SECONDS = 10.0  # how long a repeated start waits for the first one to name its agent
+OLD_SECRETS_FILE = "workspace_secrets.json"  # where earlier versions left a run's secrets
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_UMASK = [0o022]  # the user's own umask, for the agent (this command runs with 077)
+
+
+class HostError(Exception):
+    """A request this host refuses; the message says why (it reaches the submitter on stderr)."""
+
+
+def private_root(root: str) -> str:
+    """The host folder, created 0700; one that others can enter is closed, one of another user refused."""
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    st = os.stat(root)
+    if st.st_uid != os.getuid():
+        raise HostError(f"{root} belongs to uid {st.st_uid}, not to this user ({os.getuid()}); attach the target "
+                        "with a --root of your own")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(root, 0o700)
+    return root
 
 
 def _artifacts(root: str) -> ArtifactStore:
     return ArtifactStore(os.path.join(root, "artifacts"))
 
 
+def _run_dir(root: str, run_id: str) -> str:
+    return os.path.join(root, "runs", check_run_id(run_id))
+
+
 def probe(root: str) -> dict[str, Any]:
-    os.makedirs(root, exist_ok=True)
     usage = shutil.disk_usage(root)
     gpus: list[str] = []
     if shutil.which("nvidia-smi"):
@@ -65,69 +93,86 @@ def missing(root: str, digests: list[str]) -> list[str]:
     return [d for d in digests if not store.has(d, refresh=False)]
 
 
-def _store_loose(store: ArtifactStore, name: str, data: bytes) -> None:
-    digest, _, _ = store.put_bytes(data)  # stored under the digest of what arrived: never under a wrong name
-    if digest != name:
-        raise ValueError(f"blob {name} arrived damaged")
-
-
-def receive(root: str, stream: Any) -> int:
-    """Store each member of a tar stream under its digest name (``<digest>.z``: zlib-compressed), verifying
-    the content: small blobs into one pack, large ones as their own files on a few threads."""
-    stored = 0
-    store = _artifacts(root)
-    with tarfile.open(fileobj=stream, mode="r|*") as tar, store.pack() as pack, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        pending: list[concurrent.futures.Future[None]] = []
-        for member in tar:
-            if not member.isfile():
-                continue
-            name, compressed = (member.name[:-2], True) if member.name.endswith(".z") else (member.name, False)
-            store.path(name)  # refuse anything that is not a digest before reading it
-            src = tar.extractfile(member)
-            assert src is not None
-            data = src.read()
-            if compressed:
-                data = zlib.decompress(data)
-            if len(data) > PACK_MAX_BLOB:
-                pending.append(pool.submit(_store_loose, store, name, data))
-                if len(pending) > 4:  # bounded memory: wait for the oldest writes
-                    pending.pop(0).result()
-            elif hashlib.sha256(data).hexdigest() != name:
-                raise ValueError(f"blob {name} arrived damaged")
-            else:
-                pack.add(data, name)
-            stored += 1
-        for future in pending:
-            future.result()
-    return stored
-
-
+# -- start -------------------------------------------------------------------------------------
 def start(root: str, run_id: str, request: dict[str, Any]) -> dict[str, Any]:
-    run_dir = os.path.join(root, "runs", artifact_name(run_id))
-    os.makedirs(os.path.join(run_dir, "system_logs"), exist_ok=True)
-    with open(os.path.join(run_dir, "manifest.json"), "w", encoding="utf-8") as fh:
-        json.dump(request["manifest"], fh)
-    if request.get("secrets"):
-        fd = os.open(os.path.join(run_dir, "workspace_secrets.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Start the run's agent once; a repeated start (a retry after a lost connection) answers with it."""
+    run_dir = _run_dir(root, run_id)
+    os.makedirs(os.path.join(root, "runs"), mode=0o700, exist_ok=True)
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    claim = rundir.entry(run_dir, rundir.AGENT_PID)
+    try:
+        fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pid = _wait_for_pid(claim)
+        if pid is not None:
+            return {"run_dir": run_dir, "agent_pid": pid, "already_started": True,
+                    "agent_alive": _agent_alive(run_dir)}
+        # the first start ended before it started an agent; a second agent could not run the job twice
+        # anyway (the run directory's agent lock), so this one starts it
+        fd = os.open(claim, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as pid_file:
+        try:
+            _write_job(run_dir, request)
+            pid = _spawn_agent(run_dir)
+        except BaseException:
+            _remove_secrets(run_dir)
+            os.unlink(claim)
+            raise
+        pid_file.write(str(pid))
+    return {"run_dir": run_dir, "agent_pid": pid, "already_started": False, "agent_alive": True}
+
+
+def _wait_for_pid(claim: str) -> int | None:
+    deadline = time.monotonic() + START_WAIT_SECONDS
+    while True:
+        try:
+            with open(claim, encoding="utf-8") as fh:
+                return int(fh.read().strip())
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
+
+def _write_job(run_dir: str, request: dict[str, Any]) -> None:
+    spec = JobSpec.from_dict(request.get("job"), source="the job sent by the submitter")
+    with open(rundir.entry(run_dir, rundir.MANIFEST_FILE), "w", encoding="utf-8") as fh:
+        json.dump(request.get("manifest") or [], fh)
+    secrets = request.get("secrets") or {}
+    if not isinstance(secrets, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in secrets.items()):
+        raise HostError("the secrets sent with the job must map names to strings")
+    spec.secrets_file = None
+    if secrets:
+        spec.secrets_file = rundir.entry(run_dir, rundir.SECRETS_FILE)
+        fd = os.open(spec.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(request["secrets"], fh)
-    with open(os.path.join(run_dir, JOB_FILE), "w", encoding="utf-8") as fh:
-        json.dump(request["job"], fh)
+            json.dump(secrets, fh)
+    spec.save(run_dir)
+
+
+def _spawn_agent(run_dir: str) -> int:
     env = dict(os.environ)
     env[ENV_USER_PYTHONPATH] = ""  # PYTHONPATH here is the agent bundle, set for this command only
-    with open(os.path.join(run_dir, "system_logs", "agent_log.txt"), "ab") as log:
+    logs = rundir.entry(run_dir, rundir.SYSTEM_LOGS_DIR)
+    os.makedirs(logs, mode=0o700, exist_ok=True)
+    with open(os.path.join(logs, rundir.AGENT_LOG), "ab") as log:
         agent = subprocess.Popen([sys.executable, "-m", "rundock.agent", "run", run_dir], cwd=run_dir, env=env,
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, close_fds=True)
-    with open(os.path.join(run_dir, AGENT_PID), "w", encoding="utf-8") as fh:
-        fh.write(str(agent.pid))
-    return {"run_dir": run_dir, "agent_pid": agent.pid}
+                                 start_new_session=True, close_fds=True, preexec_fn=_user_umask)
+    return agent.pid
+
+
+def _user_umask() -> None:
+    os.umask(_UMASK[0])
 
 
 def _agent_alive(run_dir: str) -> bool:
+    """The agent holds the run's lock; just after ``start`` it may not have taken it yet (then its pid tells)."""
+    if runlock.agent_alive(run_dir):
+        return True
     try:
-        with open(os.path.join(run_dir, AGENT_PID), encoding="utf-8") as fh:
+        with open(rundir.entry(run_dir, rundir.AGENT_PID), encoding="utf-8") as fh:
             pid = int(fh.read().strip())
         with open(f"/proc/{pid}/cmdline", "rb") as cmd:
             return b"rundock.agent" in cmd.read() and not _is_zombie(pid)
@@ -137,53 +182,136 @@ def _agent_alive(run_dir: str) -> bool:
 
 def _is_zombie(pid: int) -> bool:
     with open(f"/proc/{pid}/stat", "rb") as fh:
-        stat = fh.read()
-    return stat[stat.rfind(b")") + 2:].split()[0] == b"Z"
+        stat_line = fh.read()
+    return stat_line[stat_line.rfind(b")") + 2:].split()[0] == b"Z"
 
 
-def pull(root: str, run_id: str, offsets: dict[str, int], out: Any) -> None:
-    """Write a gzip tar: ``state.json``, then ``data/<file>`` (bytes after its offset), ``blobs/<digest>``."""
-    run_dir = os.path.join(root, "runs", artifact_name(run_id))
+# -- pull --------------------------------------------------------------------------------------
+def _pulled_names(directory: str, folder: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    if folder == rundir.JOURNAL_DIR:  # only the job's own files are read there
+        return [n for n in names if n.startswith(rundir.JOB_SOURCE_PREFIX) and n.endswith(".jsonl")]
+    if folder == rundir.AGENT_JOURNAL_DIR:
+        return [n for n in names if n == rundir.AGENT_SOURCE + ".jsonl"]
+    return names
+
+
+def _offset(asked: Any, size: int) -> tuple[int, bool]:
+    """Where to read from, and whether the submitter's copy must start over (an offset it cannot have)."""
+    if isinstance(asked, bool) or not isinstance(asked, int) or asked < 0 or asked > size:
+        return 0, True
+    return asked, False
+
+
+def _scan(data: bytes, agent: bool, blobs: dict[str, int], uploads: set[str]) -> None:
+    """Note the blobs (agent records) and staged uploads (job records) that new file records name.
+
+    A line that is not a JSON object, or a record whose fields are not what a file record holds, is
+    skipped here: what it means is the submitter's syncer's business (it quarantines it).
+    """
+    for line in data.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict) or rec.get("type") != "file":
+            continue
+        if agent:
+            digest, size = rec.get("digest"), rec.get("size")
+            if isinstance(digest, str) and _DIGEST.fullmatch(digest) and isinstance(size, int) \
+                    and not isinstance(size, bool) and size >= 0:
+                blobs[digest] = size
+        elif "digest" not in rec:
+            try:
+                uploads.add(upload_path(rec.get("path")))
+            except ValueError:
+                continue
+
+
+def pull(root: str, run_id: str, offsets: Any, out: IO[bytes]) -> None:
+    """Write a gzip tar: ``state.json``, then ``data/<file>`` (bytes after its offset), ``blobs/<digest>``.
+
+    An offset that the file cannot have (past its end, negative, not a number) is answered with the
+    file from its start and ``reset``; at most MAX_PULL_FILE bytes of a file come per pull.
+    """
+    run_dir = _run_dir(root, run_id)
     alive = _agent_alive(run_dir)  # before reading: anything the agent wrote before it died is read below
-    files: dict[str, dict[str, int]] = {}
+    asked = offsets if isinstance(offsets, dict) else {}
+    files: dict[str, dict[str, Any]] = {}
     payload: list[tuple[str, bytes]] = []
-    blobs: list[str] = []
-    uploads: list[str] = []
+    blobs: dict[str, int] = {}
+    uploads: set[str] = set()
     for folder in PULLED_DIRS:
         directory = os.path.join(run_dir, folder)
-        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        for name in _pulled_names(directory, folder):
             rel = f"{folder}/{name}"
-            offset = int(offsets.get(rel, 0))
-            data = read_from(os.path.join(directory, name), offset)
-            if folder == JOURNAL_DIR:
-                data = data[: data.rfind(b"\n") + 1]  # whole records only
-                for line in data.splitlines():
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if rec.get("type") == "file":
-                        (blobs if "digest" in rec else uploads).append(rec.get("digest") or rec.get("path", ""))
-            if data:
-                files[rel] = {"offset": offset, "size": len(data)}
+            path = os.path.join(directory, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            offset, reset = _offset(asked.get(rel, 0), st.st_size)
+            data = read_from(path, offset, MAX_PULL_FILE)
+            if folder in JOURNAL_DIRS:
+                end = data.rfind(b"\n") + 1  # whole records only (one longer than the limit goes as it is)
+                data = data if end == 0 and len(data) >= MAX_PULL_FILE else data[:end]
+                _scan(data, folder == rundir.AGENT_JOURNAL_DIR, blobs, uploads)
+            if data or reset:
+                files[rel] = {"offset": offset, "size": len(data), "reset": reset}
                 payload.append((f"data/{rel}", data))
-    state = {"agent_alive": alive, "now": time.time(), "files": files, "run_dir": run_dir}
+    store = _artifacts(root)
+    sent_blobs = {d: size for d, size in blobs.items() if store.has(d) and store.size(d) == size}
+    state = {"agent_alive": alive, "now": time.time(), "files": files, "run_dir": run_dir,
+             "exists": os.path.isdir(run_dir), "blobs": sent_blobs, "uploads": {}}
+    opened: list[tuple[str, IO[bytes], int]] = []
+    for rel in sorted(uploads):
+        try:
+            handle = open_inside(os.path.join(run_dir, rel), run_dir)
+        except OSError:
+            continue
+        size = os.fstat(handle.fileno()).st_size
+        opened.append((rel, handle, size))
+        state["uploads"][rel] = size
     with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as zipped, \
             tarfile.open(fileobj=zipped, mode="w|") as tar:
         _add(tar, "state.json", json.dumps(state).encode())
         for name, data in payload:
             _add(tar, name, data)
-        for path in uploads:
-            full = os.path.join(run_dir, artifact_name(path))
-            if os.path.isfile(full):
-                tar.add(full, arcname=f"data/{artifact_name(path)}")
-        store = _artifacts(root)
-        for digest in dict.fromkeys(blobs):
-            if store.has(digest):
-                info = tarfile.TarInfo(f"blobs/{digest}")
-                info.size = store.size(digest)
-                with store.open(digest) as blob:
-                    tar.addfile(info, blob)
+        for rel, handle, size in opened:
+            with handle:
+                info = tarfile.TarInfo(f"data/{rel}")
+                info.size = size
+                tar.addfile(info, _Exactly(handle, size))
+        for digest, size in sent_blobs.items():
+            info = tarfile.TarInfo(f"blobs/{digest}")
+            info.size = size
+            with store.open(digest) as blob:
+                tar.addfile(info, _Exactly(blob, size))
+
+
+class _Exactly:
+    """``size`` bytes of a file that may change while it is sent (cut, or padded with zeros): the stream stays
+    whole, and the submitter hashes what arrived."""
+
+    def __init__(self, handle: IO[bytes], size: int) -> None:
+        self.handle, self.left = handle, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = bytearray()
+        while len(data) < n:
+            chunk = self.handle.read(n - len(data))
+            if not chunk:
+                data += b"\0" * (n - len(data))
+                break
+            data += chunk
+        self.left -= n
+        return bytes(data)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -192,23 +320,44 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def reap(root: str, run_id: str) -> bool:
-    """Kill what is left of a run whose agent died: its job's process group."""
-    run_dir = os.path.join(root, "runs", artifact_name(run_id))
+# -- ending ------------------------------------------------------------------------------------
+def _remove_secrets(run_dir: str) -> bool:
+    removed = False
+    for name in (rundir.SECRETS_FILE, OLD_SECRETS_FILE):
+        try:
+            os.unlink(rundir.entry(run_dir, name))
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def reap(root: str, run_id: str) -> dict[str, Any]:
+    """End what is left of a run whose agent is gone: its processes and containers, and its secrets.
+
+    Nothing is done while an agent holds the run; a late agent finds a cancel request and runs nothing.
+    """
+    run_dir = _run_dir(root, run_id)
+    lock = runlock.AgentLock(run_dir) if os.path.isdir(run_dir) else None
+    if lock is not None and not lock.acquire(wait=0):
+        return {"agent_alive": True, "killed": False, "survivors": [], "secrets_removed": False}
     try:
-        with open(os.path.join(run_dir, "processes.json"), encoding="utf-8") as fh:
-            pgid = int(json.load(fh).get("job_pgid") or 0)
-        with open(f"/proc/{pgid}/environ", "rb") as env:
-            if f"RUNDOCK_RUN_ID={run_id}".encode() not in env.read().split(b"\0"):
-                return False
-        os.killpg(pgid, signal.SIGKILL)
-        return True
-    except (OSError, ValueError):
-        return False
+        if lock is not None:
+            request_cancel(run_dir)
+        removed = _remove_secrets(run_dir) if lock is not None else False
+        if os.path.exists(rundir.entry(run_dir, rundir.PROCESSES_FILE)):
+            reaper.remove_run_containers(run_id)
+        found = reaper.run_processes(run_id)
+        survivors = reaper.kill_run_processes(run_id) if found else []
+        return {"agent_alive": False, "killed": bool(found), "survivors": survivors, "secrets_removed": removed}
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def clean(root: str, run_id: str) -> list[str]:
-    run_dir = os.path.join(root, "runs", artifact_name(run_id))
+    run_dir = _run_dir(root, run_id)
+    _remove_secrets(run_dir)
     removed = sorted(os.path.relpath(os.path.join(d, f), run_dir) for d, _, fs in os.walk(run_dir) for f in fs)
     shutil.rmtree(run_dir, ignore_errors=True)
     return removed
@@ -217,6 +366,8 @@ def clean(root: str, run_id: str) -> list[str]:
 def main(argv: list[str]) -> int:
     command, root = argv[0], os.path.expanduser(argv[1])
     arg = argv[2] if len(argv) > 2 else ""
+    _UMASK[0] = os.umask(0o077)  # everything this command creates is private to the user
+    private_root(root)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     if command == "probe":
         result: Any = probe(root)
@@ -232,14 +383,14 @@ def main(argv: list[str]) -> int:
         pull(root, arg, json.load(stdin), stdout)
         return 0
     elif command == "cancel":
-        run_dir = os.path.join(root, "runs", artifact_name(arg))
+        run_dir = _run_dir(root, arg)
         if os.path.isdir(run_dir):
             request_cancel(run_dir)
         result = {"requested": os.path.isdir(run_dir)}
     elif command == "clean":
         result = clean(root, arg)
     elif command == "reap":
-        result = {"killed": reap(root, arg)}
+        result = reap(root, arg)
     else:
         print(f"unknown command {command!r}", file=sys.stderr)
         return 2
@@ -248,4 +399,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (HostError, ValueError) as exc:  # a refused request: its reason, without a traceback
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,9 +1,11 @@
 """The run journal: append-only JSON-lines files with sequence numbers.
 
-Standard library only. Every writer (the agent, each process of the job) owns
-one file ``<run_dir>/journal/<source>.jsonl``; each record carries the
-writer's sequence number, so a reader can ship records any number of times
-and the run history applies each (run, attempt, source, seq) once.
+Standard library only. Every writer owns one file: the agent
+``<run_dir>/agent_journal/agent.jsonl``, each process of the job
+``<run_dir>/journal/job-<pid>.jsonl`` (see ``rundock.context.rundir``); each
+record carries the writer's sequence number, so a reader can ship records any
+number of times and the run history applies each (run, attempt, source, seq)
+once. What a record may say is ``rundock.context.records``' business.
 
 A record is written with a single ``os.write`` on an ``O_APPEND`` descriptor:
 once ``append`` returns, the record survives the writing process crashing or
@@ -18,7 +20,9 @@ import threading
 import time
 from typing import Any
 
-JOURNAL_DIR = "journal"
+from rundock.context import rundir
+
+JOURNAL_DIR = rundir.JOURNAL_DIR
 _SUFFIX = ".jsonl"
 _TAIL_BYTES = 65536
 
@@ -56,13 +60,14 @@ class JournalWriter:
     """Appends records for one source; safe to share between threads."""
 
     def __init__(self, run_dir: str, source: str) -> None:
-        directory = os.path.join(run_dir, JOURNAL_DIR)
+        folder = rundir.AGENT_JOURNAL_DIR if rundir.is_agent_source(source) else JOURNAL_DIR
+        directory = os.path.join(run_dir, folder)
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, source + _SUFFIX)
         self.source = source
         self._lock = threading.Lock()
         self._seq = _last_seq(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def append(self, record_type: str, /, **fields: Any) -> int:
         """Write one record of ``record_type``; return its sequence number."""
@@ -94,26 +99,50 @@ class JournalWriter:
 
 
 class JournalReader:
-    """Reads the records that appeared since the last call, for every source."""
+    """Reads the records that appeared since the last committed position, for every source.
+
+    ``read_new`` returns records without moving on; ``commit`` moves each source's position past
+    what was returned, once the caller has applied it. A pass that fails is read again next time.
+    Only ``agent_journal/agent.jsonl`` is the agent's source; in ``journal/`` only ``job-*`` files
+    are read (a job cannot pose as its agent by naming a file ``agent.jsonl`` there).
+    """
 
     def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
         self.directory = os.path.join(run_dir, JOURNAL_DIR)
         self._offsets: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
 
-    def read_new(self) -> list[tuple[str, list[dict[str, Any]]]]:
-        """Complete records not returned before, as (source, its new records in order)."""
+    def _files(self) -> list[tuple[str, str]]:
+        """(source, path) of every journal file, the agent's first."""
+        found = []
+        agent = os.path.join(self.run_dir, rundir.AGENT_JOURNAL_DIR, rundir.AGENT_SOURCE + _SUFFIX)
+        if os.path.exists(agent):
+            found.append((rundir.AGENT_SOURCE, agent))
         try:
-            names = sorted(n for n in os.listdir(self.directory) if n.endswith(_SUFFIX))
+            names = sorted(os.listdir(self.directory))
         except FileNotFoundError:
-            return []
-        out: list[tuple[str, list[dict[str, Any]]]] = []
+            names = []
         for name in names:
-            source = name[: -len(_SUFFIX)]
-            path = os.path.join(self.directory, name)
+            if name.startswith(rundir.JOB_SOURCE_PREFIX) and name.endswith(_SUFFIX):
+                found.append((name[: -len(_SUFFIX)], os.path.join(self.directory, name)))
+        return found
+
+    def read_new(self) -> list[tuple[str, list[Any]]]:
+        """Complete records after each source's committed position, as (source, records in order).
+
+        A line that is not JSON (a torn write from a crashed writer, or garbage) comes back as a
+        ``{"type": "unreadable", ...}`` entry, for the caller to quarantine.
+        """
+        out: list[tuple[str, list[Any]]] = []
+        self._pending = {}
+        for source, path in self._files():
             offset = self._offsets.get(source, 0)
             data = read_from(path, offset)
             end = data.rfind(b"\n") + 1  # a trailing partial record waits for its newline
-            self._offsets[source] = offset + end
+            if end == 0:
+                continue
+            self._pending[source] = offset + end
             lines = [line for line in data[:end].split(b"\n") if line.strip()]
             if not lines:
                 continue
@@ -125,6 +154,11 @@ class JournalReader:
                     try:
                         records.append(json.loads(line))
                     except ValueError:
-                        continue  # a torn write from a crashed writer carries no sequence number
+                        records.append({"type": "unreadable", "line": line[:200].decode("utf-8", "replace")})
             out.append((source, records))
         return out
+
+    def commit(self) -> None:
+        """Move past what the last ``read_new`` returned."""
+        self._offsets.update(self._pending)
+        self._pending = {}

@@ -16,17 +16,19 @@ import threading
 import uuid
 from typing import Any, Callable
 
+from rundock.context import rundir
 from rundock.context.journal import JournalWriter
 from rundock.context.recorder import PathOrStream, RunRecorder, child_tags
+from rundock.context.records import check_run_id
 
 ENV_RUN_ID = "RUNDOCK_RUN_ID"
 ENV_RUN_DIR = "RUNDOCK_RUN_DIR"
 ENV_EXPERIMENT = "RUNDOCK_EXPERIMENT"
 ENV_DISPLAY_NAME = "RUNDOCK_DISPLAY_NAME"
 ENV_SECRETS_FILE = "RUNDOCK_SECRETS_FILE"
-UPLOADS_DIR = "uploads"
-FAIL_FILE = "fail_requested.json"
-CANCEL_FILE = "cancel_requested"
+UPLOADS_DIR = rundir.UPLOADS_DIR
+FAIL_FILE = rundir.FAIL_FILE
+CANCEL_FILE = rundir.CANCEL_FILE
 
 Emit = Callable[..., None]
 _INF = float("inf")
@@ -125,6 +127,7 @@ class Run(RunRecorder):
     def _new_child(self, name: str | None, run_id: str | None, outputs: str | None,
                    tags: dict[str, str]) -> Run:
         child_id = run_id or f"{self.id}_{uuid.uuid4().hex[:8]}"
+        check_run_id(child_id)
         parent_write = self._write
 
         def write(record_type: str, /, **fields: Any) -> None:
@@ -143,8 +146,9 @@ class Run(RunRecorder):
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Mark the run Running (a job's own run already is)."""
-        self._emit("state", status="Running", detail="started")
+        """Mark the run Running (a job's own run already is: its agent says so)."""
+        if self.parent is not None:
+            self._emit("state", status="Running", detail="started")
 
     def flush(self, timeout_seconds: int = 300) -> None:
         """Records are durable when written; nothing waits in a queue."""
@@ -163,6 +167,7 @@ class Run(RunRecorder):
         error = {"code": error_code or "UserError", "message": str(error_details or "run.fail() was called")}
         if self.parent is None and self.run_dir is not None:  # the agent ends the run after storing outputs
             path = os.path.join(self.run_dir, FAIL_FILE)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path + ".tmp", "w", encoding="utf-8") as fh:
                 json.dump(error, fh)
             os.replace(path + ".tmp", path)
@@ -174,7 +179,9 @@ class Run(RunRecorder):
         if self.parent is not None:
             self._emit("state", status="Canceled", detail="canceled by its job")
         elif self.run_dir is not None:
-            with open(os.path.join(self.run_dir, CANCEL_FILE), "a", encoding="utf-8"):
+            path = os.path.join(self.run_dir, CANCEL_FILE)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8"):
                 pass
 
     def get_status(self) -> str:
@@ -208,7 +215,7 @@ class _LiveRun(Run):
 
     def __init__(self, run_id: str, experiment: str, run_dir: str, display_name: str | None) -> None:
         self._pid = os.getpid()
-        self._writer = JournalWriter(run_dir, f"job-{self._pid}")
+        self._writer = JournalWriter(run_dir, rundir.job_source(self._pid))
         self._heads: dict[str, str] = {}
         super().__init__(run_id, experiment, self._journal, run_dir=run_dir, display_name=display_name)
 
@@ -234,7 +241,7 @@ class _LiveRun(Run):
     def _journal(self, record_type: str, /, **fields: Any) -> None:
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._writer = JournalWriter(self.run_dir or ".", f"job-{self._pid}")
+            self._writer = JournalWriter(self.run_dir or ".", rundir.job_source(self._pid))
         self._writer.append(record_type, **fields)
 
 

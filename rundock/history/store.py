@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
 
 from rundock.errors import ConfigError
-from rundock.history import liveness
 from rundock.history.records import FileRecord, JournalPlan, MetricRecord, ModelRecord, RunRecord, StatusChange
 from rundock.states import RunStatus
 
@@ -191,23 +190,6 @@ class RunStore(abc.ABC):
             if not child.status.is_terminal:
                 self.transition(child.run_id, final, detail=f"its parent run ended {final.value} while it was "
                                                             "still open")
-
-    def sweep_lost(self, now: float | None = None, lost_after: float | None = None,
-                   on_lost: Callable[[RunRecord], None] | None = None) -> list[str]:
-        """End Failed every run whose agent has been silent past ``lost_after``; return their ids."""
-        now = time.time() if now is None else now
-        limit = liveness.lost_after_seconds() if lost_after is None else lost_after
-        lost = []
-        for run in self.list_runs(statuses=[s.value for s in liveness.AGENT_OWNED]):
-            if liveness.is_lost(run, now, limit):
-                silent = now - (run.last_heartbeat or run.created_at)
-                error = {"code": "AgentLost", "message": f"agent lost: no heartbeat for {silent:.0f} s "
-                         f"(limit {limit:.0f} s); the agent process died or its host is unreachable"}
-                if self.transition(run.run_id, RunStatus.FAILED, detail="agent lost", error=error, at=now):
-                    lost.append(run.run_id)
-                    if on_lost is not None:
-                        on_lost(run)
-        return lost
 
     def __enter__(self) -> RunStore:
         return self

@@ -3,23 +3,36 @@
 Idempotent: records are applied once per (run id, attempt, source, sequence
 number) and log chunks once per (run id, log name, offset), so a syncer can
 start over from the beginning after a crash and nothing is duplicated.
+
+Nothing is lost when a pass fails: the journal reader moves past records only
+after the history has applied them, so a pass that raises (history locked past
+its busy timeout, a full disk, a staged file that cannot be stored yet) is
+read again by the next one. One record that may never be applied (malformed,
+or not its writer's to make: see ``rundock.context.records``) is quarantined
+with the reason in the run's ``system_logs/rejected_records.txt``; the rest of
+its batch is applied.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 from typing import Any
 
+from rundock.context import records as rec_types
+from rundock.context import rundir
 from rundock.context.journal import JournalReader, read_from
+from rundock.context.names import open_inside
 from rundock.errors import RunNotFoundError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import RunStore
 
 log = logging.getLogger(__name__)
 
-SYSTEM_LOGS_DIR = "system_logs"
+SYSTEM_LOGS_DIR = rundir.SYSTEM_LOGS_DIR
+REJECTED_LOG = f"{SYSTEM_LOGS_DIR}/rejected_records.txt"
 MAX_LOG_CHUNK = 256 * 1024
 IDLE_PERIOD = 1.0
 
@@ -36,46 +49,109 @@ class Syncer:
         self._journal = JournalReader(run_dir)
         self._log_offsets: dict[str, int] = {}
         self._waiting: list[tuple[str, list[dict[str, Any]]]] = []  # records of a child not created yet
+        self._children: set[str] = set()
+        self._rejected = bytearray()
+        self._rejected_keys: set[tuple[str, str, str]] = set()
+        self._rejected_shipped = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.last_error: Exception | None = None
 
     # -- one pass -----------------------------------------------------------------------
     def sync_once(self) -> int:
-        """Ship what is new; return how much (journal records plus log bytes; 0 when nothing was new)."""
+        """Ship what is new; return how much (journal records plus log bytes; 0 when nothing was new).
+
+        Raises what the history raised; everything not applied is read again by the next pass.
+        """
         with self._lock:
             batches = self._journal.read_new()
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for source, recs in [*self._waiting, *batches]:
-                if not any("run" in r or r["type"] == "file" for r in recs):  # the common case: as it is
-                    groups.setdefault((source, self.run_id), []).extend(recs)
-                    continue
-                for rec in recs:
-                    if rec["type"] == "file" and "digest" not in rec:
-                        self._ingest(rec)
-                    groups.setdefault((source, rec.get("run", self.run_id)), []).append(rec)
-            self._waiting = []
+            for source, recs in self._waiting:
+                groups.setdefault((source, recs[0].get("run", self.run_id)), []).extend(recs)
+            for source, recs in batches:
+                self._route(source, recs, groups)
+            waiting: list[tuple[str, list[dict[str, Any]]]] = []
             for (source, run_id), recs in groups.items():
                 try:
                     self.store.apply_journal(run_id, self.attempt, source, recs)
                 except RunNotFoundError:  # a child whose creating record is in another source's file
                     if run_id == self.run_id:
                         raise
-                    self._waiting.append((source, recs))
+                    waiting.append((source, recs))
+            self._waiting = waiting
+            self._journal.commit()
             shipped = self._ship_logs()
             return sum(len(recs) for _, recs in batches) + shipped
 
-    def _ingest(self, rec: dict[str, Any]) -> None:
-        path = rec.get("path", "")
-        full = path if os.path.isabs(path) else os.path.join(self.run_dir, path)
-        try:
-            digest, size, _ = self.artifacts.put_file(full)
-        except OSError as exc:
-            log.warning("run %s: file %s for %s could not be stored: %s", self.run_id, full, rec.get("name"), exc)
-            rec["type"] = "skipped"
+    def _route(self, source: str, recs: list[Any], groups: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+        """Check each record, stage the files it names, and group it by the run it is about."""
+        plain = rundir.is_agent_source(source) and not any(r.get("type") == rec_types.FILE for r in recs
+                                                           if isinstance(r, dict))
+        if plain:  # the agent's heartbeats and states, by far the common case: checked, grouped as they are
+            good = [r for r in recs if self._accept(source, r)]
+            if good:
+                groups.setdefault((source, self.run_id), []).extend(good)
             return
+        for rec in recs:
+            if not self._accept(source, rec):
+                continue
+            if rec["type"] == rec_types.FILE and "digest" not in rec and not self._ingest(source, rec):
+                continue
+            groups.setdefault((source, rec.get("run", self.run_id)), []).append(rec)
+
+    def _accept(self, source: str, rec: Any) -> bool:
+        try:
+            rec_types.check(rec, source, self.run_id, self._children)
+        except rec_types.RecordError as exc:
+            self._reject(source, rec, str(exc))
+            return False
+        if rec.get("type") == rec_types.CHILD:
+            parent = rec.get("parent")
+            if parent != self.run_id and parent not in self._children:
+                self._reject(source, rec, f"parent {parent!r} is neither this run nor one of its children")
+                return False
+            if not self._owns(rec["run"]):
+                self._reject(source, rec, f"run {rec['run']!r} already exists and is not a child of this run")
+                return False
+            self._children.add(rec["run"])
+        return True
+
+    def _owns(self, child_id: str) -> bool:
+        """Whether ``child_id`` is new or already a child of this run (a job cannot adopt another run)."""
+        try:
+            parent = self.store.get_run(child_id).parent_id
+        except RunNotFoundError:
+            return True
+        return parent == self.run_id or parent in self._children
+
+    def _ingest(self, source: str, rec: dict[str, Any]) -> bool:
+        """Store a job's staged upload (a file directly in ``uploads/``, opened without following links)."""
+        rel = rec_types.upload_path(rec.get("path"))
+        try:
+            fh = open_inside(os.path.join(self.run_dir, rel), os.path.join(self.run_dir, rundir.UPLOADS_DIR))
+        except FileNotFoundError:
+            self._reject(source, rec, f"the staged file {rel} is missing")
+            return False
+        except OSError as exc:
+            self._reject(source, rec, f"the staged file {rel} cannot be read: {exc}")
+            return False
+        with fh:
+            digest, size, _ = self.artifacts.put_stream(fh)  # OSError (a full disk): the pass is retried
         rec["digest"], rec["size"] = digest, size
+        return True
+
+    def _reject(self, source: str, rec: Any, reason: str) -> None:
+        text = json.dumps(rec, default=str)[:500] if not isinstance(rec, dict) or rec.get("type") != "unreadable" \
+            else repr(rec.get("line"))
+        key = (source, reason, text)
+        if key in self._rejected_keys:  # read again after a failed pass
+            return
+        self._rejected_keys.add(key)
+        line = f"{source} seq {rec.get('seq') if isinstance(rec, dict) else '?'}: {reason}: {text}\n"
+        log.warning("run %s: journal record rejected: %s", self.run_id, line.strip())
+        self._rejected += line.encode("utf-8", "replace")
 
     def _ship_logs(self) -> int:
         """Ship new log bytes; return how many."""
@@ -83,7 +159,7 @@ class Syncer:
         try:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
-            return 0
+            names = []
         shipped = 0
         for name in names:
             path = os.path.join(directory, name)
@@ -92,7 +168,11 @@ class Syncer:
                 self.store.append_log(self.run_id, f"{SYSTEM_LOGS_DIR}/{name}", offset, data)
                 offset += len(data)
                 shipped += len(data)
-            self._log_offsets[name] = offset
+                self._log_offsets[name] = offset
+        if len(self._rejected) > self._rejected_shipped:
+            start = self._rejected_shipped
+            self.store.append_log(self.run_id, REJECTED_LOG, start, bytes(self._rejected[start:]))
+            self._rejected_shipped = len(self._rejected)
         return shipped
 
     # -- background loop ------------------------------------------------------------------
@@ -113,8 +193,11 @@ class Syncer:
             self._wake.clear()
             try:
                 moved = self.sync_once()
-            except Exception:  # the next pass retries; the final sync raises
-                log.exception("run %s: sync to the run history failed; retrying", self.run_id)
+                self.last_error = None
+            except Exception as exc:  # the next pass retries; the final sync raises
+                if type(exc) is not type(self.last_error):
+                    log.exception("run %s: sync to the run history failed; retrying", self.run_id)
+                self.last_error = exc
                 moved = 0
             wait = period if (moved or poked) else min(wait * 2, IDLE_PERIOD)
 
@@ -130,6 +213,8 @@ class Syncer:
 class JournalOnly:
     """The syncer of an agent without a run history (a remote host): records stay in the
     run directory, and the submitter pulls them over SSH and ships them with a ``Syncer``."""
+
+    last_error: Exception | None = None
 
     def sync_once(self) -> int:
         return 0

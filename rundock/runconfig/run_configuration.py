@@ -10,7 +10,7 @@ import yaml
 
 from rundock.errors import ConfigError
 from rundock.runconfig.environment import Environment
-from rundock.runconfig.schema import from_mapping, to_mapping
+from rundock.runconfig.schema import check_numbers, from_mapping, positive, to_mapping
 
 DEFAULT_MAX_RUN_DURATION = 30 * 24 * 3600
 RUNCONFIG_SUFFIX = ".runconfig.yml"
@@ -18,14 +18,19 @@ RUNCONFIG_SUFFIX = ".runconfig.yml"
 
 @dataclasses.dataclass
 class RunConfiguration:
-    """The run definition (Azure ML's ``RunConfiguration``)."""
+    """The run definition (Azure ML's ``RunConfiguration``).
+
+    ``secrets`` names the workspace secrets the run may read with ``run.get_secret``: None means every
+    workspace secret for a run on this machine (they never leave it) and none for a remote host.
+    """
 
     script: str | None = None
     arguments: list[Any] = dataclasses.field(default_factory=list)
     target: str = "local"
     environment: Environment | None = None
-    max_run_duration_seconds: int = DEFAULT_MAX_RUN_DURATION
+    max_run_duration_seconds: int = positive(DEFAULT_MAX_RUN_DURATION)
     cancel_grace_seconds: float = 10.0
+    secrets: list[str] | None = None
 
     def to_mapping(self) -> dict[str, Any]:
         return dict(to_mapping(self))
@@ -37,12 +42,16 @@ class RunConfiguration:
         return config
 
     def validate(self, source: str | None = None) -> None:
-        """Check values that types alone do not catch."""
-        if self.max_run_duration_seconds <= 0:
-            raise ConfigError("expected a positive number of seconds", source=source,
-                              field="max_run_duration_seconds")
-        if self.cancel_grace_seconds < 0:
-            raise ConfigError("expected zero or more seconds", source=source, field="cancel_grace_seconds")
+        """Check values that types alone do not catch (every number: finite, and not below zero)."""
+        check_numbers(self, source=source)
+        if self.secrets is not None:
+            if not isinstance(self.secrets, list):
+                raise ConfigError(f"expected a list of secret names, got {type(self.secrets).__name__}",
+                                  source=source, field="secrets")
+            for i, name in enumerate(self.secrets):
+                if not isinstance(name, str) or not name.strip():
+                    raise ConfigError(f"expected a secret's name (a non-empty string), got {name!r}", source=source,
+                                      field=f"secrets[{i}]")
         for i, arg in enumerate(self.arguments):
             if not isinstance(arg, (str, int, float, bool)):
                 raise ConfigError(f"expected a string or number, got {type(arg).__name__}", source=source,

@@ -50,8 +50,11 @@ def cli() -> None:
 @click.option("--name", help="Workspace name (default: the folder's name).")
 def init(name: str | None) -> None:
     """Create a workspace (.rundock/) in the current folder."""
-    ws = Workspace.create(".", name=name)
-    out.print(f"Workspace [bold]{ws.name}[/] at {ws.path} (history: {ws.history_uri})")
+    from rich.markup import escape
+
+    ws = Workspace.create(".", name=name)  # also writes .rundock/.gitignore: `git add -A` leaves it out
+    out.print(f"Workspace [bold]{escape(ws.name)}[/] at {escape(ws.path)} (history: {escape(ws.history_uri)})",
+              highlight=False)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -104,17 +107,18 @@ def submit(source_dir: str, script: str | None, run_config: str | None, environm
 def runs(experiment: str | None, status: str | None, tags: tuple[str, ...], properties: tuple[str, ...],
          children: bool, limit: int) -> None:
     """List runs, newest first."""
+    from rundock.history.liveness import shown_status
+    from rundock.submitter.targets import sweep
+
     ws = _workspace()
-    ws.store.sweep_lost()
+    sweep(ws)
     records = ws.store.find_runs(experiment=experiment, status=status, tags=_parse_tags(tags) or None,
                                  properties=_parse_tags(properties) or None, include_children=children)
     table = Table("run id", "experiment", "#", "status", "created", "duration", box=None)
-    from rundock.history.liveness import effective_status
-
     now = time.time()
     for r in records[:limit]:
         duration = f"{(r.end_at or now) - r.start_at:.1f}s" if r.start_at else ""
-        table.add_row(r.run_id, r.experiment, str(r.number), effective_status(r, now).value,
+        table.add_row(r.run_id, r.experiment, str(r.number), shown_status(r).value,
                       (iso_utc(r.created_at) or "")[:19], duration)
     out.print(table)
     if len(records) > limit:
@@ -125,28 +129,37 @@ def runs(experiment: str | None, status: str | None, tags: tuple[str, ...], prop
 @click.argument("run_id")
 def show(run_id: str) -> None:
     """Show a run: status, history, tags, properties, metrics, files."""
+    from rich.markup import escape
+
+    # What a run recorded is printed as it is: no markup, no highlighting (whose regexes take quadratic time on
+    # a long word: a 100 kB tag took a minute), so its time is linear in its length.
+    def plain(text: str) -> None:
+        out.print(text, markup=False, highlight=False)
+
     run = _run(run_id)
     detailed = run.get_detailed_status()
     details = run.get_details()
-    out.print(f"[bold]{run.id}[/] ({run.experiment.name} #{run.number}) on {details['target']}")
-    out.print(f"Status: [bold]{detailed['status']}[/]  {detailed['details']}")
+    out.print(f"[bold]{escape(run.id)}[/] ({escape(run.experiment.name)} #{run.number}) on "
+              f"{escape(str(details['target']))}", highlight=False)
+    out.print(f"Status: [bold]{escape(str(detailed['status']))}[/]  {escape(str(detailed['details']))}",
+              highlight=False)
     for change in run.experiment.workspace.store.status_history(run.id):
-        out.print(f"  {iso_utc(change.at)}  {change.status.value:<15} {change.detail}")
+        plain(f"  {iso_utc(change.at)}  {change.status.value:<15} {change.detail}")
     for title, values in (("Tags", run.get_tags()), ("Properties", run.get_properties())):
         if values:
-            out.print(f"{title}: " + ", ".join(f"{k}={v}" if v is not None else k for k, v in values.items()))
+            plain(f"{title}: " + ", ".join(f"{k}={v}" if v is not None else k for k, v in values.items()))
     metrics = run.get_metrics()
     if metrics:
-        out.print("Metrics:")
+        plain("Metrics:")
         for name, value in metrics.items():
             shown = f"[{len(value)} values] last={value[-1]!r}" if isinstance(value, list) and value else repr(value)
-            out.print(f"  {name}: {shown}")
+            plain(f"  {name}: {shown}")
     files = run.get_file_names()
-    out.print(f"Files ({len(files)}):")
+    plain(f"Files ({len(files)}):")
     for name in files:
-        out.print(f"  {name}")
+        plain(f"  {name}")
     if "error" in details:
-        out.print(f"[red]Error:[/] {details['error']['error'].get('message')}")
+        out.print(f"[red]Error:[/] {escape(str(details['error']['error'].get('message')))}", highlight=False)
 
 
 @cli.command()
@@ -155,17 +168,17 @@ def show(run_id: str) -> None:
 @click.option("--name", default=follow.DRIVER_LOG, show_default=True, help="Which log.")
 def logs(run_id: str, follow_: bool, name: str) -> None:
     """Print a run's driver log (and follow it while the run is live)."""
-    from rundock.submitter.targets import sync
+    from rundock.submitter.targets import check
 
     run = _run(run_id)
     ws = run.experiment.workspace
     store = ws.store
     if not follow_:
-        sync(ws, store.get_run(run.id))  # a remote run: pull what its agent wrote since
+        check(ws, store.get_run(run.id))  # a remote run: pull what its agent wrote since
         sys.stdout.buffer.write(store.read_log(run.id, name))
         return
     for _record, _status, data in follow.follow(store, run.id, log_names=(name,),
-                                                before_poll=lambda: sync(ws, store.get_run(run.id))):
+                                                check=lambda record: check(ws, record)):
         if data:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
@@ -325,14 +338,36 @@ def target_detach(name: str) -> None:
 
 @target.command("trust")
 @click.argument("name")
-def target_trust(name: str) -> None:
-    """Record the current host key of target NAME as trusted (check the fingerprint first)."""
-    from rundock.submitter.ssh import trust_host
+@click.option("--yes", is_flag=True, help="Replace a changed host key without asking (compare the fingerprints "
+                                          "with the host's own first).")
+def target_trust(name: str, yes: bool) -> None:
+    """Record the current host key of target NAME as trusted (check the fingerprint first).
+
+    A key that differs from the one recorded is shown next to it and replaced only once confirmed.
+    """
+    from rundock.submitter.ssh import check_host_key, fingerprint, record_host_key
     from rundock.submitter.targets.remote import RemoteTarget
 
     remote = RemoteTarget(_workspace(), name)
-    line = trust_host(remote.ssh_target(), remote.known_hosts)
-    console.print(f"Trusted {line}\n(recorded in {remote.known_hosts})")
+    seen = check_host_key(remote.ssh_target(), remote.known_hosts)
+    if seen.trusted:
+        console.print(f"Already trusted: {seen.describe()}")
+        return
+    if seen.previous:
+        old = "\n".join(f"  recorded: {k.get_name()} {fingerprint(k)}" for k in seen.previous)
+        console.print(f"THE HOST KEY OF TARGET {name} ({seen.name}) HAS CHANGED\n{old}\n"
+                      f"  now:      {seen.key.get_name()} {fingerprint(seen.key)}\n"
+                      "Someone may be intercepting the connection, or the host was reinstalled: compare the new "
+                      "fingerprint with the one the host itself shows (`ssh-keygen -lf` on its host key).",
+                      markup=False, highlight=False)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise click.ClickException(
+                    "the recorded key was not replaced: this session cannot ask for confirmation. Once the new "
+                    f"fingerprint is checked, run `rundock target trust {name} --yes`")
+            click.confirm(f"Replace the recorded key of {name} with the new one?", abort=True)
+    line = record_host_key(seen, remote.known_hosts)
+    console.print(f"Trusted {line}\n(recorded in {remote.known_hosts})", markup=False, highlight=False)
 
 
 @cli.command("sync")
@@ -340,15 +375,13 @@ def target_trust(name: str) -> None:
 @click.option("--wait", is_flag=True, help="Keep pulling until the runs end.")
 def sync_runs(run_id: str | None, wait: bool) -> None:
     """Bring remote runs (or RUN_ID) up to date with what their agents recorded."""
-    from rundock.submitter.targets import sync
+    from rundock.submitter.targets import check
 
     ws = _workspace()
     live = [ws.store.get_run(run_id)] if run_id else [
         r for r in ws.store.list_runs() if not r.status.is_terminal and r.target not in ("local", "sdk")]
     while True:
-        for record in live:
-            sync(ws, record)
-        live = [ws.store.get_run(r.run_id) for r in live]
+        live = [check(ws, record) for record in live]
         pending = [r for r in live if not r.status.is_terminal]
         if not wait or not pending:
             break
@@ -376,3 +409,4 @@ def main(argv: list[str] | None = None) -> Any:
 
 if __name__ == "__main__":
     main()
+from rundock.submitter import cli_admin  # noqa: E402,F401  (registers doctor and backup)

@@ -22,26 +22,26 @@ def poll_interval(elapsed: float) -> float:
 
 
 def follow(store: RunStore, run_id: str, *, log_names: tuple[str, ...] = (DRIVER_LOG,),
-           on_lost: Callable[[RunRecord], None] | None = None, timeout: float | None = None,
-           before_poll: Callable[[], None] | None = None) -> Iterator[tuple[RunRecord, RunStatus, bytes]]:
+           check: Callable[[RunRecord], RunRecord] | None = None,
+           timeout: float | None = None) -> Iterator[tuple[RunRecord, RunStatus, bytes]]:
     """Yield (run, shown status, new log bytes) until the run is terminal (or ``timeout``).
 
-    New bytes of each log in ``log_names`` come in that order; only what is new
-    is read each time, never a log from its start again.
+    ``check`` brings the run up to date each time (a pull for a remote host, the lost-run policy for
+    this host's runs: rundock.submitter.targets.check). New bytes of each log in ``log_names`` come in
+    that order; only what is new is read each time, never a log from its start again.
     """
     started = time.monotonic()
     offsets = dict.fromkeys(log_names, 0)
     while True:
-        if before_poll is not None:
-            before_poll()  # a remote target pulls what its agent recorded
-        store.sweep_lost(on_lost=on_lost)
         run = store.get_run(run_id)
+        if check is not None:
+            run = check(run)
         data = b""
         for name in log_names:
             chunk = store.read_log(run_id, name, offsets[name])
             offsets[name] += len(chunk)
             data += chunk
-        yield run, liveness.effective_status(run, time.time()), data
+        yield run, liveness.shown_status(run), data
         if run.status.is_terminal:
             return
         elapsed = time.monotonic() - started

@@ -87,8 +87,10 @@ class Run(RunRecorder):
              status: str | None = None, include_children: bool = False,
              _rehydrate_runs: bool = True) -> builtins.list[Run]:
         """Runs of ``experiment`` matching the filters, newest first."""
+        from rundock.submitter.targets import sweep
+
         store = experiment.workspace.store
-        store.sweep_lost()
+        sweep(experiment.workspace)
         records = store.find_runs(experiment=experiment.name, run_type=type, tags=tags, properties=properties,
                                   status=status, include_children=include_children)
         return [Run._rehydrate(experiment, r, _rehydrate_runs) for r in records]
@@ -146,7 +148,7 @@ class Run(RunRecorder):
     @property
     def status(self) -> str:
         """The status at the last fetch (``get_status()`` fetches again)."""
-        return liveness.effective_status(self._record, time.time()).value
+        return liveness.shown_status(self._record).value
 
     @property
     def type(self) -> str:
@@ -165,13 +167,11 @@ class Run(RunRecorder):
         return Run(self.experiment, self._record.parent_id) if self._record.parent_id else None
 
     def refresh(self) -> Run:
-        """Read the run again from the history (and end runs whose agent is lost)."""
-        from rundock.submitter.targets import reap_lost, sync
+        """Read the run again: pulled from its host, or judged by the lost-run policy (one read; see
+        rundock.submitter.targets.check)."""
+        from rundock.submitter.targets import check
 
-        workspace = self.experiment.workspace
-        self._store.sweep_lost(on_lost=lambda r: reap_lost(workspace, r))
-        sync(workspace, self._store.get_run(self._id))
-        self._record = self._store.get_run(self._id)
+        self._record = check(self.experiment.workspace, self._store.get_run(self._id))
         return self
 
     # -- recording (RunRecorder) -------------------------------------------------------------
@@ -206,9 +206,10 @@ class Run(RunRecorder):
         """``{'status': ..., 'details': ...}`` explaining the current status."""
         run = self.refresh()._record
         status, details = self.status, run.status_detail
-        if status == RunStatus.NOT_RESPONDING.value and run.last_heartbeat:
-            details = (f"no heartbeat from the agent for {time.time() - run.last_heartbeat:.0f} s "
-                       f"(it beats every {run.heartbeat_interval:g} s); last status {run.status.value}: {details}")
+        if status == RunStatus.NOT_RESPONDING.value:
+            every = f" (it beats every {run.heartbeat_interval:g} s)" if run.heartbeat_interval else ""
+            details = (f"no heartbeat from the agent for longer than its lease{every}; last status "
+                       f"{run.status.value}: {details}")
         elif run.error:
             details = f"{details}: {run.error.get('message', '')}"
         return {"status": status, "details": details}
@@ -253,7 +254,7 @@ class Run(RunRecorder):
 
         Raises RunFailedError if the run ended Failed and ``raise_on_error``.
         """
-        from rundock.submitter.targets import reap_lost, sync
+        from rundock.submitter.targets import check
 
         out = sys.stdout
         if show_output:
@@ -264,8 +265,7 @@ class Run(RunRecorder):
         workspace = self.experiment.workspace
         logs = (follow.PREPARE_LOG, follow.DRIVER_LOG) if show_output else ()
         for record, status, data in follow.follow(self._store, self._id, log_names=logs,
-                                                  on_lost=lambda r: reap_lost(workspace, r),
-                                                  before_poll=lambda: sync(workspace, self._store.get_run(self._id))):
+                                                  check=lambda r: check(workspace, r)):
             self._record = record
             if show_output:
                 if status != shown and not status.is_terminal and status != RunStatus.RUNNING:

@@ -4,6 +4,10 @@ Azure ML keeps these in the workspace's key vault; ``ws.get_default_keyvault()``
 returns this store with the same methods. Jobs read them with
 ``run.get_secret(name)``; the agent hands them over in a file inside the run
 directory that is deleted when the run ends, and masks their values in logs.
+
+Which secrets a run gets is ``SecretStore.for_run(run_config.secrets, remote=...)``:
+the names the run configuration lists, or when it lists none, every secret for
+a run on this machine (they never leave it) and none for a remote host.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
+
+from rundock.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,126}$")
 
@@ -66,3 +72,16 @@ class SecretStore:
         if secrets.pop(name, None) is None:
             raise KeyError(f"no secret {name!r} in the workspace")
         self._save(secrets)
+
+    def for_run(self, names: list[str] | None, *, remote: bool) -> dict[str, str]:
+        """The secrets a run may read: ``names`` (the run configuration's ``secrets``), or when None, all of them
+        for a local run and none for a remote one. A name that is not a secret of the workspace is a ConfigError."""
+        if names is None:
+            return {} if remote else self._load()
+        known = self._load()
+        missing = [name for name in names if name not in known]
+        if missing:
+            shown = ", ".join(repr(name) for name in missing)
+            raise ConfigError(f"no secret {shown} in the workspace; add it with `rundock secret set {missing[0]}`",
+                              source="run configuration", field="secrets")
+        return {name: known[name] for name in names}

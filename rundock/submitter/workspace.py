@@ -3,12 +3,22 @@
 ``Workspace.from_config()`` looks for a ``.rundock`` folder in the current
 folder and its parents, else uses ``$RUNDOCK_HOME`` or ``~/.rundock``. Its
 optional ``config.yaml`` sets the history URI and local target limits.
+
+A workspace is private to its user: its folder is 0700 (a folder found with
+permissions for others is tightened when opened, with a warning), and the
+files rundock writes directly in it (``config.yaml``, ``secrets.json``,
+``history.db``, ``known_hosts``, ``targets.yaml``) are 0600. ``rundock init``
+also writes a ``.gitignore`` of ``*`` there, so that ``git add -A`` never
+commits the run history or the secrets.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import stat
+import sys
 from typing import Any
 
 import yaml
@@ -16,19 +26,23 @@ import yaml
 from rundock.errors import ConfigError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import RunStore, open_store
-from rundock.runconfig.schema import from_mapping
+from rundock.runconfig.schema import from_mapping, positive
 from rundock.submitter.secrets import SecretStore
 from rundock.submitter.snapshot import SnapshotLimits
 
 WORKSPACE_DIR = ".rundock"
 CONFIG_FILE = "config.yaml"
+GITIGNORE = ".gitignore"
 ENV_HOME = "RUNDOCK_HOME"
+# Files rundock writes directly in the workspace folder: only their owner may read them.
+PRIVATE_FILES = (CONFIG_FILE, "secrets.json", "history.db", "history.db-wal", "history.db-shm", "known_hosts",
+                 "targets.yaml")
 
 
 @dataclasses.dataclass
 class LocalTargetConfig:
     max_concurrent_runs: int = 0  # 0: one per CPU core
-    heartbeat_seconds: float = 2.0
+    heartbeat_seconds: float = positive(2.0)
 
 
 @dataclasses.dataclass
@@ -45,14 +59,56 @@ class WorkspaceConfig:
     snapshot: SnapshotConfig = dataclasses.field(default_factory=SnapshotConfig)
 
 
-def _env_number(name: str, default: float) -> float:
+def _env_number(name: str, default: float, *, above_zero: bool = False) -> float:
     raw = os.environ.get(name)
     if raw is None:
         return default
+    expected = "a finite number " + ("above 0" if above_zero else ">= 0")
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"expected a number, got {raw!r}", source="environment", field=name) from None
+        raise ConfigError(f"expected {expected}, got {raw!r}", source="environment", field=name) from None
+    if not math.isfinite(value) or value < 0 or (above_zero and value == 0):
+        raise ConfigError(f"expected {expected}, got {raw!r}", source="environment", field=name)
+    return value
+
+
+def make_private_folder(path: str) -> None:
+    """Create folder ``path`` (0700), or tighten an existing one that others may enter, with a warning."""
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path, 0o700)
+        return
+    st = os.stat(path)
+    if st.st_mode & 0o077 and st.st_uid == os.getuid():
+        os.chmod(path, 0o700)
+        print(f"rundock: warning: {path} was open to other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+              "tightened to 0700", file=sys.stderr)
+
+
+def _tighten_files(folder: str) -> None:
+    for name in PRIVATE_FILES:
+        path = os.path.join(folder, name)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077 and st.st_uid == os.getuid():
+                os.chmod(path, 0o600)
+        except OSError:
+            continue
+
+
+def write_private(path: str, text: str) -> None:
+    """Write ``text`` to a new file ``path`` that only its owner may read (0600), replacing it atomically."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 class Workspace:
@@ -60,7 +116,8 @@ class Workspace:
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
-        os.makedirs(self.path, exist_ok=True)
+        make_private_folder(self.path)
+        _tighten_files(self.path)
         config_path = os.path.join(self.path, CONFIG_FILE)
         data: Any = None
         if os.path.exists(config_path):
@@ -97,17 +154,23 @@ class Workspace:
     def create(cls, path: str = ".", name: str | None = None) -> Workspace:
         """Make ``<path>/.rundock`` with a config file; return its workspace."""
         folder = os.path.join(os.path.abspath(path), WORKSPACE_DIR)
-        os.makedirs(folder, exist_ok=True)
+        make_private_folder(folder)
         config = os.path.join(folder, CONFIG_FILE)
         if not os.path.exists(config):
-            with open(config, "w", encoding="utf-8") as fh:
-                yaml.safe_dump({"name": name or os.path.basename(os.path.abspath(path)),
-                                "local": {"max_concurrent_runs": 0}}, fh, sort_keys=False)
+            write_private(config, yaml.safe_dump({"name": name or os.path.basename(os.path.abspath(path)),
+                                                  "local": {"max_concurrent_runs": 0}}, sort_keys=False))
+        gitignore = os.path.join(folder, GITIGNORE)
+        if not os.path.exists(gitignore):  # `git add -A` never commits the history or the secrets
+            with open(gitignore, "w", encoding="utf-8") as fh:
+                fh.write("# written by `rundock init`: nothing in this folder belongs in version control\n*\n")
         return cls(folder)
 
     @property
     def store(self) -> RunStore:
         if self._store is None:
+            if self.config.history is None:  # the default history file: created private before SQLite opens it
+                db = os.path.join(self.path, "history.db")
+                os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
             self._store = open_store(self.history_uri)
         return self._store
 
@@ -143,7 +206,7 @@ class Workspace:
 
     @property
     def heartbeat_seconds(self) -> float:
-        return _env_number("RUNDOCK_HEARTBEAT_SECONDS", self.config.local.heartbeat_seconds)
+        return _env_number("RUNDOCK_HEARTBEAT_SECONDS", self.config.local.heartbeat_seconds, above_zero=True)
 
     @property
     def snapshot_limits(self) -> SnapshotLimits:

@@ -143,21 +143,6 @@ def test_snapshots(store: RunStore) -> None:
     assert store.get_snapshot("s1") == manifest
 
 
-def test_sweep_fails_runs_whose_agent_is_silent(store: RunStore) -> None:
-    live, silent, waiting = (store.create_run("e").run_id for _ in range(3))
-    for run in (live, silent):
-        store.transition(run, RunStatus.RUNNING)
-    now = time.time()
-    store.heartbeat(live, 2.0, at=now)
-    store.heartbeat(silent, 2.0, at=now - 100)
-    assert store.sweep_lost(now=now, lost_after=60.0) == [silent]
-    record = store.get_run(silent)
-    assert record.status == RunStatus.FAILED and record.status_detail == "agent lost"
-    assert record.error is not None and "agent lost" in record.error["message"]
-    assert store.get_run(live).status == RunStatus.RUNNING
-    assert store.get_run(waiting).status == RunStatus.NOT_STARTED
-
-
 def test_environment_registry(store: RunStore) -> None:
     assert store.register_environment("train", {"python": {"pip_packages": ["a"]}}) == 1
     assert store.register_environment("train", {"python": {"pip_packages": ["a", "b"]}}) == 2

@@ -19,6 +19,8 @@ def test_reader_returns_only_new_complete_records(tmp_path: Path) -> None:
     reader = JournalReader(str(tmp_path))
     writer.append("tags", values={"a": "1"})
     assert [(s, [r["seq"] for r in recs]) for s, recs in reader.read_new()] == [("job-1", [1])]
+    assert [s for s, _ in reader.read_new()] == ["job-1"]  # not committed (the pass failed): read again
+    reader.commit()
     assert reader.read_new() == []
     with open(writer.path, "ab") as fh:  # a record still being written
         fh.write(b'{"seq": 2, "type": "tags", "val')
@@ -45,4 +47,16 @@ def test_a_torn_record_is_skipped_without_losing_its_neighbours(tmp_path: Path) 
         fh.write(b'{"seq": 2, "type": "ta\n')  # a writer died mid-record, then another record follows
     writer.append("tags", values={"c": "3"})
     (_, records), = JournalReader(str(tmp_path)).read_new()
-    assert [r["values"] for r in records] == [{"a": "1"}, {"c": "3"}]
+    assert [r["values"] for r in records if r["type"] != "unreadable"] == [{"a": "1"}, {"c": "3"}]
+    assert [r["type"] for r in records].count("unreadable") == 1  # handed over, for the syncer to quarantine
+
+
+def test_only_the_agent_journal_speaks_for_the_agent(tmp_path: Path) -> None:
+    agent = JournalWriter(str(tmp_path), "agent")
+    assert agent.path == str(tmp_path / "agent_journal" / "agent.jsonl")
+    agent.append("heartbeat", interval=1)
+    (tmp_path / "journal").mkdir(exist_ok=True)
+    (tmp_path / "journal" / "agent.jsonl").write_text('{"seq": 9, "type": "state", "status": "Completed"}\n')
+    (tmp_path / "journal" / "notes.jsonl").write_text('{"seq": 1, "type": "state", "status": "Completed"}\n')
+    batches = JournalReader(str(tmp_path)).read_new()
+    assert [(s, [r["seq"] for r in recs]) for s, recs in batches] == [("agent", [1])]

@@ -1,8 +1,11 @@
 """Run the job in a container of the local Docker engine.
 
-The run directory is bind-mounted at ``/rundock/run`` (the snapshot is the
-working directory; outputs, logs and the journal land on the host exactly as
-for a local process), rundock's job-side package is mounted read-only at
+The job's part of the run directory (``src``, ``journal``, ``uploads``,
+``requests``: ``rundock.context.rundir.JOB_WRITABLE``) is bind-mounted under
+``/rundock/run``, and the run's secrets file read-only; the agent's own files
+(its journal, job file, process list) are never visible to the job. The
+snapshot is the working directory; outputs, logs and the journal land on the
+host exactly as for a local process; rundock's job-side package is mounted read-only at
 ``/rundock/lib``, the container runs as the submitting user with ``--init`` so
 signals reach the script, and it is labelled with the run id. Stop is
 ``docker stop`` with the grace period (SIGTERM, then SIGKILL); the container is
@@ -12,6 +15,7 @@ removed when the run ends, whatever the outcome.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -22,6 +26,7 @@ import docker.types
 from rundock.agent.environments import PrepareError
 from rundock.agent.lifecycle import LIB_MOUNT, RUN_MOUNT
 from rundock.agent.logpump import LogPump
+from rundock.context import rundir
 
 LABEL = "rundock.run_id"
 
@@ -49,11 +54,15 @@ class DockerExecutor:
         self.user = user
         self.gpus = gpus
         self.container: Any = None
-        self.oom_killed = False
+        self._oom_killed = False
         self._pump: LogPump | None = None
 
     def start(self) -> None:
-        volumes = {self.run_dir: {"bind": RUN_MOUNT, "mode": "rw"}}
+        volumes = {os.path.join(self.run_dir, name): {"bind": f"{RUN_MOUNT}/{name}", "mode": "rw"}
+                   for name in rundir.JOB_WRITABLE}
+        secrets = os.path.join(self.run_dir, rundir.SECRETS_FILE)
+        if os.path.exists(secrets):
+            volumes[secrets] = {"bind": f"{RUN_MOUNT}/{rundir.SECRETS_FILE}", "mode": "ro"}
         volumes.update({host: {"bind": inside, "mode": "ro"}
                         for host, inside in zip(self.lib_paths, container_paths(self.lib_paths))})
         settings = dict(self.settings)
@@ -82,6 +91,10 @@ class DockerExecutor:
         return 0
 
     @property
+    def oom_killed(self) -> bool:
+        return self._oom_killed
+
+    @property
     def container_id(self) -> str:
         return str(self.container.id) if self.container is not None else ""
 
@@ -92,7 +105,7 @@ class DockerExecutor:
             self.container.reload()
             state = self.container.attrs["State"]
             if state["Status"] in ("exited", "dead"):
-                self.oom_killed = bool(state.get("OOMKilled"))
+                self._oom_killed = bool(state.get("OOMKilled"))
                 return int(state["ExitCode"])
             if time.monotonic() >= deadline:
                 return None

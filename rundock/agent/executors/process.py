@@ -11,11 +11,18 @@ from rundock.agent.logpump import LogPump, pipe_chunks
 
 
 class ProcessExecutor:
-    """Primitives the lifecycle needs: start, poll, stop, logs, exit code."""
+    """Primitives the lifecycle needs: start, poll, stop, logs, exit code.
+
+    ``inherit_fds`` stay open in the job (the run slot's lock: the slot stays taken while any process
+    of the job lives, even if its agent died)."""
+
+    container_id = ""
+    oom_killed = False
 
     def __init__(self, argv: list[str], cwd: str, env: dict[str, str], driver_log: str,
-                 secrets: list[str] | None = None) -> None:
+                 secrets: list[str] | None = None, inherit_fds: list[int] | None = None) -> None:
         self.argv = argv
+        self.inherit_fds = tuple(inherit_fds or ())
         self.secrets = secrets or []
         self.cwd = cwd
         self.env = env
@@ -26,7 +33,8 @@ class ProcessExecutor:
 
     def start(self) -> None:
         self._proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                      pass_fds=self.inherit_fds)
         try:
             self._pidfd = os.pidfd_open(self._proc.pid) if hasattr(os, "pidfd_open") else None  # novermin
         except OSError:

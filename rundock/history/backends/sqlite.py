@@ -4,7 +4,12 @@ Every write runs in ``BEGIN IMMEDIATE`` so that a writer takes the write lock
 before it reads: with WAL, a deferred transaction that upgrades from read to
 write can fail at once with "database is locked" whatever the busy timeout;
 an immediate one waits its turn. Several processes (agents, jobs' syncers,
-the CLI) write to the same file at once.
+the CLI) write to the same file at once; readers never wait for them.
+
+Every failure leaves as a StoreError subclass (see ``sqlite_file``): a failed
+write is rolled back and the error SQLite gave is the one raised, never a
+failed ROLLBACK's. Before each write transaction the store checks that its
+path still names the file it opened (StoreReplacedError otherwise).
 """
 
 from __future__ import annotations
@@ -18,7 +23,18 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from rundock.errors import RunNotFoundError, StoreError
+from rundock.errors import RunNotFoundError, StoreError, StoreReplacedError
+from rundock.history.backends.sqlite_file import (
+    MODEL_COLUMNS,
+    RUN_COLUMNS,
+    ensure_schema,
+    file_identity,
+    history_path,
+    model_record,
+    rollback,
+    run_record,
+    store_error,
+)
 from rundock.history.records import (
     FileRecord,
     JournalPlan,
@@ -34,51 +50,6 @@ from rundock.states import RunStatus, can_transition
 
 BUSY_TIMEOUT_S = 60.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, last_number INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, experiment TEXT NOT NULL, number INTEGER NOT NULL, status TEXT NOT NULL,
-    created_at REAL NOT NULL, parent_id TEXT, run_type TEXT NOT NULL, display_name TEXT, description TEXT,
-    target TEXT NOT NULL, run_definition TEXT NOT NULL, snapshot_id TEXT, submitted_by TEXT, run_dir TEXT,
-    start_at REAL, end_at REAL, status_detail TEXT NOT NULL DEFAULT '', error TEXT,
-    last_heartbeat REAL, heartbeat_interval REAL);
-CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs (experiment, number);
-CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_id);
-CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
-CREATE TABLE IF NOT EXISTS status_history (
-    ord INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, status TEXT NOT NULL, at REAL NOT NULL,
-    detail TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS status_history_by_run ON status_history (run_id);
-CREATE TABLE IF NOT EXISTS tags (run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT, PRIMARY KEY (run_id, key));
-CREATE TABLE IF NOT EXISTS properties (
-    run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (run_id, key));
-CREATE TABLE IF NOT EXISTS metrics (
-    ord INTEGER PRIMARY KEY, run_id TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, value TEXT,
-    step INTEGER, description TEXT NOT NULL, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (run_id, name);
-CREATE TABLE IF NOT EXISTS files (
-    run_id TEXT NOT NULL, name TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL, at REAL NOT NULL,
-    PRIMARY KEY (run_id, name));
-CREATE TABLE IF NOT EXISTS log_chunks (
-    run_id TEXT NOT NULL, name TEXT NOT NULL, pos INTEGER NOT NULL, data BLOB NOT NULL,
-    PRIMARY KEY (run_id, name, pos));
-CREATE TABLE IF NOT EXISTS journal_marks (
-    run_id TEXT NOT NULL, attempt INTEGER NOT NULL, source TEXT NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (run_id, attempt, source));
-CREATE TABLE IF NOT EXISTS models (
-    name TEXT NOT NULL, version INTEGER NOT NULL, run_id TEXT, path TEXT NOT NULL, files TEXT NOT NULL,
-    created_at REAL NOT NULL, tags TEXT NOT NULL, properties TEXT NOT NULL, framework TEXT, framework_version TEXT,
-    description TEXT, PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS environments (
-    name TEXT NOT NULL, version INTEGER NOT NULL, definition TEXT NOT NULL, created_at REAL NOT NULL,
-    PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS snapshots (snapshot_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, created_at REAL NOT NULL);
-"""
-
-_RUN_COLUMNS = ("run_id, experiment, number, status, created_at, parent_id, run_type, display_name, description, "
-                "target, run_definition, snapshot_id, submitted_by, run_dir, start_at, end_at, status_detail, "
-                "error, last_heartbeat, heartbeat_interval")
-
 
 class SqliteRunStore(RunStore):
     """RunStore in one SQLite file; safe across threads and processes."""
@@ -90,43 +61,52 @@ class SqliteRunStore(RunStore):
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                        check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            with self._write() as db:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the run history {self.path}: {exc}") from exc
+            raise store_error(exc, self.path, "open") from exc
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            ensure_schema(self._db, self.path)
+            self._identity = file_identity(self.path)
+        except BaseException as exc:
+            self._db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise store_error(exc, self.path, "open") from exc
+            raise
 
     @classmethod
     def from_uri(cls, uri: str) -> SqliteRunStore:
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri.split(":", 1)[1]
-        return cls(path)
+        return cls(history_path(uri))
 
     # -- transactions --------------------------------------------------------------
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; any failure rolls back and raises a StoreError subclass."""
         with self._lock:
+            if file_identity(self.path) != self._identity:  # one stat per transaction: about 2 microseconds
+                raise StoreReplacedError(f"the run history {self.path} was deleted or replaced while this process "
+                                         f"had it open")
+            rollback(self._db)  # left open only if an earlier ROLLBACK failed
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"run history {self.path} is unavailable: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise store_error(exc, self.path, "write") from exc
             try:
                 yield self._db
+                self._db.execute("COMMIT")  # a full disk may surface here
+            except sqlite3.Error as exc:
+                rollback(self._db)
+                raise store_error(exc, self.path, "write") from exc
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback(self._db)
                 raise
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:  # a full disk surfaces here
-                self._db.execute("ROLLBACK")
-                raise StoreError(f"cannot write the run history {self.path}: {exc}") from exc
 
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return list(self._db.execute(sql, tuple(args)))
+            try:
+                return list(self._db.execute(sql, tuple(args)))
+            except sqlite3.Error as exc:
+                raise store_error(exc, self.path, "read") from exc
 
     # -- runs ------------------------------------------------------------------------
     def create_run(self, experiment: str, *, run_id: str | None = None, parent_id: str | None = None,
@@ -155,7 +135,7 @@ class SqliteRunStore(RunStore):
                    "ON CONFLICT (name) DO UPDATE SET last_number = last_number + 1", (experiment,))
         (number,) = db.execute("SELECT last_number FROM experiments WHERE name = ?", (experiment,)).fetchone()
         try:
-            db.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 20)})", (
+            db.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 20)})", (
                 run_id, experiment, number, RunStatus.NOT_STARTED.value, now, parent_id, run_type,
                 display_name, description, target, json.dumps(run_definition or {}), snapshot_id,
                 submitted_by, run_dir, None, None, "", None, None, None))
@@ -168,7 +148,7 @@ class SqliteRunStore(RunStore):
                        [(run_id, k, str(v)) for k, v in (properties or {}).items()])
 
     def get_run(self, run_id: str) -> RunRecord:
-        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             raise RunNotFoundError(f"no run {run_id!r} in the run history {self.path}")
         return self._hydrate(rows)[0]
@@ -188,24 +168,13 @@ class SqliteRunStore(RunStore):
             args.extend(wanted)
         if not include_children and parent_id is None:
             where.append("parent_id IS NULL")
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        sql = f"SELECT {RUN_COLUMNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         return self._hydrate(self._read(sql + " ORDER BY created_at DESC, number DESC", args))
 
     def _hydrate(self, rows: list[sqlite3.Row]) -> list[RunRecord]:
-        runs = []
-        for row in rows:
-            (run_id, experiment, number, status, created_at, parent_id, run_type, display_name, description,
-             target, run_definition, snapshot_id, submitted_by, run_dir, start_at, end_at, status_detail,
-             error, last_heartbeat, heartbeat_interval) = row
-            runs.append(RunRecord(
-                run_id=run_id, experiment=experiment, number=number, status=RunStatus(status),
-                created_at=created_at, parent_id=parent_id, run_type=run_type, display_name=display_name,
-                description=description, target=target, run_definition=json.loads(run_definition),
-                snapshot_id=snapshot_id, submitted_by=submitted_by, run_dir=run_dir, start_at=start_at,
-                end_at=end_at, status_detail=status_detail, error=json.loads(error) if error else None,
-                last_heartbeat=last_heartbeat, heartbeat_interval=heartbeat_interval))
+        runs = [run_record(row) for row in rows]
         if runs:
             by_id = {r.run_id: r for r in runs}
             marks = ", ".join("?" * len(by_id))
@@ -352,23 +321,20 @@ class SqliteRunStore(RunStore):
                                          (run_id,))]
 
     # -- models --------------------------------------------------------------------------------
-    _MODEL_COLUMNS = ("name, version, run_id, path, files, created_at, tags, properties, framework, framework_version, "
-                      "description")
-
     def register_model(self, name: str, *, run_id: str | None, path: str, files: list[dict[str, Any]],
                        tags: Mapping[str, str | None] | None = None, properties: Mapping[str, str] | None = None,
                        framework: str | None = None, framework_version: str | None = None,
                        description: str | None = None) -> ModelRecord:
         with self._write() as db:
             (latest,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM models WHERE name = ?", (name,)).fetchone()
-            db.execute(f"INSERT INTO models ({self._MODEL_COLUMNS}) VALUES ({', '.join('?' * 11)})", (
+            db.execute(f"INSERT INTO models ({MODEL_COLUMNS}) VALUES ({', '.join('?' * 11)})", (
                 name, latest + 1, run_id, path, json.dumps(files), time.time(), json.dumps(dict(tags or {})),
                 json.dumps({k: str(v) for k, v in (properties or {}).items()}), framework, framework_version,
                 description))
         return self.get_model(name, latest + 1)
 
     def get_model(self, name: str, version: int | None = None) -> ModelRecord:
-        sql = f"SELECT {self._MODEL_COLUMNS} FROM models WHERE name = ?"
+        sql = f"SELECT {MODEL_COLUMNS} FROM models WHERE name = ?"
         args: list[Any] = [name]
         if version is not None:
             sql += " AND version = ?"
@@ -377,19 +343,13 @@ class SqliteRunStore(RunStore):
         if not rows:
             which = f"version {version} of model {name!r}" if version is not None else f"model {name!r}"
             raise KeyError(f"no {which} in the model registry {self.path}")
-        return self._model(rows[0])
+        return model_record(rows[0])
 
     def list_models(self, name: str | None = None) -> list[ModelRecord]:
-        sql = f"SELECT {self._MODEL_COLUMNS} FROM models"
+        sql = f"SELECT {MODEL_COLUMNS} FROM models"
         rows = self._read(sql + " WHERE name = ? ORDER BY version DESC", (name,)) if name is not None else \
             self._read(sql + " ORDER BY created_at DESC, version DESC")
-        return [self._model(r) for r in rows]
-
-    @staticmethod
-    def _model(row: sqlite3.Row) -> ModelRecord:
-        name, version, run_id, path, files, created_at, tags, properties, framework, fw_version, description = row
-        return ModelRecord(name, version, run_id, path, json.loads(files), created_at, json.loads(tags),
-                           json.loads(properties), framework, fw_version, description)
+        return [model_record(r) for r in rows]
 
     # -- environments ------------------------------------------------------------------------
     def register_environment(self, name: str, definition: dict[str, Any]) -> int:

@@ -1,14 +1,15 @@
 """Compute targets: how a job reaches an agent (one module each).
 
 Every target offers the same operations: ``submit``, ``sync`` (bring the
-history up to date with what the agent recorded), ``cancel``, ``clean`` and
-``reap_lost``.
+history up to date with what the agent recorded), ``cancel`` and ``clean``.
+Readers bring a run up to date through ``check`` (one policy for every reader).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
+from rundock.history.liveness import Liveness
 from rundock.history.records import RunRecord
 from rundock.submitter.targets.local import LocalTarget
 
@@ -28,13 +29,24 @@ def get_target(workspace: Workspace, name: str | None) -> Target:
     return RemoteTarget(workspace, name)
 
 
-def reap_lost(workspace: Workspace, run: RunRecord) -> None:
-    """Kill what is left of a run whose agent was declared lost, where its target can."""
+def liveness(workspace: Workspace) -> Liveness:
+    """The lost-run policy over this workspace's history (see rundock.history.liveness)."""
+    return Liveness(workspace.store, workspace.artifacts)
+
+
+def check(workspace: Workspace, run: RunRecord) -> RunRecord:
+    """The run as it is now: pulled from its host (remote targets), or judged by the lost-run policy
+    (this host's runs). Every reader goes through here or ``sweep``."""
+    if run.status.is_terminal:
+        return run
     if run.target == LocalTarget.name:
-        LocalTarget(workspace).reap_lost(run)
-
-
-def sync(workspace: Workspace, run: RunRecord) -> None:
-    """Bring the run's history up to date with its agent (a pull for remote hosts)."""
-    if run.target not in (LocalTarget.name, "sdk") and not run.status.is_terminal:
+        return liveness(workspace).check(run)
+    if run.target != "sdk":
         get_target(workspace, run.target).sync(run)
+        return workspace.store.get_run(run.run_id)
+    return run
+
+
+def sweep(workspace: Workspace) -> list[str]:
+    """End every run of this host whose agent is lost; return their ids."""
+    return liveness(workspace).sweep()

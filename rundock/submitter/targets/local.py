@@ -13,27 +13,18 @@ import getpass
 import json
 import os
 import shutil
-import signal
-import site
-import socket
-import subprocess
-import sys
 from collections.abc import Mapping
 from typing import Any
 
-import psutil
-
-import rundock
-from rundock.agent.daemon import request_agent
-from rundock.agent.job import ENV_USER_PYTHONPATH, JobSpec, request_cancel
+from rundock.agent.job import MODE_STORE, JobSpec, request_cancel
+from rundock.agent.runlock import write_heartbeat
 from rundock.agent.slots import Ticket, issue_ticket
-from rundock.context.run import ENV_RUN_ID
+from rundock.context import rundir
 from rundock.errors import RundockError
 from rundock.history.records import RunRecord
 from rundock.runconfig.environment import Environment
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.states import RunStatus
-from rundock.submitter.bundle import code_version
 from rundock.submitter.gitinfo import git_properties
 from rundock.submitter.snapshot import Progress, take_snapshot
 from rundock.submitter.workspace import Workspace
@@ -67,9 +58,11 @@ class LocalTarget:
             properties={"ContentSnapshotId": snapshot.snapshot_id, **git_properties(config.source_directory)})
         run_dir = os.path.join(self.runs_root, record.run_id)
         try:
-            os.makedirs(run_dir)
+            os.makedirs(run_dir, mode=0o700)
+            write_heartbeat(run_dir, 0, ws.heartbeat_seconds)  # readers measure a start that never comes from here
             ws.store.update_run(record.run_id, run_dir=run_dir)
-            JobSpec(run_id=record.run_id, experiment=experiment, store_uri=ws.history_uri,
+            secrets_file = self._write_secrets(run_dir, getattr(config.run_config, "secrets", None))
+            JobSpec(run_id=record.run_id, experiment=experiment, mode=MODE_STORE, store_uri=ws.history_uri,
                     artifacts_root=ws.artifacts.root, snapshot_id=snapshot.snapshot_id,
                     script=config.run_config.script or "", interpreter=env.python.interpreter_path,
                     arguments=[str(a) for a in config.run_config.arguments],
@@ -78,7 +71,7 @@ class LocalTarget:
                     cancel_grace_seconds=config.run_config.cancel_grace_seconds,
                     heartbeat_seconds=ws.heartbeat_seconds, slots_dir=os.path.join(ws.local_root, "slots"),
                     max_concurrent_runs=ws.max_concurrent_runs, target=NAME,
-                    submitted_at=record.created_at, secrets_file=ws.secrets.path, environment=env.to_mapping(),
+                    submitted_at=record.created_at, secrets_file=secrets_file, environment=env.to_mapping(),
                     run_as=f"{os.getuid()}:{os.getgid()}").save(run_dir)
             issue_ticket(os.path.join(ws.local_root, "slots"), record.created_at, record.run_id)
             ws.store.transition(record.run_id, RunStatus.STARTING, detail="starting the local agent")
@@ -90,30 +83,23 @@ class LocalTarget:
             raise RundockError(f"could not start the local agent for run {record.run_id}: {exc}") from exc
         return ws.store.get_run(record.run_id)
 
+    def _write_secrets(self, run_dir: str, names: list[str] | None) -> str | None:
+        """The secrets this run may read, in a private file of its run directory (the agent removes it)."""
+        store = self.workspace.secrets
+        values = store.for_run(names, remote=False)
+        if not values:
+            return None
+        path = os.path.join(run_dir, rundir.SECRETS_FILE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(values, fh)
+        return path
+
     def _spawn_agent(self, run_dir: str) -> None:
-        """Hand the run to the warm agent daemon; start one (and a one-off agent for this run) if none answers."""
-        logs = os.path.join(run_dir, "system_logs")
-        os.makedirs(logs, exist_ok=True)
-        version = code_version()
-        root = self.workspace.local_root
-        if request_agent(root, version, run_dir, dict(os.environ)) is not None:
-            return
-        # The agent needs only the standard library (watchdog and docker-py when present): it starts with -S,
-        # skipping the site module's .pth processing, and finds rundock and site-packages on PYTHONPATH.
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rundock.__file__)))
-        env = dict(os.environ)
-        env[ENV_USER_PYTHONPATH] = env.get("PYTHONPATH", "")
-        paths = [package_parent, *site.getsitepackages(), env.get("PYTHONPATH", "")]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
-        # New sessions: agents keep running when the submitter (or its terminal) goes away.
-        with open(os.path.join(root, "agent-daemon.log"), "ab") as daemon_log:
-            subprocess.Popen([sys.executable, "-S", "-m", "rundock.agent", "serve", root, version], cwd=root,
-                             env=env, stdin=subprocess.DEVNULL, stdout=daemon_log, stderr=subprocess.STDOUT,
-                             start_new_session=True, close_fds=True)
-        with open(os.path.join(logs, "agent_log.txt"), "ab") as agent_log:
-            subprocess.Popen([sys.executable, "-S", "-m", "rundock.agent", "run", run_dir], cwd=run_dir, env=env,
-                             stdin=subprocess.DEVNULL, stdout=agent_log, stderr=subprocess.STDOUT,
-                             start_new_session=True, close_fds=True)
+        """Hand the run to the warm agent daemon; start one (or a one-off agent for this run) if none answers."""
+        from rundock.submitter.agent_start import start_agent
+
+        start_agent(self.workspace.local_root, run_dir)
 
     def sync(self, run: RunRecord) -> None:
         """Local agents write to the history themselves."""
@@ -131,33 +117,3 @@ class LocalTarget:
                          for d, _, files in os.walk(run.run_dir) for f in files)
         shutil.rmtree(run.run_dir)
         return removed
-
-    def reap_lost(self, run: RunRecord) -> None:
-        """Kill what is left of a run whose agent died (the job's process group on this host)."""
-        try:
-            with open(os.path.join(run.run_dir or "", "processes.json"), encoding="utf-8") as fh:
-                info = json.load(fh)
-        except (OSError, ValueError):
-            return
-        if info.get("host") != socket.gethostname():
-            return
-        if info.get("container"):
-            _remove_container(str(info["container"]))
-            return
-        try:
-            leader = psutil.Process(int(info["job_pgid"]))
-            if leader.environ().get(ENV_RUN_ID) != run.run_id:
-                return  # the id was reused by an unrelated process
-            os.killpg(leader.pid, signal.SIGKILL)
-        except (psutil.Error, ProcessLookupError, PermissionError, KeyError, ValueError):
-            pass
-
-
-def _remove_container(container_id: str) -> None:
-    import docker
-    import docker.errors
-
-    try:
-        docker.from_env(timeout=30).containers.get(container_id).remove(force=True)
-    except docker.errors.DockerException:
-        pass  # already gone, or the engine is unreachable: nothing more to do from here

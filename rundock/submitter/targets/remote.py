@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from rundock.agent.job import MODE_JOURNAL, JobSpec
 from rundock.context.names import artifact_name
 from rundock.errors import ConfigError, RundockError
 from rundock.history import liveness
@@ -162,17 +163,18 @@ class RemoteTarget:
             properties={"ContentSnapshotId": snapshot.snapshot_id, **git_properties(config.source_directory)})
         root = self.root(conn)
         try:
-            job = {"run_id": record.run_id, "experiment": experiment, "store_uri": "",
-                   "artifacts_root": f"{root}/artifacts", "snapshot_id": snapshot.snapshot_id,
-                   "script": config.run_config.script, "interpreter": env.python.interpreter_path,
-                   "arguments": [str(a) for a in config.run_config.arguments], "display_name": display_name,
-                   "max_run_duration_seconds": config.run_config.max_run_duration_seconds,
-                   "cancel_grace_seconds": config.run_config.cancel_grace_seconds,
-                   "heartbeat_seconds": ws.heartbeat_seconds, "slots_dir": f"{root}/slots",
-                   "max_concurrent_runs": self.config.max_concurrent_runs or host["cpus"], "target": self.name,
-                   "submitted_at": record.created_at, "environment": env.to_mapping(),
-                   "secrets_file": f"{root}/runs/{record.run_id}/workspace_secrets.json"}
-            request = {"job": job, "manifest": snapshot.manifest, "secrets": ws.secrets.get_secrets(
+            job = JobSpec(
+                run_id=record.run_id, experiment=experiment, mode=MODE_JOURNAL, store_uri="",
+                artifacts_root=f"{root}/artifacts", snapshot_id=snapshot.snapshot_id,
+                script=config.run_config.script or "", interpreter=env.python.interpreter_path,
+                arguments=[str(a) for a in config.run_config.arguments], display_name=display_name,
+                max_run_duration_seconds=config.run_config.max_run_duration_seconds,
+                cancel_grace_seconds=config.run_config.cancel_grace_seconds,
+                heartbeat_seconds=ws.heartbeat_seconds, slots_dir=f"{root}/slots",
+                max_concurrent_runs=self.config.max_concurrent_runs or host["cpus"], target=self.name,
+                submitted_at=record.created_at, environment=env.to_mapping(),
+                secrets_file=f"{root}/runs/{record.run_id}/workspace_secrets.json")
+            request = {"job": job.to_dict(), "manifest": snapshot.manifest, "secrets": ws.secrets.get_secrets(
                 [s["name"] for s in ws.secrets.list_secrets()])}
             started = json.loads(self._remote(conn, "start", record.run_id, stdin=json.dumps(request).encode()))
             ws.store.update_run(record.run_id, run_dir=started["run_dir"])

@@ -1,0 +1,78 @@
+"""Kill every process of a run, wherever it went (standard library only, Linux ``/proc``).
+
+A job's processes are found by what they carry, not by where they hang in
+the process tree: the agent gives each job ``RUNDOCK_RUN_ID`` in its
+environment, and a process that called ``setsid`` or lost its parent still
+carries it. Only processes of this user are examined (others' environments
+are unreadable anyway). The run's container, if any, is removed by its label.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+ENV_RUN_ID = "RUNDOCK_RUN_ID"
+
+
+def run_processes(run_id: str) -> list[int]:
+    """Live processes whose environment says they belong to ``run_id`` (zombies excluded)."""
+    marker = f"{ENV_RUN_ID}={run_id}".encode()
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if marker not in fh.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        if stat[stat.rfind(b")") + 2:].split()[:1] != [b"Z"]:
+            found.append(int(entry))
+    return found
+
+
+def kill_run_processes(run_id: str, timeout: float = 10.0) -> list[int]:
+    """SIGKILL every process of the run until none is left (they may fork while dying); return survivors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = run_processes(run_id)
+        if not pids or time.monotonic() >= deadline:
+            return pids
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.02)
+
+
+def remove_run_containers(run_id: str) -> int:
+    """Remove the run's containers (labelled with its id) where docker-py and an engine are here."""
+    try:
+        import docker
+        import docker.errors
+    except ImportError:
+        return 0
+    try:
+        client = docker.from_env(timeout=30)
+        containers = client.containers.list(all=True, filters={"label": f"rundock.run_id={run_id}"})
+        for container in containers:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        return len(containers)
+    except docker.errors.DockerException:
+        return 0  # no engine here: a run on this host never had a container
+
+
+def reap(run_id: str) -> list[int]:
+    """Every process and container of the run gone; return pids that would not die."""
+    remove_run_containers(run_id)
+    return kill_run_processes(run_id)

@@ -248,12 +248,19 @@ def parse_request(data: bytes, root: str) -> tuple[str, dict[str, str]]:
 
 
 def _answer(conn: socket.socket, reply: dict[str, Any]) -> None:
+    """Send ``reply`` and close; what the client sent and was not read is discarded first, so that closing does not
+    reset the connection before the client reads the reply."""
     try:
         conn.setblocking(True)
         conn.settimeout(1.0)
         conn.sendall(json.dumps(reply).encode())
+        conn.shutdown(socket.SHUT_WR)
+        conn.setblocking(False)
+        for _ in range(MAX_REQUEST >> 16):
+            if not conn.recv(1 << 16):
+                break
     except OSError:
-        pass  # the client went away: nothing to tell it
+        pass  # the client went away, or has nothing more queued
     finally:
         conn.close()
 

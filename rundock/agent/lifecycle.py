@@ -47,6 +47,7 @@ from rundock.agent.slots import Slot, Ticket, try_acquire
 from rundock.context import run as ctx
 from rundock.context import rundir
 from rundock.context.journal import JournalWriter
+from rundock.errors import StoreReplacedError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import open_store
 from rundock.history.sync import SYSTEM_LOGS_DIR, JournalOnly, Syncer
@@ -329,8 +330,20 @@ class Agent:
             except Exception as exc:
                 log.error("run %s: could not %s in the run history: %s: %s; retrying in %.1f s",
                           self.spec.run_id, what, type(exc).__name__, exc, delay, exc_info=delay == 0.5)
+                if isinstance(exc, StoreReplacedError):  # rebuilt by `rundock doctor --repair`: open the new one
+                    self._reopen_store()
                 self.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    def _reopen_store(self) -> None:
+        try:
+            store = open_store(self.spec.store_uri)
+        except Exception as exc:
+            log.error("run %s: cannot open the run history again: %s", self.spec.run_id, exc)
+            return
+        self.store = store
+        if isinstance(self.syncer, Syncer):
+            self.syncer.store = store
 
     def already_finished(self) -> bool:
         """Whether the history holds this run as finished already (declared lost before this agent began)."""

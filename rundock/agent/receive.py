@@ -15,7 +15,7 @@ import hashlib
 import os
 import tarfile
 import zlib
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from rundock.history.artifacts import PACK_MAX_BLOB, ArtifactStore
 
@@ -94,7 +94,7 @@ class BoundedBlob:
 
 def _store_loose(store: ArtifactStore, blob: BoundedBlob, digest: str) -> None:
     """Stream a large blob into the store (hashed once, by the store); remove it again if it is damaged."""
-    stored, _, new = store.put_stream(blob)
+    stored, _, new = store.put_stream(cast(IO[bytes], blob))
     if stored != digest:
         if new:
             try:

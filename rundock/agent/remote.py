@@ -13,40 +13,32 @@ Every command may be run again after a lost connection (the submitter retries th
 - ``start RUN_ID``: write the job, its snapshot manifest and the secrets it may read (0600), start the
   agent detached. Once an agent was started for the run, a repeated ``start`` answers with it.
 - ``pull RUN_ID``: what is new in the run directory since the given offsets, with the
-  blobs and uploads its new journal records name, and whether the agent is alive.
+  blobs and uploads its new journal records name, and the host's view of the run (``rundock.agent.pull``).
 - ``cancel RUN_ID`` / ``clean RUN_ID`` / ``reap RUN_ID`` (a lost run: kill what is left, remove its secrets).
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
-import re
 import shutil
 import stat
 import subprocess
 import sys
-import tarfile
 import time
-from typing import IO, Any
+from typing import Any
 
 from rundock.agent import reaper, runlock
 from rundock.agent.job import ENV_USER_PYTHONPATH, JobSpec, request_cancel
+from rundock.agent.pull import PULLED_DIRS, pull
 from rundock.agent.receive import receive
 from rundock.context import rundir
-from rundock.context.journal import read_from
-from rundock.context.names import open_inside
-from rundock.context.records import check_run_id, upload_path
+from rundock.context.records import check_run_id
 from rundock.history.artifacts import ArtifactStore
 
-PULLED_DIRS = (rundir.JOURNAL_DIR, rundir.AGENT_JOURNAL_DIR, rundir.SYSTEM_LOGS_DIR)
-JOURNAL_DIRS = (rundir.JOURNAL_DIR, rundir.AGENT_JOURNAL_DIR)
-MAX_PULL_FILE = 16 << 20  # bytes of one file per pull; the rest comes with the next one
+__all__ = ["PULLED_DIRS", "main", "pull", "receive"]
 START_WAIT_SECONDS = 10.0  # how long a repeated start waits for the first one to name its agent
 OLD_SECRETS_FILE = "workspace_secrets.json"  # where earlier versions left a run's secrets
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 _UMASK = [0o022]  # the user's own umask, for the agent (this command runs with 077)
 
 
@@ -112,7 +104,8 @@ def start(root: str, run_id: str, request: dict[str, Any]) -> dict[str, Any]:
         fd = os.open(claim, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "w", encoding="utf-8") as pid_file:
         try:
-            _write_job(run_dir, request)
+            spec = _write_job(run_dir, request)
+            runlock.write_heartbeat(run_dir, 0, spec.heartbeat_seconds)  # silence is measured from here
             pid = _spawn_agent(run_dir)
         except BaseException:
             _remove_secrets(run_dir)
@@ -134,7 +127,7 @@ def _wait_for_pid(claim: str) -> int | None:
             time.sleep(0.05)
 
 
-def _write_job(run_dir: str, request: dict[str, Any]) -> None:
+def _write_job(run_dir: str, request: dict[str, Any]) -> JobSpec:
     spec = JobSpec.from_dict(request.get("job"), source="the job sent by the submitter")
     with open(rundir.entry(run_dir, rundir.MANIFEST_FILE), "w", encoding="utf-8") as fh:
         json.dump(request.get("manifest") or [], fh)
@@ -149,6 +142,7 @@ def _write_job(run_dir: str, request: dict[str, Any]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(secrets, fh)
     spec.save(run_dir)
+    return spec
 
 
 def _spawn_agent(run_dir: str) -> int:
@@ -168,156 +162,8 @@ def _user_umask() -> None:
 
 
 def _agent_alive(run_dir: str) -> bool:
-    """The agent holds the run's lock; just after ``start`` it may not have taken it yet (then its pid tells)."""
-    if runlock.agent_alive(run_dir):
-        return True
-    try:
-        with open(rundir.entry(run_dir, rundir.AGENT_PID), encoding="utf-8") as fh:
-            pid = int(fh.read().strip())
-        with open(f"/proc/{pid}/cmdline", "rb") as cmd:
-            return b"rundock.agent" in cmd.read() and not _is_zombie(pid)
-    except (OSError, ValueError):
-        return False
-
-
-def _is_zombie(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        stat_line = fh.read()
-    return stat_line[stat_line.rfind(b")") + 2:].split()[0] == b"Z"
-
-
-# -- pull --------------------------------------------------------------------------------------
-def _pulled_names(directory: str, folder: str) -> list[str]:
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        return []
-    if folder == rundir.JOURNAL_DIR:  # only the job's own files are read there
-        return [n for n in names if n.startswith(rundir.JOB_SOURCE_PREFIX) and n.endswith(".jsonl")]
-    if folder == rundir.AGENT_JOURNAL_DIR:
-        return [n for n in names if n == rundir.AGENT_SOURCE + ".jsonl"]
-    return names
-
-
-def _offset(asked: Any, size: int) -> tuple[int, bool]:
-    """Where to read from, and whether the submitter's copy must start over (an offset it cannot have)."""
-    if isinstance(asked, bool) or not isinstance(asked, int) or asked < 0 or asked > size:
-        return 0, True
-    return asked, False
-
-
-def _scan(data: bytes, agent: bool, blobs: dict[str, int], uploads: set[str]) -> None:
-    """Note the blobs (agent records) and staged uploads (job records) that new file records name.
-
-    A line that is not a JSON object, or a record whose fields are not what a file record holds, is
-    skipped here: what it means is the submitter's syncer's business (it quarantines it).
-    """
-    for line in data.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict) or rec.get("type") != "file":
-            continue
-        if agent:
-            digest, size = rec.get("digest"), rec.get("size")
-            if isinstance(digest, str) and _DIGEST.fullmatch(digest) and isinstance(size, int) \
-                    and not isinstance(size, bool) and size >= 0:
-                blobs[digest] = size
-        elif "digest" not in rec:
-            try:
-                uploads.add(upload_path(rec.get("path")))
-            except ValueError:
-                continue
-
-
-def pull(root: str, run_id: str, offsets: Any, out: IO[bytes]) -> None:
-    """Write a gzip tar: ``state.json``, then ``data/<file>`` (bytes after its offset), ``blobs/<digest>``.
-
-    An offset that the file cannot have (past its end, negative, not a number) is answered with the
-    file from its start and ``reset``; at most MAX_PULL_FILE bytes of a file come per pull.
-    """
-    run_dir = _run_dir(root, run_id)
-    alive = _agent_alive(run_dir)  # before reading: anything the agent wrote before it died is read below
-    asked = offsets if isinstance(offsets, dict) else {}
-    files: dict[str, dict[str, Any]] = {}
-    payload: list[tuple[str, bytes]] = []
-    blobs: dict[str, int] = {}
-    uploads: set[str] = set()
-    for folder in PULLED_DIRS:
-        directory = os.path.join(run_dir, folder)
-        for name in _pulled_names(directory, folder):
-            rel = f"{folder}/{name}"
-            path = os.path.join(directory, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            offset, reset = _offset(asked.get(rel, 0), st.st_size)
-            data = read_from(path, offset, MAX_PULL_FILE)
-            if folder in JOURNAL_DIRS:
-                end = data.rfind(b"\n") + 1  # whole records only (one longer than the limit goes as it is)
-                data = data if end == 0 and len(data) >= MAX_PULL_FILE else data[:end]
-                _scan(data, folder == rundir.AGENT_JOURNAL_DIR, blobs, uploads)
-            if data or reset:
-                files[rel] = {"offset": offset, "size": len(data), "reset": reset}
-                payload.append((f"data/{rel}", data))
-    store = _artifacts(root)
-    sent_blobs = {d: size for d, size in blobs.items() if store.has(d) and store.size(d) == size}
-    state = {"agent_alive": alive, "now": time.time(), "files": files, "run_dir": run_dir,
-             "exists": os.path.isdir(run_dir), "blobs": sent_blobs, "uploads": {}}
-    opened: list[tuple[str, IO[bytes], int]] = []
-    for rel in sorted(uploads):
-        try:
-            handle = open_inside(os.path.join(run_dir, rel), run_dir)
-        except OSError:
-            continue
-        size = os.fstat(handle.fileno()).st_size
-        opened.append((rel, handle, size))
-        state["uploads"][rel] = size
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as zipped, \
-            tarfile.open(fileobj=zipped, mode="w|") as tar:
-        _add(tar, "state.json", json.dumps(state).encode())
-        for name, data in payload:
-            _add(tar, name, data)
-        for rel, handle, size in opened:
-            with handle:
-                info = tarfile.TarInfo(f"data/{rel}")
-                info.size = size
-                tar.addfile(info, _Exactly(handle, size))
-        for digest, size in sent_blobs.items():
-            info = tarfile.TarInfo(f"blobs/{digest}")
-            info.size = size
-            with store.open(digest) as blob:
-                tar.addfile(info, _Exactly(blob, size))
-
-
-class _Exactly:
-    """``size`` bytes of a file that may change while it is sent (cut, or padded with zeros): the stream stays
-    whole, and the submitter hashes what arrived."""
-
-    def __init__(self, handle: IO[bytes], size: int) -> None:
-        self.handle, self.left = handle, size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n is None or n < 0 else min(n, self.left)
-        data = bytearray()
-        while len(data) < n:
-            chunk = self.handle.read(n - len(data))
-            if not chunk:
-                data += b"\0" * (n - len(data))
-                break
-            data += chunk
-        self.left -= n
-        return bytes(data)
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
+    """Whether a process holds the run's agent lock (the agent holds it for its whole life)."""
+    return runlock.agent_alive(run_dir)
 
 
 # -- ending ------------------------------------------------------------------------------------
@@ -380,7 +226,7 @@ def main(argv: list[str]) -> int:
     elif command == "start":
         result = start(root, arg, json.load(stdin))
     elif command == "pull":
-        pull(root, arg, json.load(stdin), stdout)
+        pull(_run_dir(root, arg), _artifacts(root), json.load(stdin), stdout)
         return 0
     elif command == "cancel":
         run_dir = _run_dir(root, arg)

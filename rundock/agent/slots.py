@@ -13,6 +13,9 @@ import fcntl
 import os
 import time
 
+from rundock.agent.runlock import agent_started
+from rundock.context import rundir
+
 # A ticket nobody has locked yet may belong to an agent that is still starting.
 STARTUP_GRACE_SECONDS = 30.0
 
@@ -54,6 +57,14 @@ def issue_ticket(slots_dir: str, submitted_at: float, run_id: str) -> None:
         pass
 
 
+def _may_still_start(queue_dir: str, ticket: str) -> bool:
+    """Whether the unlocked ticket's run may still get an agent: its job file is there and no agent has
+    taken it yet (an agent that took it and let the ticket go has ended or died)."""
+    run_id = ticket.split("-", 1)[1] if "-" in ticket else ""
+    run_dir = os.path.join(os.path.dirname(os.path.dirname(queue_dir)), "runs", run_id)
+    return os.path.exists(os.path.join(run_dir, rundir.JOB_FILE)) and not agent_started(run_dir)
+
+
 class Ticket:
     """A run's place in the queue of ``slots_dir``, locked by its agent."""
 
@@ -82,7 +93,7 @@ class Ticket:
                 return False  # an older run is waiting
             finally:
                 os.close(fd)
-            if age < STARTUP_GRACE_SECONDS:
+            if age < STARTUP_GRACE_SECONDS and _may_still_start(self.directory, name):
                 return False  # an older run whose agent is still starting
             try:
                 os.unlink(path)  # its agent is gone

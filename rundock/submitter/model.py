@@ -7,7 +7,7 @@ import posixpath
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from rundock.context.names import artifact_name
+from rundock.context.names import artifact_name, safe_join
 from rundock.history.records import ModelRecord
 
 if TYPE_CHECKING:
@@ -66,7 +66,11 @@ class Model:
             raise FileExistsError(f"{top} exists; pass exist_ok=True to overwrite it")
         for entry in self._record.files:
             rel = entry["name"][len(base) + 1:] if base else entry["name"]
-            self.workspace.artifacts.copy_to(entry["digest"], os.path.join(target_dir, rel))
+            try:  # names are checked when they enter the history; a download checks again where it writes
+                target = safe_join(target_dir, rel)
+            except ValueError as exc:
+                raise ValueError(f"model {self.name} version {self.version}: {exc}") from None
+            self.workspace.artifacts.copy_to(entry["digest"], target)
         return top
 
     @staticmethod

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rundock.context import run as job_side
-from rundock.context.names import artifact_name
+from rundock.context.names import artifact_name, safe_join
 from rundock.context.recorder import PathOrStream, RunRecorder, child_tags
+from rundock.context.records import check_run_id
 from rundock.errors import RunFailedError
 from rundock.history import liveness
 from rundock.history.artifacts import sha256_file
@@ -340,7 +341,8 @@ class Run(RunRecorder):
         return [self._new_child(None, None, None, tags) for tags in child_tags(count, tag_key, tag_values)]
 
     def _new_child(self, name: str | None, run_id: str | None, outputs: str | None, tags: dict[str, str]) -> Run:
-        record = self._store.create_run(self.experiment.name, run_id=run_id or f"{self._id}_{uuid.uuid4().hex[:8]}",
+        record = self._store.create_run(self.experiment.name,
+                                        run_id=check_run_id(run_id or f"{self._id}_{uuid.uuid4().hex[:8]}"),
                                         parent_id=self._id, run_type="rundock.childrun", display_name=name,
                                         target=self._record.target, tags=tags)
         self._store.transition(record.run_id, RunStatus.RUNNING, detail="child run started")
@@ -416,7 +418,7 @@ class Run(RunRecorder):
         if name not in files:
             raise FileNotFoundError(f"run {self._id} has no file {name!r}; its files: "
                                     f"{', '.join(sorted(files)) or 'none'}")
-        target = output_file_path or os.path.basename(name)
+        target = output_file_path or safe_join(".", os.path.basename(name))
         if os.path.isdir(target):
             target = os.path.join(target, os.path.basename(name))
         self.experiment.workspace.artifacts.copy_to(files[name].digest, target)
@@ -437,7 +439,7 @@ class Run(RunRecorder):
                 target = output_paths[i]
             else:
                 rel = name if append_prefix or not prefix else name[len(prefix):].lstrip("/")
-                target = os.path.join(output_directory or ".", rel)
+                target = safe_join(output_directory or ".", rel)  # never outside the folder asked for
             out.append(self.download_file(name, target))
         return out
 

@@ -33,7 +33,7 @@ from rundock.states import RunStatus, can_transition
 from rundock.submitter.workspace import Workspace
 
 METRIC = "v"
-SURVIVOR_GRACE_S = 5.0
+SURVIVOR_GRACE_S = 3.0
 SYSTEM_FILES = ("/etc/passwd", "/etc/group", "/etc/hostname", "/etc/hosts", "/etc/os-release", "/etc/shadow")
 NAMES = ("I1 states", "I2 values", "I3 outputs", "I4 survivors", "I5 once", "I6 outside")
 

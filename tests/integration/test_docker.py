@@ -63,7 +63,10 @@ def test_a_run_in_a_container(workspace: Workspace, source: Callable[..., Path],
     assert attrs["Config"]["Labels"][LABEL] == run.id
     assert attrs["HostConfig"]["ShmSize"] == 2 * 1024 ** 3
     mounts = {m["Destination"]: m for m in attrs["Mounts"]}
-    assert mounts["/rundock/run"]["RW"] and not mounts["/rundock/lib/0"]["RW"]
+    # only the job's part of the run directory is mounted (never the agent's journal or job file)
+    job_mounts = {d for d in mounts if d.startswith("/rundock/run")}
+    assert job_mounts == {"/rundock/run/src", "/rundock/run/journal", "/rundock/run/uploads", "/rundock/run/requests"}
+    assert all(mounts[d]["RW"] for d in job_mounts) and not mounts["/rundock/lib/0"]["RW"]
     details = run.wait_for_completion()
     assert details["status"] == "Completed"
     metrics = run.get_metrics()

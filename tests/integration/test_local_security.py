@@ -109,17 +109,36 @@ def _ask(path: str, data: bytes) -> dict[str, object]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(10)
         conn.connect(path)
-        conn.sendall(data)
-        conn.shutdown(socket.SHUT_WR)
+        try:
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the daemon may answer (and close) before it reads anything
         reply = b""
         while chunk := conn.recv(65536):
             reply += chunk
     return dict(json.loads(reply))
 
 
+def _serving(root: str) -> dict[int, int]:
+    """{pid: parent pid} of the processes whose command line is the warm agent's of ``root``, and of the agents
+    it forked (they keep its command line)."""
+    found = {}
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        cmdline = proc.info["cmdline"] or []
+        if "rundock.agent" in cmdline and "serve" in cmdline and root in cmdline:
+            found[proc.pid] = proc.info["ppid"]
+    return found
+
+
 def _daemon_of(root: str) -> psutil.Process | None:
-    return next((p for p in psutil.process_iter(["cmdline"])
-                 if "serve" in (p.info["cmdline"] or []) and root in (p.info["cmdline"] or [])), None)
+    """The warm agent of ``root`` (not one of the agents it forked)."""
+    serving = _serving(root)
+    pid = next((pid for pid, parent in serving.items() if parent not in serving), None)
+    try:
+        return None if pid is None else psutil.Process(pid)
+    except psutil.Error:
+        return None
 
 
 def _stop(proc: subprocess.Popen[bytes] | psutil.Process | None) -> None:
@@ -334,15 +353,13 @@ def test_concurrent_cold_submits_start_one_daemon(workspace: Workspace, source: 
     monkeypatch.setenv("RUNDOCK_AGENT_IDLE_SECONDS", "60")
     src = source(**{"train.py": "print('ok')"})
     root = workspace.local_root
-    seen: set[int] = set()
+    seen: set[int] = set()  # warm agents, not the agents they fork (which keep their command line)
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set():
-            for proc in psutil.process_iter(["cmdline"]):
-                cmdline = proc.info["cmdline"] or []
-                if "rundock.agent" in cmdline and "serve" in cmdline and root in cmdline:
-                    seen.add(proc.pid)
+            serving = _serving(root)
+            seen.update(pid for pid, parent in serving.items() if parent not in serving)
             time.sleep(0.01)
 
     watcher = threading.Thread(target=watch)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from rundock.context.names import artifact_name
 from rundock.errors import RunNotFoundError, StoreError, StoreReplacedError
 from rundock.history.backends.sqlite_file import (
     MODEL_COLUMNS,
@@ -270,6 +271,9 @@ class SqliteRunStore(RunStore):
             db.executemany("INSERT OR IGNORE INTO properties VALUES (?, ?, ?)",
                            [(run_id, k, v) for k, v in plan.properties.items()])
         if plan.files:
+            for f in plan.files:
+                if artifact_name(f.name) != f.name:  # every name entering the history is a clean relative one
+                    raise ValueError(f"run file name {f.name!r} is not a normalized relative name")
             db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, name) DO UPDATE SET "
                            "digest = excluded.digest, size = excluded.size, at = excluded.at",
                            [(run_id, f.name, f.digest, f.size, f.at) for f in plan.files])

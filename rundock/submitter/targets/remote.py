@@ -3,32 +3,42 @@
 Submit order (nothing half-created on failure): validate, snapshot locally,
 connect (host key verified), install the agent bundle if the host lacks it,
 check the host (Python, disk, Docker, GPUs), send the snapshot's missing blobs
-as one gzip stream on one channel, then create the run and start the remote
+as one tar stream on one channel, then create the run and start the remote
 agent detached. From then on the host owns the run: the submitter may exit.
 
-Sync is pull-based: the new bytes of the remote run directory's journal and
-logs (and the blobs they name) arrive in one gzip stream, are appended to a
-local mirror of the run directory, and the same ``Syncer`` as local runs ships
-the mirror to the history, so records apply exactly once however often a
-pull is repeated or interrupted.
+Only the secrets the run configuration names (``secrets``) travel to the host,
+into a 0600 file of the run directory that the agent removes when the run ends
+(and ``reap``/``clean`` when it does not).
+
+Transient SSH failures (a connection reset or refused while sshd restarts, a
+channel closed under load, a handshake cut short) are retried with a bounded
+backoff on a new connection; permanent ones (a refused login, an unknown or
+changed host key, no Python) are reported at once. Every host command is safe
+to repeat: ``receive`` stores by digest, and a repeated ``start`` answers with
+the agent the first one started.
+
+Sync is pull-based (see ``rundock.submitter.targets.mirror``): the new bytes of
+the remote run directory's journals and logs (and the blobs they name) are
+appended to a local mirror of the run directory, and the same ``Syncer`` as
+local runs ships the mirror to the history, so records apply exactly once
+however often a pull is repeated or interrupted.
 """
 
 from __future__ import annotations
 
 import getpass
-import io
 import json
 import os
 import shlex
-import tarfile
+import tempfile
 import threading
-import zlib
-from collections.abc import Iterator, Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any, TypeVar
 
 from rundock.agent.job import MODE_JOURNAL, JobSpec
-from rundock.context.names import artifact_name
-from rundock.errors import ConfigError, RundockError
+from rundock.context import rundir
+from rundock.errors import ConfigError, RundockError, StoreError
 from rundock.history import liveness
 from rundock.history.records import RunRecord
 from rundock.history.sync import Syncer
@@ -39,15 +49,23 @@ from rundock.submitter.bundle import UNPACK, agent_bundle
 from rundock.submitter.compute import ComputeTarget, RemoteCompute
 from rundock.submitter.gitinfo import git_properties
 from rundock.submitter.snapshot import Progress, take_snapshot
-from rundock.submitter.ssh import SshConnection, SshError, SshTarget
+from rundock.submitter.ssh import SshConnection, SshError, SshTarget, retrying
+from rundock.submitter.targets import mirror as mirrors
+from rundock.submitter.targets.blobs import tar_stream
 from rundock.submitter.workspace import Workspace
 
+T = TypeVar("T")
 _CONNECTIONS: dict[tuple[str, str], SshConnection] = {}
 _SYNCERS: dict[tuple[str, str], Syncer] = {}  # kept per run so each pull reads only what is new
 _ROOTS: dict[tuple[str, str, str, str], tuple[SshConnection, str]] = {}  # the host's folder, per connection
 _LOCK = threading.Lock()
 NO_AGENT = 75  # exit status of the host check when this version of the agent is not installed there
 DISK_MARGIN = 64 * 1024 * 1024
+Stdin = bytes | Callable[[], Iterable[bytes]]
+
+
+class RemoteSyncError(RundockError):
+    """What a pull brought could not all be applied; the message names the host, the run and each problem."""
 
 
 class RemoteTarget:
@@ -67,13 +85,34 @@ class RemoteTarget:
                          self.config.private_key_file, password, passphrase)
 
     def connect(self) -> SshConnection:
+        """The cached connection, or a new one (transient failures to connect are retried)."""
+        return retrying(self._connection, on_retry=lambda _: self._forget())
+
+    def _connection(self) -> SshConnection:
         key = (self.workspace.path, self.name)
         with _LOCK:
             conn = _CONNECTIONS.get(key)
-            transport = conn.client.get_transport() if conn else None
-            if conn is None or transport is None or not transport.is_active():
-                conn = _CONNECTIONS[key] = SshConnection(self.ssh_target(), self.known_hosts)
+        transport = conn.client.get_transport() if conn else None
+        if conn is not None and transport is not None and transport.is_active():
             return conn
+        fresh = SshConnection(self.ssh_target(), self.known_hosts)
+        with _LOCK:
+            old = _CONNECTIONS.get(key)
+            _CONNECTIONS[key] = fresh
+        if old is not None and old is not conn:  # another thread connected meanwhile: keep one
+            old.close()
+        return fresh
+
+    def _forget(self) -> None:
+        """Drop the cached connection (after a transient failure the next attempt starts a new one)."""
+        with _LOCK:
+            conn = _CONNECTIONS.pop((self.workspace.path, self.name), None)
+        if conn is not None:
+            conn.close()
+
+    def _retrying(self, action: Callable[[SshConnection], T]) -> T:
+        """``action`` on a connection, tried again on a new one after a transient failure (safe actions only)."""
+        return retrying(lambda: action(self._connection()), on_retry=lambda _: self._forget())
 
     def _agent_command(self, conn: SshConnection, command: str, *args: str) -> str:
         digest, _ = agent_bundle()
@@ -81,11 +120,20 @@ class RemoteTarget:
         return (f"PYTHONPATH={shlex.quote(f'{root}/agent/{digest}')} {shlex.quote(self.config.python)} "
                 f"-m rundock.agent.remote {command} {shlex.quote(root)} {' '.join(shlex.quote(a) for a in args)}")
 
-    def _remote(self, conn: SshConnection, command: str, *args: str, stdin: Any = b"") -> bytes:
-        code, out, err = conn.run(self._agent_command(conn, command, *args), stdin=stdin)
-        if code != 0:
-            raise RundockError(f"`{command}` failed on {conn.where}: {err.decode(errors='replace').strip()[-2000:]}")
-        return out
+    def _remote(self, command: str, *args: str, stdin: Stdin = b"", sink: IO[bytes] | None = None) -> bytes:
+        """Run a host command (every one is safe to repeat: see rundock.agent.remote); its stdout."""
+        def attempt(conn: SshConnection) -> bytes:
+            if sink is not None:
+                sink.seek(0)
+                sink.truncate()
+            code, out, err = conn.run(self._agent_command(conn, command, *args),
+                                      stdin=stdin if isinstance(stdin, bytes) else stdin(), sink=sink)
+            if code != 0:
+                raise RundockError(f"`{command}` failed on {conn.where}: "
+                                   f"{err.decode(errors='replace').strip()[-2000:]}")
+            return out
+
+        return self._retrying(attempt)
 
     def root(self, conn: SshConnection) -> str:
         """The host's rundock folder, asked once per connection (its Python is checked on the way)."""
@@ -109,28 +157,34 @@ class RemoteTarget:
             _ROOTS[key] = (conn, root)
         return root
 
-    def ensure_agent(self, conn: SshConnection) -> dict[str, Any]:
+    def ensure_agent(self, conn: SshConnection | None = None) -> dict[str, Any]:
         """Install the agent bundle if the host lacks this version; return what the host has."""
-        return self._prepare_host(conn, [])[0]
+        return self._prepare_host([])[0]
 
-    def _prepare_host(self, conn: SshConnection, digests: list[str]) -> tuple[dict[str, Any], list[str]]:
+    def _prepare_host(self, digests: list[str]) -> tuple[dict[str, Any], list[str]]:
         """What the host has and which of ``digests`` it lacks, in one round trip while the agent is installed."""
-        agent_dir = f"{self.root(conn)}/agent/{agent_bundle()[0]}"
-        line = f"test -f {shlex.quote(agent_dir)}/.complete || exit {NO_AGENT}; {self._agent_command(conn, 'prepare')}"
-        for attempt in (1, 2):
-            code, out, err = conn.run(line, stdin=json.dumps(digests).encode())
-            if code == NO_AGENT and attempt == 1:
-                self._install_agent(conn, agent_dir)
-                continue
-            if code != 0:
-                raise RundockError(f"checking {conn.where} failed: {err.decode(errors='replace').strip()[-2000:]}")
-            answer = json.loads(out)
-            return dict(answer["host"]), list(answer["missing"])
-        raise RundockError(f"rundock's agent on {conn.where} is still missing after installing it in {agent_dir}")
+        request = json.dumps(digests).encode()
+
+        def attempt(conn: SshConnection) -> tuple[dict[str, Any], list[str]]:
+            agent_dir = f"{self.root(conn)}/agent/{agent_bundle()[0]}"
+            line = (f"test -f {shlex.quote(agent_dir)}/.complete || exit {NO_AGENT}; "
+                    f"{self._agent_command(conn, 'prepare')}")
+            for tried in (1, 2):
+                code, out, err = conn.run(line, stdin=request)
+                if code == NO_AGENT and tried == 1:
+                    self._install_agent(conn, agent_dir)
+                    continue
+                if code != 0:
+                    raise RundockError(f"checking {conn.where} failed: {err.decode(errors='replace').strip()[-2000:]}")
+                answer = json.loads(out)
+                return dict(answer["host"]), list(answer["missing"])
+            raise RundockError(f"rundock's agent on {conn.where} is still missing after installing it in {agent_dir}")
+
+        return self._retrying(attempt)
 
     def _install_agent(self, conn: SshConnection, agent_dir: str) -> None:
         _, bundle = agent_bundle()
-        code, _, err = conn.run(f"mkdir -p {shlex.quote(os.path.dirname(agent_dir))} && "
+        code, _, err = conn.run(f"umask 077 && mkdir -p {shlex.quote(os.path.dirname(agent_dir))} && "
                                 f"{shlex.quote(self.config.python)} -c {shlex.quote(UNPACK)} {shlex.quote(agent_dir)}",
                                 stdin=bundle)
         if code != 0:
@@ -149,11 +203,12 @@ class RemoteTarget:
         config.validate()
         env = config.environment or Environment(name="rundock-remote-python", python=PythonSection(
             user_managed_dependencies=True, interpreter_path="python3"))
+        secrets = ws.secrets.for_run(getattr(config.run_config, "secrets", None), remote=True)
         snapshot = take_snapshot(config.source_directory, ws.store, ws.artifacts, ws.snapshot_limits)
         conn = self.connect()
-        host, lacking = self._prepare_host(conn, list(dict.fromkeys(e["digest"] for e in snapshot.manifest)))
+        host, lacking = self._prepare_host(list(dict.fromkeys(e["digest"] for e in snapshot.manifest)))
         self._check_host(conn, host, env, snapshot.total_bytes)
-        self._send(conn, lacking, progress)
+        self._send(lacking, progress)
         run_definition = {**config.run_config.to_mapping(), "environment": env.to_mapping(),
                           "source_directory": os.path.abspath(config.source_directory)}
         record = ws.store.create_run(
@@ -161,8 +216,9 @@ class RemoteTarget:
             submitted_by=getpass.getuser(), display_name=display_name, description=description, parent_id=parent_id,
             tags={k: None if v is None else str(v) for k, v in (tags or {}).items()},
             properties={"ContentSnapshotId": snapshot.snapshot_id, **git_properties(config.source_directory)})
-        root = self.root(conn)
         try:
+            root = self.root(self.connect())
+            run_dir = f"{root}/runs/{record.run_id}"
             job = JobSpec(
                 run_id=record.run_id, experiment=experiment, mode=MODE_JOURNAL, store_uri="",
                 artifacts_root=f"{root}/artifacts", snapshot_id=snapshot.snapshot_id,
@@ -173,10 +229,9 @@ class RemoteTarget:
                 heartbeat_seconds=ws.heartbeat_seconds, slots_dir=f"{root}/slots",
                 max_concurrent_runs=self.config.max_concurrent_runs or host["cpus"], target=self.name,
                 submitted_at=record.created_at, environment=env.to_mapping(),
-                secrets_file=f"{root}/runs/{record.run_id}/workspace_secrets.json")
-            request = {"job": job.to_dict(), "manifest": snapshot.manifest, "secrets": ws.secrets.get_secrets(
-                [s["name"] for s in ws.secrets.list_secrets()])}
-            started = json.loads(self._remote(conn, "start", record.run_id, stdin=json.dumps(request).encode()))
+                secrets_file=f"{run_dir}/{rundir.SECRETS_FILE}" if secrets else None)
+            request = {"job": job.to_dict(), "manifest": snapshot.manifest, "secrets": secrets}
+            started = json.loads(self._remote("start", record.run_id, stdin=json.dumps(request).encode()))
             ws.store.update_run(record.run_id, run_dir=started["run_dir"])
             ws.store.transition(record.run_id, RunStatus.STARTING, detail=f"agent started on {conn.where}")
         except RundockError as exc:
@@ -196,17 +251,17 @@ class RemoteTarget:
                               "/var/run/docker.sock); install Docker there or set environment.docker.enabled = False",
                               field="environment.docker.enabled")
 
-    def send_blobs(self, conn: SshConnection, digests: list[str], progress: Progress | None = None) -> int:
-        """Send the blobs the host lacks as one gzip tar stream; return the bytes read from disk."""
+    def send_blobs(self, conn: SshConnection | None, digests: list[str], progress: Progress | None = None) -> int:
+        """Send the blobs the host lacks as one tar stream; return the bytes read from disk."""
         wanted = list(dict.fromkeys(digests))
-        return self._send(conn, json.loads(self._remote(conn, "missing", stdin=json.dumps(wanted).encode())),
-                          progress)
+        return self._send(json.loads(self._remote("missing", stdin=json.dumps(wanted).encode())), progress)
 
-    def _send(self, conn: SshConnection, lacking: list[str], progress: Progress | None) -> int:
+    def _send(self, lacking: list[str], progress: Progress | None) -> int:
         if not lacking:
             return 0
-        total = sum(self.workspace.artifacts.size(d) for d in lacking)
-        self._remote(conn, "receive", stdin=_tar_stream(self.workspace, lacking, total, progress))
+        ws = self.workspace
+        total = sum(ws.artifacts.size(d) for d in lacking)
+        self._remote("receive", stdin=lambda: tar_stream(ws, lacking, total, progress))
         return total
 
     # -- following a run ------------------------------------------------------------------------
@@ -214,127 +269,88 @@ class RemoteTarget:
         return os.path.join(self.workspace.path, "remote", self.name, "runs", run_id)
 
     def sync(self, run: RunRecord) -> None:
-        """Pull what is new in the run's remote directory into the history (exactly once)."""
+        """Pull what is new in the run's remote directory into the history (exactly once).
+
+        Raises RemoteSyncError (naming the host and the run) when something pulled could not be applied,
+        after applying everything else and judging the run from the host's view: a pull never wedges a run.
+        """
         if run.status.is_terminal:
             return
-        conn = self.connect()
+        where = f"target {self.name} ({self.config.address})"
         mirror = self.mirror_dir(run.run_id)
-        offsets = {f"{folder}/{name}": os.path.getsize(os.path.join(mirror, folder, name))
-                   for folder in ("journal", "system_logs") if os.path.isdir(os.path.join(mirror, folder))
-                   for name in os.listdir(os.path.join(mirror, folder))}
-        raw = self._remote(conn, "pull", run.run_id, stdin=json.dumps(offsets).encode())
-        state = _apply_pull(raw, mirror, self.workspace)
         key = (self.workspace.path, run.run_id)
-        with _LOCK:
-            syncer = _SYNCERS.get(key) or Syncer(mirror, run.run_id, self.workspace.store, self.workspace.artifacts)
-            _SYNCERS[key] = syncer
-        syncer.sync_once()
-        self._judge(conn, run.run_id, state)
+        with mirrors.locked(mirror):
+            try:
+                pulled = self._pull(run.run_id, mirror)
+            except RundockError as exc:
+                raise RemoteSyncError(f"run {run.run_id}: pulling from {where} failed: {exc}") from exc
+            with _LOCK:
+                syncer = None if pulled.reset else _SYNCERS.get(key)  # a file started over: so does the reader
+                if syncer is None:
+                    syncer = _SYNCERS[key] = Syncer(mirror, run.run_id, self.workspace.store,
+                                                    self.workspace.artifacts)
+            problems = list(pulled.problems)
+            shipped = True
+            try:
+                syncer.sync_once()
+            except StoreError:
+                raise  # the history itself cannot be written: its own error says why
+            except Exception as exc:  # anything else: the next pull reads the mirror again from its start
+                with _LOCK:
+                    _SYNCERS.pop(key, None)
+                problems.append(f"shipping its records failed: {type(exc).__name__}: {exc}")
+                shipped = False
+            self._judge(run.run_id, pulled.state, shipped)
+        if problems:
+            raise RemoteSyncError(f"run {run.run_id} on {where}: part of what was pulled could not be applied (the "
+                                  "rest was, and the next pull tries again): " + "; ".join(problems))
 
-    def _judge(self, conn: SshConnection, run_id: str, state: dict[str, Any]) -> None:
+    def _pull(self, run_id: str, mirror: str) -> mirrors.Pulled:
+        with tempfile.TemporaryFile(dir=mirror) as spool:
+            self._remote("pull", run_id, stdin=json.dumps(mirrors.offsets(mirror)).encode(), sink=spool)
+            spool.seek(0)
+            try:
+                return mirrors.apply_pull(spool, mirror, self.workspace)
+            except (OSError, ValueError, EOFError) as exc:
+                raise RundockError(f"its answer could not be read: {type(exc).__name__}: {exc}") from None
+
+    def _judge(self, run_id: str, state: dict[str, Any], shipped: bool) -> None:
+        """After a pull: end the run as the host sees it when its agent is gone (the lost-run policy)."""
         store = self.workspace.store
         record = store.get_run(run_id)
         if record.status.is_terminal:
             store.end_open_children(run_id, record.status)
             return
-        silent = state["now"] - (record.last_heartbeat or record.created_at)
-        if not state["agent_alive"] and silent > liveness.lost_after_seconds():
-            error = {"code": "AgentLost", "message": f"agent lost: the agent on {conn.where} is gone and sent no "
-                                                     f"heartbeat for {silent:.0f} s"}
-            if store.transition(run_id, RunStatus.FAILED, detail="agent lost", error=error):
-                self._remote(conn, "reap", run_id)
-                store.end_open_children(run_id, RunStatus.FAILED)
+        if state.get("agent_alive"):
+            return
+        ended = state.get("agent_state") or {}
+        limit = liveness.lost_after_seconds()
+        silent = state.get("silent")
+        if not shipped and ended.get("status") in {s.value for s in RunStatus if s.is_terminal}:
+            status, detail = RunStatus(ended["status"]), f"{ended.get('detail') or ''} (as recorded on the host)"
+            error = ended.get("error")
+        elif state.get("agent_started"):
+            status, detail = RunStatus.FAILED, "agent lost"
+            error = {"code": "AgentLost", "message": f"agent lost: the run's agent on target {self.name} is gone "
+                                                     "(it was killed, crashed, or its host restarted)"}
+        elif (state.get("exists") and isinstance(silent, (int, float)) and silent > limit) or \
+                (not state.get("exists") and time.time() - record.created_at > limit):
+            status, detail = RunStatus.FAILED, "agent lost"
+            error = {"code": "AgentLost", "message": f"agent lost: no agent took the run on target {self.name} "
+                                                     f"within {limit:.0f} s"}
+        else:
+            return
+        reaped = json.loads(self._remote("reap", run_id))  # first, so that a failed reap is tried again
+        if reaped.get("agent_alive"):
+            return  # an agent took the run meanwhile
+        if store.transition(run_id, status, detail=detail, error=error):
+            store.end_open_children(run_id, status)
 
     def cancel(self, run: RunRecord) -> None:
-        self._remote(self.connect(), "cancel", run.run_id)
+        self._remote("cancel", run.run_id)
 
     def clean(self, run: RunRecord) -> list[str]:
-        return list(json.loads(self._remote(self.connect(), "clean", run.run_id)))
+        return list(json.loads(self._remote("clean", run.run_id)))
 
     def reap_lost(self, run: RunRecord) -> None:
         """Remote liveness is judged by ``sync`` (which can see the host); nothing to do here."""
-
-
-COMPRESS_LIMIT = 8 * 1024 * 1024  # larger blobs (checkpoints, data) go as they are
-SAMPLE = 4096  # enough to tell text from random bytes
-
-
-def _compressed(data: bytes) -> bytes | None:
-    """The zlib-compressed bytes of a blob worth compressing, or None to send it as it is."""
-    if len(zlib.compress(data[:SAMPLE], 1)) > 0.9 * min(len(data), SAMPLE):
-        return None  # random-looking content: compressing it costs time and saves nothing
-    return zlib.compress(data, 1)
-
-
-def _member(ws: Workspace, digest: str) -> tuple[str, bytes | str, int]:
-    """(tar name, bytes to send or the path of a large loose blob, size in the store) of one blob."""
-    size = ws.artifacts.size(digest)
-    loose = ws.artifacts.loose_path(digest)
-    if loose and size > COMPRESS_LIMIT:
-        return digest, loose, size
-    data = ws.artifacts.read(digest)
-    packed = _compressed(data)
-    return (digest, data, size) if packed is None else (digest + ".z", packed, size)
-
-
-def _tar_stream(ws: Workspace, digests: list[str], total: int, progress: Progress | None) -> Iterator[bytes]:
-    """A tar of blobs, produced in pieces while it is sent; each compressible blob is zlib-compressed (``.z``)."""
-    buffer = _Drain()
-    done = 0
-    with tarfile.open(fileobj=buffer, mode="w|") as tar:
-        for digest in digests:
-            name, body, size = _member(ws, digest)
-            if isinstance(body, str):
-                tar.add(body, arcname=name)
-            else:
-                info = tarfile.TarInfo(name)
-                info.size = len(body)
-                tar.addfile(info, io.BytesIO(body))
-            done += size
-            if progress is not None:
-                progress(done, total)
-            yield buffer.take()
-    yield buffer.take()
-
-
-class _Drain(io.RawIOBase):
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        self.data += bytes(b)
-        return len(b)
-
-    def take(self) -> bytes:
-        out, self.data = bytes(self.data), bytearray()
-        return out
-
-
-def _apply_pull(raw: bytes, mirror: str, ws: Workspace) -> dict[str, Any]:
-    """Append the pulled bytes to the mirror and store the pulled blobs; return the host's state."""
-    state: dict[str, Any] = {}
-    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
-        for member in tar:
-            handle = tar.extractfile(member)
-            if handle is None:
-                continue
-            if member.name == "state.json":
-                state = json.loads(handle.read())
-            elif member.name.startswith("blobs/"):
-                digest, _, _ = ws.artifacts.put_stream(handle)
-                if digest != member.name[len("blobs/"):]:
-                    raise RundockError(f"a file pulled from the host arrived damaged ({member.name})")
-            elif member.name.startswith("data/"):
-                rel = member.name[len("data/"):]
-                path = os.path.join(mirror, artifact_name(rel))
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                offset = state.get("files", {}).get(rel, {}).get("offset", 0)
-                with open(path, "r+b" if os.path.exists(path) else "wb") as out:
-                    out.seek(offset)
-                    out.write(handle.read())
-                    out.truncate()
-    return state
-

@@ -24,9 +24,11 @@ that runs code:
   holding up anyone else; requests are checked (a JSON object with a run
   directory of this root that holds a job file, and an environment of strings).
 - One daemon per socket: it holds an exclusive ``flock`` on ``<name>.pid`` for
-  its whole life (a second one exits at once), and submitters take an
-  exclusive ``flock`` on ``<name>.lock`` while deciding to start one
-  (``start_lock``), so many cold submits at once start ONE daemon.
+  its whole life (a second one exits), and submitters take an exclusive
+  ``flock`` on ``<name>.lock`` while deciding to start one (``start_lock``),
+  so many cold submits at once start ONE daemon. A daemon removes both files
+  on its way out, while holding their locks; whoever locks one checks that it
+  is still the file at its path.
 - The socket appears (renamed into place) only once it listens, and on its way
   out the daemon unlinks it only if it is still the socket it bound (same
   inode), never a newer daemon's.
@@ -59,6 +61,7 @@ DEFAULT_IDLE = 600.0
 CONNECTION_TIMEOUT = 5.0  # a client has this long to send its whole request
 MAX_REQUEST = 1 << 20
 MAX_REPLY = 1 << 16
+LIFE_LOCK_WAIT = 2.0  # a daemon on its way out may still hold the lock a moment
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _VERSION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -140,8 +143,39 @@ def peer_uid(conn: socket.socket) -> int | None:
     return int(_CRED.unpack(raw)[1])
 
 
-def _open_lock(path: str) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def _lock(path: str, timeout: float) -> int | None:
+    """An open descriptor of lock file ``path`` holding an exclusive flock; None when it stays taken ``timeout``
+    seconds. The file may be removed by whoever holds its lock (see ``_remove_held``): a lock taken on a file
+    that is no longer at ``path`` is dropped and taken again on the file that is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        os.close(fd)
+                        return None
+                    time.sleep(0.01)
+            held, current = os.fstat(fd), os.lstat(path)
+            if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass  # removed by its holder between our open and our lock: take the new one
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _remove_held(path: str, fd: int) -> None:
+    """Remove lock file ``path`` whose lock ``fd`` holds (it is the file at ``path``: see ``_lock``)."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)
 
 
 @contextlib.contextmanager
@@ -150,17 +184,10 @@ def start_lock(root: str, version: str, timeout: float = 20.0) -> Iterator[None]
 
     UnsafeFolderError when the folder is not private; TimeoutError when the lock stays taken ``timeout`` seconds.
     """
-    fd = _open_lock(_base(root, version) + ".lock")
+    fd = _lock(_base(root, version) + ".lock", timeout)
+    if fd is None:
+        raise TimeoutError(f"the warm agent's start lock stayed taken for {timeout:.0f} s")
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the warm agent's start lock stayed taken for {timeout:.0f} s") from None
-                time.sleep(0.01)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -295,11 +322,8 @@ def serve(root: str, version: str) -> int:
         print(f"rundock agent serve: {exc}", file=sys.stderr)
         return 1
     path = base + ".sock"
-    life_lock = _open_lock(base + ".pid")
-    try:
-        fcntl.flock(life_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(life_lock)
+    life_lock = _lock(base + ".pid", LIFE_LOCK_WAIT)
+    if life_lock is None:
         return 0  # another daemon serves this root and version
     os.ftruncate(life_lock, 0)
     os.write(life_lock, f"{os.getpid()}\n".encode())
@@ -322,7 +346,10 @@ def serve(root: str, version: str) -> int:
     finally:
         _unlink_if_ours(path, bound)
         listener.close()
-        os.close(life_lock)
+        starting = _lock(base + ".lock", 0)  # a submitter deciding to start a daemon keeps its lock file
+        if starting is not None:
+            _remove_held(base + ".lock", starting)
+        _remove_held(base + ".pid", life_lock)
 
 
 def _loop(listener: socket.socket, root: str, path: str, bound: tuple[int, int], idle: float,

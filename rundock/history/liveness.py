@@ -15,9 +15,10 @@ Runs on this host (target ``local``):
 
 Whoever declares a run lost does it in this order, holding the agent lock so that no late agent can
 start it meanwhile: ship everything the run directory's journal holds (a run whose agent recorded
-its end is not lost after all); end the run Failed "agent lost"; kill every process carrying the
-run's id and remove its container; remove its secrets file. The run's slot frees itself: the kernel
-drops the slot lock with the last process of the run holding it.
+its end is not lost after all); kill every process carrying the run's id and remove its container;
+ship again (what the job wrote until it died); end the run Failed "agent lost"; remove its secrets
+file. The run's slot frees itself: the kernel drops the slot lock with the last process of the run
+holding it, so a queued run starts only once the lost one has no process left.
 
 Runs on other hosts (SSH targets) are judged at each pull from the host's own view, by the same rules
 (``rundock.agent.remote``); here their NotResponding is judged by this process's monotonic clock since
@@ -32,6 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rundock.agent import reaper, runlock
 from rundock.context import rundir
@@ -40,6 +42,9 @@ from rundock.history.artifacts import ArtifactStore
 from rundock.history.records import RunRecord
 from rundock.history.store import RunStore
 from rundock.states import RunStatus
+
+if TYPE_CHECKING:
+    from rundock.history.sync import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +165,10 @@ class Liveness:
         if lock is not None and not lock.acquire(wait=0):
             return False  # an agent has just taken it
         try:
-            if lock is not None:
-                self._ship(run)
+            syncer = self._syncer(run) if lock is not None else None
+            self._ship(run, syncer)
+            self._reap(run)
+            self._ship(run, syncer)  # what the job wrote until it was killed
             try:
                 current = self.store.get_run(run.run_id)
             except RunNotFoundError:
@@ -172,18 +179,23 @@ class Liveness:
                 ended = self.store.transition(run.run_id, RunStatus.FAILED, detail="agent lost", error=error)
                 if ended:
                     self.store.end_open_children(run.run_id, RunStatus.FAILED)
-            self._reap(run)
+            self._remove_secrets(run)
             return ended
         finally:
             if lock is not None:
                 lock.release()
 
-    def _ship(self, run: RunRecord) -> None:
+    def _syncer(self, run: RunRecord) -> Syncer:
         from rundock.history.sync import Syncer  # the policy ships with the same syncer as agents
 
         assert run.run_dir is not None
+        return Syncer(run.run_dir, run.run_id, self.store, self.artifacts)
+
+    def _ship(self, run: RunRecord, syncer: Syncer | None) -> None:
+        if syncer is None:
+            return
         try:
-            Syncer(run.run_dir, run.run_id, self.store, self.artifacts).sync_once()
+            syncer.sync_once()
         except Exception as exc:  # what cannot be shipped stays in the journal; the run is still lost
             log.warning("run %s: its journal could not be shipped before ending it: %s", run.run_id, exc)
 
@@ -203,11 +215,14 @@ class Liveness:
                     container = json.load(fh).get("container")
             except (OSError, ValueError, AttributeError):
                 container = None
-            secrets = os.path.join(run.run_dir, rundir.SECRETS_FILE)
-            if os.path.exists(secrets):
-                os.unlink(secrets)
         if container:
             reaper.remove_run_containers(run.run_id)
         survivors = reaper.kill_run_processes(run.run_id)
         if survivors:
             log.warning("run %s: processes %s would not die", run.run_id, survivors)
+
+    @staticmethod
+    def _remove_secrets(run: RunRecord) -> None:
+        secrets = os.path.join(run.run_dir or "", rundir.SECRETS_FILE)
+        if run.run_dir and os.path.exists(secrets):
+            os.unlink(secrets)

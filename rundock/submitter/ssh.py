@@ -330,7 +330,10 @@ def check_host_key(target: SshTarget, known_hosts: str) -> HostKeyCheck:
                 if recorded or system:  # ask for the kind of key recorded, as a connection does
                     options = transport.get_security_options()
                     kind = (system or recorded)[0].get_name()
-                    options.key_types = [kind, *(k for k in options.key_types if k != kind)]
+                    if kind == "ssh-rsa":  # an RSA key is offered with a SHA-2 signature, as paramiko's client does
+                        kind = next((k for k in ("rsa-sha2-512", "rsa-sha2-256") if k in options.key_types), kind)
+                    if kind in options.key_types:
+                        options.key_types = [kind, *(k for k in options.key_types if k != kind)]
                 transport.start_client(timeout=15)
                 return transport.get_remote_server_key()
         except (OSError, EOFError, paramiko.SSHException) as exc:

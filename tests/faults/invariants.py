@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -42,10 +43,14 @@ NAMES = ("I1 states", "I2 values", "I3 outputs", "I4 survivors", "I5 once", "I6 
 class OutsideWatch:
     """Files outside the run directory that no job may create, change or remove (by size, mtime, hash)."""
 
-    def __init__(self, roots: Iterable[str], allowed: Iterable[str]) -> None:
+    def __init__(self, roots: Iterable[str], allowed: Iterable[str], artifact_roots: Iterable[str] = ()) -> None:
         self.roots = [os.path.realpath(r) for r in roots]
         self.allowed = [os.path.realpath(a) for a in allowed]
         self.before = self.snapshot()
+        # Blobs already in the artifact stores: a later canary check looks only at what came after.
+        self.artifacts_before = {os.path.join(d, f) for root in artifact_roots for d, _, fs in os.walk(root)
+                                 for f in fs}
+        self.db_hits_before: set[tuple[bytes, str]] = set()  # canary markers already in a history (see Lab.watch)
 
     def _allowed(self, path: str) -> bool:
         return any(path == a or path.startswith(a + os.sep) for a in self.allowed)
@@ -340,6 +345,19 @@ def check_i5(workspace: Workspace, run_id: str, ctx: FaultContext) -> None:
                              f"the run {'was' if ran else 'was never'} Running")
 
 
+def history_hits(workspace_path: str, markers: list[bytes]) -> set[tuple[bytes, str]]:
+    """(marker, file) for each canary marker found in the run history's files, searched from another
+    process: opening and closing them here would drop this process's SQLite (POSIX) locks on them, and
+    another connection could then reset the WAL index under this process's mapping of it (SIGBUS)."""
+    db_files = [os.path.join(workspace_path, n) for n in ("history.db", "history.db-wal")]
+    hits = set()
+    for marker in markers:
+        found = subprocess.run(["grep", "-l", "-a", "-F", marker.decode(), *db_files], capture_output=True,
+                               text=True).stdout.split()
+        hits.update((marker, path) for path in found)
+    return hits
+
+
 def _grep(path: str, markers: list[bytes]) -> list[bytes]:
     try:
         with open(path, "rb") as fh:
@@ -352,13 +370,28 @@ def _grep(path: str, markers: list[bytes]) -> list[bytes]:
 def check_i6(workspace: Workspace, run_id: str, ctx: FaultContext) -> None:
     """Nothing outside the run directory was read or written on behalf of the job."""
     problems = []
+    files = workspace.store.list_files(run_id)
     if ctx.canaries is not None:
-        scan = [os.path.join(d, f) for d, _, fs in os.walk(workspace.artifacts.root) for f in fs]
-        scan += [os.path.join(workspace.path, n) for n in os.listdir(workspace.path) if n.startswith("history.db")]
-        for path in scan:
+        # Blobs stored since the scenario began (earlier runs of the workspace answer for theirs), and the
+        # run's own files wherever they are.
+        before = ctx.outside.artifacts_before if ctx.outside is not None else set()
+        scan = {os.path.join(d, f) for d, _, fs in os.walk(workspace.artifacts.root) for f in fs} - before
+        for name, rec in files.items():
+            try:
+                data = workspace.artifacts.read(rec.digest)
+            except (OSError, ValueError):
+                continue
+            problems += [f"a canary secret ({m.decode()}) is in the run's stored file {name!r}"
+                         for m in ctx.canaries.markers if m in data]
+        for path in sorted(scan):
             for marker in _grep(path, ctx.canaries.markers):
                 problems.append(f"a canary secret ({marker.decode()}) is in {path}")
-    files = workspace.store.list_files(run_id)
+        # The history's own files are searched from another process: opening and closing them here would
+        # drop this process's SQLite (POSIX) locks on them, and another connection could then reset the
+        # WAL index under this process's mapping of it (SIGBUS).
+        known = ctx.outside.db_hits_before if ctx.outside is not None else set()
+        for marker, path in sorted(history_hits(workspace.path, ctx.canaries.markers) - known):
+            problems.append(f"a canary secret ({marker.decode()}) is in the run history file {path}")
     system = {}
     for path in SYSTEM_FILES:
         try:
@@ -372,8 +405,14 @@ def check_i6(workspace: Workspace, run_id: str, ctx: FaultContext) -> None:
         parts = name.replace("\\", "/").split("/")
         if name.startswith(("/", "\\")) or ".." in parts:
             problems.append(f"stored file name {name!r} leaves the run's folder (a download would write outside)")
-    runs = workspace.store.list_runs(include_children=True)
-    for other in runs:
+    family, seen, frontier = [], {run_id}, [run_id]
+    while frontier:  # the run's children, grandchildren...
+        children = [c for p in frontier for c in workspace.store.list_runs(parent_id=p, include_children=True)
+                    if c.run_id not in seen]
+        seen.update(c.run_id for c in children)
+        family += children
+        frontier = [c.run_id for c in children]
+    for other in family:
         if ".." in other.run_id.split("/") or other.run_id.startswith("/") or "/" in other.run_id:
             problems.append(f"a run id that is a path escaping its folder was accepted: {other.run_id!r} "
                             f"(parent {other.parent_id})")

@@ -34,12 +34,20 @@ import pytest
 from rundock import Environment, Experiment, Run, RunConfiguration, ScriptRunConfig
 from rundock.states import RunStatus
 from rundock.submitter.workspace import Workspace
-from tests.faults.invariants import Canaries, FaultContext, OutsideWatch, agent_pids, run_containers, run_processes
+from tests.faults.invariants import (
+    Canaries,
+    FaultContext,
+    OutsideWatch,
+    agent_pids,
+    history_hits,
+    run_containers,
+    run_processes,
+)
 from tests.faults.probe_job import PROBE_JOB
 
 HEARTBEAT_S = 0.2
 LOST_AFTER_S = 2.0
-DOCKER_PROBE = "/rundock/run/probe"  # a container sees only its run directory
+DOCKER_PROBE = "/rundock/run/src/probe"  # a container sees only the job's part of its run directory
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -194,7 +202,11 @@ class Lab:
         allowed = [str(self.probe), str(self.downloads)]
         for ws in workspaces or self.workspaces:
             allowed += self.allowed_in(ws)
-        return OutsideWatch([str(self.tmp)], allowed)
+        watch = OutsideWatch([str(self.tmp)], allowed,
+                             [os.path.join(ws.path, "artifacts") for ws in workspaces or self.workspaces])
+        for ws in workspaces or self.workspaces:
+            watch.db_hits_before |= history_hits(ws.path, self.canaries.markers)
+        return watch
 
     def submit(self, ws: Workspace, cfg: dict[str, Any], *, experiment: str = "faults",
                environment: Environment | None = None, docker: bool = False, **run_config: Any) -> Run:
@@ -205,7 +217,7 @@ class Lab:
     def context(self, ws: Workspace, run_id: str, cfg: dict[str, Any] | None = None, *, docker: bool = False,
                 watch: OutsideWatch | None = None, fault: str = "none") -> FaultContext:
         run_dir = ws.store.get_run(run_id).run_dir or ""
-        return FaultContext(run_dir=run_dir, probe=os.path.join(run_dir, "probe") if docker else str(self.probe),
+        return FaultContext(run_dir=run_dir, probe=os.path.join(run_dir, "src", "probe") if docker else str(self.probe),
                             canaries=self.canaries, outside=watch,
                             values_total=(cfg or {}).get("values"), docker=docker, fault=fault)
 

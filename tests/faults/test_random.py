@@ -66,12 +66,14 @@ def make_scenario(rng: random.Random, index: int, docker: bool) -> Scenario:
                "setsid_child": rng.random() < 0.5, "ignore_term": rng.random() < 0.5,
                "outputs": {"ckpt.bin": rng.randint(1, 5000)}}
     values = int(job["values"])
+    if fault in ("kill_agent", "stop_cont", "cancel"):  # mostly long enough for the fault to hit it live
+        job["sleep"] = max(float(job.get("sleep", 0)), round(rng.uniform(0, 1.2), 2))
     normal = frozenset({"Failed"}) if job.get("exit") else (EITHER_END if kind == "hostile" else NORMAL_END)
     expected = {"none": normal, "sweep": normal, "stop_cont": normal,
                 "kill_agent": frozenset({"Failed"}), "cancel": frozenset({"Canceled"})}[fault]
     name = f"{index:02d} {'docker ' if docker else ''}{kind}{'/' + job['hostile'][0] if kind == 'hostile' else ''}" \
            f" + {fault}"
-    return Scenario(name=name, job=job, fault=fault, fault_after_values=rng.randint(0, min(values, 12)),
+    return Scenario(name=name, job=job, fault=fault, fault_after_values=rng.randint(0, min(values // 2, 12)),
                     fault_delay_s=round(rng.uniform(0, 0.4), 2), expected=expected, docker=docker,
                     run_config={"cancel_grace_seconds": 1})
 

@@ -238,30 +238,30 @@ def test_the_client_sends_nothing_to_a_daemon_of_another_user(shared_tmp: Path, 
 
 
 @needs_root
-def test_the_daemon_serves_only_its_own_user(tmp_path: Path, open_folder: Path) -> None:
+def test_the_daemon_serves_only_its_own_user(open_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runtime = open_folder / "runtime"
     runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     root = open_folder / "root"
     run_dir = root / "runs" / "run-1"
     run_dir.mkdir(parents=True)
     (run_dir / "job.json").write_text("{}")
-    open_folder.chmod(0o755)
     root.chmod(0o755)
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "RUNDOCK_AGENT_IDLE_SECONDS": "30"}
-    proc = _serve(str(root), env)
+    path = Path(daemon.socket_path(str(root), "testversion"))
+    proc = _serve(str(root), {**os.environ, "RUNDOCK_AGENT_IDLE_SECONDS": "30"})
+    folder_mode = stat.S_IMODE(os.stat(path.parent).st_mode)
     try:
-        folder = runtime / "rundock"
-        wait_until(lambda: folder.exists() and any(folder.glob("*.sock")), timeout=30, message="the daemon's socket")
-        (sock,) = folder.glob("*.sock")
-        runtime.chmod(0o711)  # a careless setup: the other user can reach the socket
-        folder.chmod(0o711)
-        sock.chmod(0o777)
+        wait_until(lambda: path.exists(), timeout=30, message="the daemon's socket")
+        for folder in {runtime, path.parent}:  # a careless setup: the other user can reach the socket
+            folder.chmod(0o711)
+        path.chmod(0o777)
         request = json.dumps({"run_dir": str(run_dir), "env": {"PATH": "/usr/bin"}}).encode()
-        reply = _as_other_user(lambda: json.dumps(_ask(str(sock), request)).encode())
+        reply = _as_other_user(lambda: json.dumps(_ask(str(path), request)).encode())
         assert json.loads(reply) == {"error": "this agent serves only its own user"}
         assert psutil.Process(proc.pid).children() == []  # no agent was forked for it
     finally:
         _stop(proc)
+        path.parent.chmod(folder_mode)
 
 
 # -- 2. the daemon's robustness ---------------------------------------------------------------------------------
@@ -326,25 +326,26 @@ def test_malformed_requests_get_an_error_and_the_daemon_keeps_serving(workspace:
         _stop(warm)
 
 
-def test_an_exiting_daemon_leaves_a_newer_daemons_socket(tmp_path: Path) -> None:
+def test_an_exiting_daemon_leaves_a_newer_daemons_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runtime = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))  # short: socket paths have about 100 characters
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     root = tmp_path / "root"
     root.mkdir()
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "RUNDOCK_AGENT_IDLE_SECONDS": "1"}
-    proc = _serve(str(root), env)
+    path = Path(daemon.socket_path(str(root), "testversion"))
+    proc = _serve(str(root), {**os.environ, "RUNDOCK_AGENT_IDLE_SECONDS": "1"})
     try:
-        folder = runtime / "rundock"
-        wait_until(lambda: folder.exists() and any(folder.glob("*.sock")), timeout=30, message="the socket")
-        (path,) = folder.glob("*.sock")
+        wait_until(lambda: path.exists(), timeout=30, message="the socket")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as newer:  # a newer daemon's, at the same name
-            newer.bind(str(folder / "newer.tmp"))
+            staging = path.parent / "newer.tmp"
+            newer.bind(str(staging))
             newer.listen(1)
-            os.rename(folder / "newer.tmp", path)
+            os.rename(staging, path)
             inode = os.lstat(path).st_ino
             assert proc.wait(30) == 0  # the old daemon idles out
             assert path.exists() and os.lstat(path).st_ino == inode
     finally:
         _stop(proc)
+        path.unlink(missing_ok=True)
         shutil.rmtree(runtime, ignore_errors=True)
 
 

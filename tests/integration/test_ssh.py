@@ -224,18 +224,38 @@ def test_cancel_reaches_the_remote_agent(workspace: Workspace, box: RemoteTarget
     assert _remote_processes(ssh_host, run.id) == []
 
 
-def test_a_killed_remote_agent_shows_not_responding_then_agent_lost(workspace: Workspace, box: RemoteTarget,
-                                                                     ssh_host: SshHost, source: Callable[..., Path],
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    run = _submit(workspace, source(**{"train.py": "import time\nprint('up', flush=True)\ntime.sleep(300)\n"}))
-    wait_until(lambda: run.get_status() == "Running", timeout=30, message="Running")
-    ssh_host.sh(f"import os, signal; os.kill(int(open({run._record.run_dir!r} + '/agent.pid').read()), "
-                "signal.SIGKILL)")
-    wait_until(lambda: run.get_status() == "NotResponding", timeout=15, message="NotResponding")
-    monkeypatch.setenv("RUNDOCK_AGENT_LOST_AFTER_SECONDS", "1")
+def _host_path_exists(host: SshHost, path: str) -> bool:
+    return host.sh(f"import os; print(os.path.lexists({path!r}))").strip() == "True"
+
+
+def test_a_killed_remote_agent_fails_the_run_and_leaves_nothing_behind(workspace: Workspace, box: RemoteTarget,
+                                                                      ssh_host: SshHost,
+                                                                      source: Callable[..., Path]) -> None:
+    workspace.set_secret("api-token", "tok-killed-agent-s3cret")
+    src = source(**{"train.py": """
+        import subprocess, sys, time
+        from rundock import Run
+        run = Run.get_context()
+        assert run.get_secret("api-token") == "tok-killed-agent-s3cret"
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+        for i in range(20):
+            run.log("v", i)
+        print("up", flush=True)
+        time.sleep(300)
+    """})
+    run = _submit(workspace, src, secrets=["api-token"])
+    wait_until(lambda: run.get_status() == "Running" and b"up" in workspace.store.read_log(
+        run.id, "system_logs/driver_log.txt"), timeout=30, message="up")
+    run_dir = run._record.run_dir or ""
+    assert _host_path_exists(ssh_host, f"{run_dir}/secrets.json")
+    assert len(_remote_processes(ssh_host, run.id)) >= 2
+    ssh_host.sh(f"import os, signal; os.kill(int(open({run_dir!r} + '/agent.pid').read()), signal.SIGKILL)")
+    # The host sees at once that the agent's lock is free: the next pull ships, reaps, then ends the run.
     wait_until(lambda: run.get_status() == "Failed", timeout=15, message="Failed")
     assert run.get_details()["error"]["error"]["code"] == "AgentLost"
-    wait_until(lambda: _remote_processes(ssh_host, run.id) == [], timeout=15, message="the orphaned job killed")
+    assert run.get_metrics()["v"] == list(range(20))  # what the job logged was shipped before ending it
+    assert _remote_processes(ssh_host, run.id) == []  # the job and its setsid grandchild were killed first
+    assert not _host_path_exists(ssh_host, f"{run_dir}/secrets.json")
 
 
 def test_a_changed_host_key_is_refused_loudly(workspace: Workspace, box: RemoteTarget, ssh_host: SshHost,

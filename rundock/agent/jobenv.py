@@ -58,7 +58,7 @@ JOB_NAMES = frozenset((
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
 ))
-JOB_PREFIXES = ("LC_", "CONDA_", "CUDA_", "NVIDIA_", "NCCL_", "CUDNN_", "OMP_", "KMP_", "MKL_", "OPENBLAS_",
+JOB_PREFIXES = ("LC_", "TOKENIZERS_", "CONDA_", "CUDA_", "NVIDIA_", "NCCL_", "CUDNN_", "OMP_", "KMP_", "MKL_", "OPENBLAS_",
                 "TORCH_", "PYTORCH_", "TF_", "XLA_", "HF_", "TRANSFORMERS_")
 
 AGENT_NAMES = frozenset((
@@ -69,11 +69,14 @@ AGENT_NAMES = frozenset((
 AGENT_PREFIXES = ("PIP_",)
 
 _SECRET = re.compile(r"PASSWORD|PASSPHRASE|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
+NOT_SECRETS = frozenset(("TOKENIZERS_PARALLELISM",))  # settings whose names merely contain a secret word
 
 
 def is_secret_name(name: str) -> bool:
     """Whether a variable of this name may hold a credential (and so never leaves the submitter)."""
     upper = name.upper()
+    if upper in NOT_SECRETS:
+        return False
     return upper.startswith("RUNDOCK_SSH_") or _SECRET.search(name) is not None
 
 

@@ -30,7 +30,8 @@ from rundock.history.artifacts import ArtifactStore
 
 PULLED_DIRS = (rundir.JOURNAL_DIR, rundir.AGENT_JOURNAL_DIR, rundir.SYSTEM_LOGS_DIR)
 JOURNAL_DIRS = (rundir.JOURNAL_DIR, rundir.AGENT_JOURNAL_DIR)
-MAX_PULL_FILE = 16 << 20  # bytes of one file per pull; the rest comes with the next one
+MAX_PULL_FILE = 16 << 20  # bytes of one file per pull; the rest comes with the next one ("more")
+MAX_PULL_TOTAL = 64 << 20  # bytes of journals and logs per pull
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -104,7 +105,8 @@ def pull(run_dir: str, store: ArtifactStore, offsets: Any, out: IO[bytes]) -> No
     """Write a gzip tar: ``state.json``, then ``data/<file>`` (bytes after its offset), ``blobs/<digest>``.
 
     An offset that the file cannot have (past its end, negative, not a number) is answered with the
-    file from its start and ``reset``; at most MAX_PULL_FILE bytes of a file come per pull.
+    file from its start and ``reset``; at most MAX_PULL_FILE bytes of a file (MAX_PULL_TOTAL in all) come per
+    pull, and ``more`` says that the next pull brings the rest.
     """
     alive = runlock.agent_alive(run_dir)  # before reading: anything the agent wrote before it died is read below
     started = runlock.agent_started(run_dir)
@@ -113,6 +115,7 @@ def pull(run_dir: str, store: ArtifactStore, offsets: Any, out: IO[bytes]) -> No
     payload: list[tuple[str, bytes]] = []
     blobs: dict[str, int] = {}
     uploads: set[str] = set()
+    budget, more = MAX_PULL_TOTAL, False
     for folder in PULLED_DIRS:
         directory = os.path.join(run_dir, folder)
         for name in _pulled_names(directory, folder):
@@ -125,12 +128,18 @@ def pull(run_dir: str, store: ArtifactStore, offsets: Any, out: IO[bytes]) -> No
             if not stat.S_ISREG(st.st_mode):
                 continue
             offset, reset = _offset(asked.get(rel, 0), st.st_size)
-            data = read_from(path, offset, MAX_PULL_FILE)
+            limit = min(MAX_PULL_FILE, budget)
+            if limit <= 0:
+                more = True
+                continue
+            data = read_from(path, offset, limit)
+            more = more or len(data) >= limit
             if folder in JOURNAL_DIRS:
                 end = data.rfind(b"\n") + 1  # whole records only (one longer than the limit goes as it is)
-                data = data if end == 0 and len(data) >= MAX_PULL_FILE else data[:end]
+                data = data if end == 0 and len(data) >= limit else data[:end]
                 _scan(data, folder == rundir.AGENT_JOURNAL_DIR, blobs, uploads)
             if data or reset:
+                budget -= len(data)
                 files[rel] = {"offset": offset, "size": len(data), "reset": reset}
                 payload.append((f"data/{rel}", data))
     sent_blobs = {d: size for d, size in blobs.items() if store.has(d) and store.size(d) == size}
@@ -147,7 +156,7 @@ def pull(run_dir: str, store: ArtifactStore, offsets: Any, out: IO[bytes]) -> No
     state: dict[str, Any] = {
         "agent_alive": alive, "agent_started": started, "silent": runlock.silent_for(run_dir),
         "agent_state": _last_state(run_dir), "now": time.time(), "exists": os.path.isdir(run_dir),
-        "run_dir": run_dir, "files": files, "blobs": sent_blobs, "uploads": sizes}
+        "run_dir": run_dir, "files": files, "blobs": sent_blobs, "uploads": sizes, "more": more}
     with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as zipped, \
             tarfile.open(fileobj=zipped, mode="w|") as tar:
         _add(tar, "state.json", json.dumps(state).encode())

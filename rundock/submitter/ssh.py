@@ -3,11 +3,16 @@
 Host keys come from ``~/.ssh/known_hosts`` and the workspace's own
 ``.rundock/known_hosts`` (where ``rundock target trust NAME`` records them). An
 unknown key is refused with its fingerprint and the command that trusts it; a
-changed key is refused loudly before anything is sent. ``~/.ssh/config``
+changed key is refused loudly before anything is sent, and ``trust`` replaces
+it only after showing both fingerprints and asking. ``~/.ssh/config``
 aliases, users, ports, identity files and ProxyJump are honoured; keys in an
 ssh-agent are used. Passwords and passphrases are never written anywhere:
 they come from the attach call (this process only) or from
 ``RUNDOCK_SSH_PASSWORD`` / ``RUNDOCK_SSH_KEY_PASSPHRASE``.
+
+Every SshError says whether it is ``transient`` (worth trying again on a new
+connection) or permanent; ``retrying`` is the one bounded backoff. Which
+commands may be repeated is the caller's business (see targets/remote.py).
 """
 
 from __future__ import annotations

@@ -128,6 +128,7 @@ def test_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     runconfig.write_text("script: train.py\ncancel_grace_seconds: .nan\n")
     Workspace.create(str(project)).close()
     monkeypatch.chdir(project)
+    monkeypatch.setenv("RUNDOCK_AGENT_IDLE_SECONDS", "5")  # should a submit get through, its warm agent goes soon
     argv = ["submit", str(project / "src"), "-s", "train.py", "--detach",
             *[str(runconfig) if a == "@RUNCONFIG@" else a for a in args]]
     with pytest.raises(SystemExit) as exited:

@@ -61,6 +61,7 @@ _ROOTS: dict[tuple[str, str, str, str], tuple[SshConnection, str]] = {}  # the h
 _LOCK = threading.Lock()
 NO_AGENT = 75  # exit status of the host check when this version of the agent is not installed there
 DISK_MARGIN = 64 * 1024 * 1024
+MAX_PULLS = 16  # per sync; each brings at most 64 MiB of journals and logs (see rundock.agent.pull)
 Stdin = bytes | Callable[[], Iterable[bytes]]
 
 
@@ -217,7 +218,7 @@ class RemoteTarget:
             tags={k: None if v is None else str(v) for k, v in (tags or {}).items()},
             properties={"ContentSnapshotId": snapshot.snapshot_id, **git_properties(config.source_directory)})
         try:
-            root = self.root(self.connect())
+            root = self._retrying(self.root)
             run_dir = f"{root}/runs/{record.run_id}"
             job = JobSpec(
                 run_id=record.run_id, experiment=experiment, mode=MODE_JOURNAL, store_uri="",
@@ -271,39 +272,57 @@ class RemoteTarget:
     def sync(self, run: RunRecord) -> None:
         """Pull what is new in the run's remote directory into the history (exactly once).
 
+        When the host's view says the run's agent is gone, the lost-run policy follows (the same as for
+        this host's runs, see rundock.history.liveness): ship, kill what is left, ship again, then end.
         Raises RemoteSyncError (naming the host and the run) when something pulled could not be applied,
-        after applying everything else and judging the run from the host's view: a pull never wedges a run.
+        after applying everything else and judging the run: a bad pull never wedges a run.
         """
         if run.status.is_terminal:
             return
         where = f"target {self.name} ({self.config.address})"
         mirror = self.mirror_dir(run.run_id)
-        key = (self.workspace.path, run.run_id)
         with mirrors.locked(mirror):
             try:
-                pulled = self._pull(run.run_id, mirror)
+                state, problems, shipped = self._ship(run.run_id, mirror)
+                ending = self._ending(run.run_id, state, shipped)
+                if ending is not None and not json.loads(self._remote("reap", run.run_id)).get("agent_alive"):
+                    problems += self._ship(run.run_id, mirror)[1]  # what the job wrote until it was killed
+                    self._end(run.run_id, *ending)
+            except RemoteSyncError:
+                raise
             except RundockError as exc:
-                raise RemoteSyncError(f"run {run.run_id}: pulling from {where} failed: {exc}") from exc
-            with _LOCK:
-                syncer = None if pulled.reset else _SYNCERS.get(key)  # a file started over: so does the reader
-                if syncer is None:
-                    syncer = _SYNCERS[key] = Syncer(mirror, run.run_id, self.workspace.store,
-                                                    self.workspace.artifacts)
-            problems = list(pulled.problems)
-            shipped = True
-            try:
-                syncer.sync_once()
-            except StoreError:
-                raise  # the history itself cannot be written: its own error says why
-            except Exception as exc:  # anything else: the next pull reads the mirror again from its start
-                with _LOCK:
-                    _SYNCERS.pop(key, None)
-                problems.append(f"shipping its records failed: {type(exc).__name__}: {exc}")
-                shipped = False
-            self._judge(run.run_id, pulled.state, shipped)
+                if isinstance(exc, StoreError):
+                    raise  # the history itself cannot be written: its own error says why
+                raise RemoteSyncError(f"run {run.run_id}: syncing from {where} failed: {exc}") from exc
         if problems:
             raise RemoteSyncError(f"run {run.run_id} on {where}: part of what was pulled could not be applied (the "
                                   "rest was, and the next pull tries again): " + "; ".join(problems))
+
+    def _ship(self, run_id: str, mirror: str) -> tuple[dict[str, Any], list[str], bool]:
+        """Pull into the mirror (again while the host has more) and ship it: (host's state, problems, shipped)."""
+        problems: list[str] = []
+        reset = False
+        for _ in range(MAX_PULLS):  # a large backlog comes in several pulls
+            pulled = self._pull(run_id, mirror)
+            problems += pulled.problems
+            reset = reset or pulled.reset
+            if not pulled.state.get("more"):
+                break
+        key = (self.workspace.path, run_id)
+        with _LOCK:
+            syncer = None if reset else _SYNCERS.get(key)  # a file started over: so does the reader
+            if syncer is None:
+                syncer = _SYNCERS[key] = Syncer(mirror, run_id, self.workspace.store, self.workspace.artifacts)
+        try:
+            syncer.sync_once()
+        except StoreError:
+            raise
+        except Exception as exc:  # anything else: the next pull reads the mirror again from its start
+            with _LOCK:
+                _SYNCERS.pop(key, None)
+            problems.append(f"shipping its records failed: {type(exc).__name__}: {exc}")
+            return pulled.state, problems, False
+        return pulled.state, problems, True
 
     def _pull(self, run_id: str, mirror: str) -> mirrors.Pulled:
         with tempfile.TemporaryFile(dir=mirror) as spool:
@@ -314,37 +333,40 @@ class RemoteTarget:
             except (OSError, ValueError, EOFError) as exc:
                 raise RundockError(f"its answer could not be read: {type(exc).__name__}: {exc}") from None
 
-    def _judge(self, run_id: str, state: dict[str, Any], shipped: bool) -> None:
-        """After a pull: end the run as the host sees it when its agent is gone (the lost-run policy)."""
+    def _ending(self, run_id: str, state: dict[str, Any], shipped: bool
+                ) -> tuple[RunStatus, str, dict[str, Any] | None] | None:
+        """How the run ends when the host's view says its agent is gone (None while it is not, or it has ended)."""
         store = self.workspace.store
         record = store.get_run(run_id)
         if record.status.is_terminal:
             store.end_open_children(run_id, record.status)
-            return
-        if state.get("agent_alive"):
-            return
+            return None
+        if state.get("agent_alive") or state.get("more"):  # alive, or not all it recorded is here yet
+            return None
         ended = state.get("agent_state") or {}
         limit = liveness.lost_after_seconds()
         silent = state.get("silent")
         if not shipped and ended.get("status") in {s.value for s in RunStatus if s.is_terminal}:
-            status, detail = RunStatus(ended["status"]), f"{ended.get('detail') or ''} (as recorded on the host)"
-            error = ended.get("error")
-        elif state.get("agent_started"):
-            status, detail = RunStatus.FAILED, "agent lost"
-            error = {"code": "AgentLost", "message": f"agent lost: the run's agent on target {self.name} is gone "
-                                                     "(it was killed, crashed, or its host restarted)"}
+            # the agent recorded its end, and this pass could not ship it: end the run as the host saw it
+            return RunStatus(ended["status"]), f"{ended.get('detail') or ''} (as recorded on the host)", \
+                ended.get("error") if isinstance(ended.get("error"), dict) else None
+        lost = {"code": "AgentLost"}
+        if state.get("agent_started"):
+            lost["message"] = (f"agent lost: the run's agent on target {self.name} is gone (it was killed, crashed, "
+                               "or its host restarted)")
         elif (state.get("exists") and isinstance(silent, (int, float)) and silent > limit) or \
                 (not state.get("exists") and time.time() - record.created_at > limit):
-            status, detail = RunStatus.FAILED, "agent lost"
-            error = {"code": "AgentLost", "message": f"agent lost: no agent took the run on target {self.name} "
-                                                     f"within {limit:.0f} s"}
+            lost["message"] = f"agent lost: no agent took the run on target {self.name} within {limit:.0f} s"
         else:
-            return
-        reaped = json.loads(self._remote("reap", run_id))  # first, so that a failed reap is tried again
-        if reaped.get("agent_alive"):
-            return  # an agent took the run meanwhile
-        if store.transition(run_id, status, detail=detail, error=error):
-            store.end_open_children(run_id, status)
+            return None
+        return RunStatus.FAILED, "agent lost", lost
+
+    def _end(self, run_id: str, status: RunStatus, detail: str, error: dict[str, Any] | None) -> None:
+        store = self.workspace.store
+        store.transition(run_id, status, detail=detail, error=error)  # no change if it ended meanwhile
+        final = store.get_run(run_id).status
+        if final.is_terminal:
+            store.end_open_children(run_id, final)
 
     def cancel(self, run: RunRecord) -> None:
         self._remote("cancel", run.run_id)

@@ -58,8 +58,8 @@ JOB_NAMES = frozenset((
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
 ))
-JOB_PREFIXES = ("LC_", "TOKENIZERS_", "CONDA_", "CUDA_", "NVIDIA_", "NCCL_", "CUDNN_", "OMP_", "KMP_", "MKL_", "OPENBLAS_",
-                "TORCH_", "PYTORCH_", "TF_", "XLA_", "HF_", "TRANSFORMERS_")
+JOB_PREFIXES = ("LC_", "CONDA_", "CUDA_", "NVIDIA_", "NCCL_", "CUDNN_", "OMP_", "KMP_", "MKL_", "OPENBLAS_",
+                "TORCH_", "PYTORCH_", "TF_", "XLA_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 
 AGENT_NAMES = frozenset((
     "PYTHONPATH", ENV_USER_PYTHONPATH, "RUNDOCK_HEARTBEAT_SECONDS", "RUNDOCK_AGENT_LOST_AFTER_SECONDS",

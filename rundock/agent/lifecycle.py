@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any, Callable, Protocol
 
-from rundock.agent import runlock
+from rundock.agent import reaper, runlock
 from rundock.agent.cancel import become_subreaper
 from rundock.agent.environments import PrepareError
 from rundock.agent.executors.process import ProcessExecutor
@@ -47,7 +47,7 @@ from rundock.agent.slots import Slot, Ticket, try_acquire
 from rundock.context import run as ctx
 from rundock.context import rundir
 from rundock.context.journal import JournalWriter
-from rundock.errors import StoreReplacedError
+from rundock.errors import RunNotFoundError, StoreReplacedError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import open_store
 from rundock.history.sync import SYSTEM_LOGS_DIR, JournalOnly, Syncer
@@ -160,8 +160,9 @@ class Agent:
         """Take a run slot; False if the run was canceled while it waited."""
         spec, slots_dir, ticket = self.spec, self.slots_dir, self.ticket
         try:
-            self.slot = try_acquire(slots_dir, spec.max_concurrent_runs) if ticket.is_first() else None
+            self.slot = try_acquire(slots_dir, spec.max_concurrent_runs, spec.run_id) if ticket.is_first() else None
             if self.slot is not None:
+                self._clear_previous(self.slot.previous)
                 self.state(RunStatus.QUEUED, f"run slot {self.slot.index + 1} of {spec.max_concurrent_runs} is free")
                 return True
             self.state(RunStatus.QUEUED, f"waiting for a free run slot: all {spec.max_concurrent_runs} "
@@ -170,10 +171,36 @@ class Agent:
                 if self.canceled():
                     return False
                 self.sleep(0.1)
-                self.slot = try_acquire(slots_dir, spec.max_concurrent_runs) if ticket.is_first() else None
+                self.slot = try_acquire(slots_dir, spec.max_concurrent_runs, spec.run_id) if ticket.is_first() else None
+            self._clear_previous(self.slot.previous)
             return True
         finally:
             ticket.release()
+
+    def _clear_previous(self, run_id: str) -> None:
+        """The slot's last holder may have died leaving work behind (a container holds no slot lock): end it by
+        the lost-run policy before this run starts, so a slot never runs two jobs at once."""
+        previous = os.path.join(os.path.dirname(self.run_dir), run_id)
+        if not run_id or run_id == self.spec.run_id or not os.path.isdir(previous) or runlock.agent_alive(previous):
+            return
+        if self.store is not None:
+            from rundock.history.liveness import Liveness
+
+            try:
+                record = self.store.get_run(run_id)
+            except RunNotFoundError:
+                record = None
+            if record is not None and not record.status.is_terminal:
+                Liveness(self.store, self.artifacts).check(record)
+            return
+        try:  # a host without a history: the journal stays for the submitter's pull; only the work is ended
+            with open(os.path.join(previous, rundir.PROCESSES_FILE), encoding="utf-8") as fh:
+                container = json.load(fh).get("container")
+        except (OSError, ValueError, AttributeError):
+            container = None
+        if container:
+            reaper.remove_run_containers(run_id)
+        reaper.kill_run_processes(run_id)
 
     def job_env(self, plan: Plan) -> tuple[dict[str, str], list[str]]:
         """The job's environment variables and the host folders to put on its PYTHONPATH.

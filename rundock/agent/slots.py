@@ -21,9 +21,12 @@ STARTUP_GRACE_SECONDS = 30.0
 
 
 class Slot:
-    def __init__(self, fd: int, index: int) -> None:
+    """A taken slot; ``previous`` is the run that held it last (its agent may have died with work left)."""
+
+    def __init__(self, fd: int, index: int, previous: str = "") -> None:
         self.fd = fd
         self.index = index
+        self.previous = previous
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -31,17 +34,21 @@ class Slot:
             self.fd = -1
 
 
-def try_acquire(slots_dir: str, count: int) -> Slot | None:
-    """Take a free slot, or None when all ``count`` are in use."""
+def try_acquire(slots_dir: str, count: int, run_id: str = "") -> Slot | None:
+    """Take a free slot for ``run_id``, or None when all ``count`` are in use. The slot file names its
+    holder, so the next holder can see whose work may be left (a container outlives its dead agent)."""
     os.makedirs(slots_dir, exist_ok=True)
     for index in range(max(1, count)):
-        fd = os.open(os.path.join(slots_dir, f"slot-{index}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(slots_dir, f"slot-{index}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             continue
-        return Slot(fd, index)
+        previous = os.pread(fd, 300, 0).decode("utf-8", "replace").strip()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, run_id.encode(), 0)
+        return Slot(fd, index, previous)
     return None
 
 

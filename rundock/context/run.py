@@ -192,7 +192,9 @@ class Run(RunRecorder):
         """The value of the workspace secret ``name``."""
         value = self.get_secrets([name])[name]
         if value is None:
-            raise KeyError(f"no secret {name!r} in the workspace; add it with `rundock secret set {name}`")
+            raise KeyError(f"secret {name!r} is not available to this run: add it to the workspace with "
+                           f"`rundock secret set {name}` and, for a run on another host, list it in the run "
+                           f"configuration's `secrets` (only the secrets named there travel to a remote host)")
         return value
 
     def get_secrets(self, secrets: list[str]) -> dict[str, str | None]:

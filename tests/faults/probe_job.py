@@ -3,9 +3,9 @@
 It runs under the job's own Python (any >= 3.8, also inside a container), so it uses the standard
 library and ``rundock.context`` only. It takes one argument, a JSON object:
 
-- ``probe``: a folder OUTSIDE the run (inside it for Docker jobs, which see nothing else); the job
-  writes ``<probe>/<run id>/`` files there with ``os.fsync`` so that the test knows what was
-  durable when a fault hit: ``starts`` (one pid per execution), ``values`` (each value after
+- ``probe``: a folder OUTSIDE the run (``src/probe`` for Docker jobs, which see only their part of
+  the run directory); the job writes ``<probe>/<run id>/`` files there with ``os.fsync`` so that
+  the test knows what was durable when a fault hit: ``starts`` (one pid per execution), ``values`` (each value after
   ``run.log`` returned), ``children`` (pids of the processes it started), ``done``;
 - ``values``/``interval``: log ``v`` = 0..values-1, sleeping ``interval`` s after each;
 - ``outputs``: {name: size} written to ``./outputs`` before logging;

@@ -272,17 +272,18 @@ class Lab:
 
 
 def daemons_of(ws: Workspace) -> list[int]:
-    """Live ``rundock.agent serve`` processes of this workspace."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    """Live ``rundock.agent serve`` daemons of this workspace. A daemon forks each run's agent, and the
+    fork keeps the daemon's command line: a ``serve`` process whose parent is one too is an agent."""
+    serving = {}
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
         try:
             cmd = proc.info["cmdline"] or []
             if any("rundock.agent" in c for c in cmd) and "serve" in cmd and ws.local_root in cmd \
                     and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
+                serving[proc.pid] = proc.info["ppid"]
         except (psutil.Error, OSError):
             continue
-    return found
+    return sorted(pid for pid, parent in serving.items() if parent not in serving)
 
 
 @dataclasses.dataclass

@@ -9,7 +9,15 @@ import pytest
 
 from rundock.states import RunStatus
 from tests.faults.invariants import run_checks
-from tests.faults.scenario import Lab, assert_agent_lost, drive_to_end, history_text, signal_agent, wait_for, wait_status
+from tests.faults.scenario import (
+    Lab,
+    assert_agent_lost,
+    drive_to_end,
+    history_text,
+    signal_agent,
+    wait_for,
+    wait_status,
+)
 
 
 def test_the_next_run_ends_a_lost_container_run_before_it_starts(lab: Lab, docker_base_image: str,

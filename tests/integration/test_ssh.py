@@ -169,6 +169,14 @@ def test_many_small_files_and_large_ones_arrive_intact(workspace: Workspace, box
     assert stored == {"packs": ["idx", "pack"], "large": 2}  # the small files are one pack on the host too
 
 
+def _ended_on_host(host: SshHost, run_dir: str) -> bool:
+    """Whether the run's agent recorded its end on the host (read there, without pulling)."""
+    return host.sh(f"import json, os\np = {run_dir!r} + '/agent_journal/agent.jsonl'\n"
+                   "recs = [json.loads(line) for line in open(p)] if os.path.exists(p) else []\n"
+                   "print(any(r.get('type') == 'state' and r.get('status') in ('Completed', 'Failed', 'Canceled')"
+                   " for r in recs))").strip() == "True"
+
+
 def test_the_run_survives_the_submitter_and_resyncs_exactly_once(workspace: Workspace, box: RemoteTarget,
                                                                  ssh_host: SshHost,
                                                                  source: Callable[..., Path]) -> None:
@@ -182,10 +190,10 @@ def test_the_run_survives_the_submitter_and_resyncs_exactly_once(workspace: Work
                                env=dict(os.environ))
     assert submitted.returncode == 0, submitted.stderr
     run = Run.get(workspace, submitted.stdout.strip())  # the submitting process has exited
-    time.sleep(0.6)
-    run.get_status()  # one pull while the run is live, then none until it has ended
-    time.sleep(2.5)
-    assert run._record.status.value in ("Running", "Queued", "Preparing", "Starting")
+    wait_until(lambda: run.get_status() == "Running", timeout=30, message="Running")  # pulls while it is live
+    wait_until(lambda: _ended_on_host(ssh_host, run._record.run_dir or ""), timeout=60,
+               message="the run to end on its host")  # and none until it has ended there
+    assert run._record.status.value == "Running"
     followed = _rundock(workspace, "logs", run.id, "--follow")  # reconnects, pulls, follows to the end
     assert followed.stdout == "".join(f"step {i}\n" for i in range(12))
     _rundock(workspace, "sync", run.id, "--wait")

@@ -71,6 +71,7 @@ class Proxy:
         self.lock = threading.Lock()
         self.to_drop = 0
         self.dropped = 0
+        self.accepted = 0
         self.live: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -89,6 +90,7 @@ class Proxy:
             except OSError:
                 return
             with self.lock:
+                self.accepted += 1
                 if self.to_drop:
                     self.to_drop -= 1
                     self.dropped += 1
@@ -174,22 +176,25 @@ def test_transient_failures_are_retried_on_a_new_connection(workspace: Workspace
 
 
 def test_permanent_failures_are_reported_at_once(workspace: Workspace, box: RemoteTarget, host: SshHost,
-                                                 tmp_path: Path, source: Callable[..., Path]) -> None:
+                                                 proxy: Proxy, tmp_path: Path, source: Callable[..., Path]) -> None:
+    """A refused login, a host without Python, an unknown host key: one connection, no retry, no wait."""
     src = source(**{"train.py": "print(1)"})
     wrong = tmp_path / "wrong_key"
     paramiko.RSAKey.generate(2048).write_private_key_file(str(wrong))
-    ComputeTarget.attach(workspace, "wrongkey", RemoteCompute.attach_configuration(
-        address="127.0.0.1", ssh_port=host.port, username="root", private_key_file=str(wrong)))
-    _attach(workspace, host, name="nopython", python="/usr/bin/python9")
-    ComputeTarget.attach(workspace, "stranger", RemoteCompute.attach_configuration(  # a name with no known key
-        address="localhost", ssh_port=host.port, username="root", private_key_file=host.key_file))
+    for name, address, key, python in (("wrongkey", "127.0.0.1", str(wrong), "python3"),
+                                       ("nopython", "127.0.0.1", host.key_file, "/usr/bin/python9"),
+                                       ("stranger", "localhost", host.key_file, "python3")):  # no key known for it
+        ComputeTarget.attach(workspace, name, RemoteCompute.attach_configuration(
+            address=address, ssh_port=proxy.port, username="root", private_key_file=key, python=python))
+    _rundock(workspace, "target", "trust", "wrongkey")  # the key of [127.0.0.1]:PROXY
     backoff = sum(RETRY_DELAYS)
     for target, expected in (("wrongkey", "refused the login"), ("nopython", "no usable Python"),
                              ("stranger", "is not known")):
-        started = time.monotonic()
+        before, started = proxy.accepted, time.monotonic()
         with pytest.raises(SshError, match=expected) as raised:
             _submit(workspace, src, target=target)
-        assert time.monotonic() - started < backoff / 2, target
+        assert proxy.accepted - before == 1, target  # one connection: never tried again
+        assert time.monotonic() - started < backoff, target
         assert "tried" not in str(raised.value)
     assert workspace.store.list_runs() == []
     # a host that stays unreachable is retried, boundedly, and then named
@@ -198,7 +203,7 @@ def test_permanent_failures_are_reported_at_once(workspace: Workspace, box: Remo
     started = time.monotonic()
     with pytest.raises(SshError, match=rf"cannot connect to .*\(target offline\).*tried {len(RETRY_DELAYS) + 1} "):
         _submit(workspace, src, target="offline")
-    assert backoff <= time.monotonic() - started < backoff + 20
+    assert time.monotonic() - started >= backoff
 
 
 def test_a_repeated_start_answers_with_the_first_agent(workspace: Workspace, box: RemoteTarget, host: SshHost,

@@ -65,6 +65,11 @@ MAX_PULLS = 16  # per sync; each brings at most 64 MiB of journals and logs (see
 Stdin = bytes | Callable[[], Iterable[bytes]]
 
 
+def _alive(conn: SshConnection) -> bool:
+    transport = conn.client.get_transport()
+    return transport is not None and transport.is_active()
+
+
 class RemoteSyncError(RundockError):
     """What a pull brought could not all be applied; the message names the host, the run and each problem."""
 
@@ -87,33 +92,42 @@ class RemoteTarget:
 
     def connect(self) -> SshConnection:
         """The cached connection, or a new one (transient failures to connect are retried)."""
-        return retrying(self._connection, on_retry=lambda _: self._forget())
+        return retrying(self._connection)
 
     def _connection(self) -> SshConnection:
         key = (self.workspace.path, self.name)
         with _LOCK:
             conn = _CONNECTIONS.get(key)
-        transport = conn.client.get_transport() if conn else None
-        if conn is not None and transport is not None and transport.is_active():
+        if conn is not None and _alive(conn):
             return conn
-        fresh = SshConnection(self.ssh_target(), self.known_hosts)
+        fresh = SshConnection(self.ssh_target(), self.known_hosts)  # outside the lock: it takes a while
         with _LOCK:
-            old = _CONNECTIONS.get(key)
-            _CONNECTIONS[key] = fresh
-        if old is not None and old is not conn:  # another thread connected meanwhile: keep one
-            old.close()
-        return fresh
-
-    def _forget(self) -> None:
-        """Drop the cached connection (after a transient failure the next attempt starts a new one)."""
-        with _LOCK:
-            conn = _CONNECTIONS.pop((self.workspace.path, self.name), None)
-        if conn is not None:
+            current = _CONNECTIONS.get(key)
+            keep = current if current is not None and current is not conn and _alive(current) else fresh
+            _CONNECTIONS[key] = keep
+        if keep is not fresh:  # another thread connected meanwhile: use its connection
+            fresh.close()
+        elif conn is not None:  # the dead one it replaces
             conn.close()
+        return keep
+
+    def _forget(self, conn: SshConnection) -> None:
+        """Close a connection that failed; the next attempt starts a new one."""
+        key = (self.workspace.path, self.name)
+        with _LOCK:
+            if _CONNECTIONS.get(key) is conn:
+                del _CONNECTIONS[key]
+        conn.close()
 
     def _retrying(self, action: Callable[[SshConnection], T]) -> T:
         """``action`` on a connection, tried again on a new one after a transient failure (safe actions only)."""
-        return retrying(lambda: action(self._connection()), on_retry=lambda _: self._forget())
+        used: list[SshConnection] = []
+
+        def attempt() -> T:
+            used.append(self._connection())
+            return action(used[-1])
+
+        return retrying(attempt, on_retry=lambda _: self._forget(used[-1]) if used else None)
 
     def _agent_command(self, conn: SshConnection, command: str, *args: str) -> str:
         digest, _ = agent_bundle()

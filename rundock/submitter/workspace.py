@@ -170,7 +170,12 @@ class Workspace:
         if self._store is None:
             if self.config.history is None:  # the default history file: created private before SQLite opens it
                 db = os.path.join(self.path, "history.db")
-                os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+                # Only a file that does not exist yet is opened here: closing any descriptor of an existing
+                # history would drop the SQLite locks another connection of this process holds on it.
+                try:
+                    os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                except FileExistsError:
+                    pass
             self._store = open_store(self.history_uri)
         return self._store
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from rundock.errors import ConfigError
-from rundock.runconfig.schema import from_mapping, to_mapping
+from rundock.runconfig.schema import check_numbers, from_mapping, to_mapping
 
 if TYPE_CHECKING:
     from rundock.submitter.workspace import Workspace
@@ -50,11 +50,9 @@ def _load(workspace: Workspace) -> dict[str, Any]:
 
 
 def _save(workspace: Workspace, targets: dict[str, Any]) -> None:
-    path = os.path.join(workspace.path, TARGETS_FILE)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(targets, fh, sort_keys=True)
-    os.replace(tmp, path)
+    from rundock.submitter.workspace import write_private
+
+    write_private(os.path.join(workspace.path, TARGETS_FILE), yaml.safe_dump(targets, sort_keys=True))
 
 
 class RemoteCompute:
@@ -116,6 +114,7 @@ class ComputeTarget:
         if not _NAME.match(name) or name in ("local", "sdk"):
             raise ConfigError(f"target name {name!r} must be 2-32 letters, digits or '-', starting with a letter, "
                               "and not 'local'", field="name")
+        check_numbers(attach_configuration, source="the attach configuration")
         stored = {k: v for k, v in to_mapping(attach_configuration).items()
                   if not any(f.name == k and f.metadata.get("secret")
                              for f in dataclasses.fields(attach_configuration))}

@@ -143,3 +143,17 @@ def test_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
         assert ws.store.list_runs() == []  # refused before any run was created
     finally:
         ws.close()
+
+
+def test_attaching_a_target_checks_its_numbers_and_keeps_the_file_private(tmp_path: Path) -> None:
+    import os
+
+    from rundock.submitter.compute import ComputeTarget, RemoteCompute
+    from rundock.submitter.workspace import Workspace
+
+    ws = Workspace.create(str(tmp_path))
+    with pytest.raises(ConfigError, match="max_concurrent_runs"):
+        ComputeTarget.attach(ws, "gpu", RemoteCompute.attach_configuration(address="h", max_concurrent_runs=-1))
+    assert not os.path.exists(os.path.join(ws.path, "targets.yaml"))
+    ComputeTarget.attach(ws, "gpu", RemoteCompute.attach_configuration(address="h"))
+    assert os.stat(os.path.join(ws.path, "targets.yaml")).st_mode & 0o777 == 0o600

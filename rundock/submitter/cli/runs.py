@@ -1,4 +1,4 @@
-"""The ``rundock`` command line."""
+"""``rundock init``, ``submit``, ``runs``, ``show``, ``logs``, ``metrics``, ``download``, ``cancel``, ``sync``."""
 
 from __future__ import annotations
 
@@ -6,44 +6,19 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from rundock.errors import RundockError, RunFailedError
 from rundock.history.records import iso_utc
 from rundock.runconfig.environment import Environment
 from rundock.runconfig.run_configuration import RunConfiguration
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.submitter import follow
+from rundock.submitter.cli.base import _parse_tags, _run, _workspace, cli, console, out
 from rundock.submitter.experiment import Experiment
-from rundock.submitter.run import Run
 from rundock.submitter.workspace import Workspace
-
-# Run ids are never cut: without a terminal, lines are as wide as they need to be.
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
-
-
-def _workspace() -> Workspace:
-    return Workspace.from_config()
-
-
-def _run(run_id: str) -> Run:
-    return Run.get(_workspace(), run_id)
-
-
-def _parse_tags(values: tuple[str, ...]) -> dict[str, str | None]:
-    return {k: (v if sep else None) for k, sep, v in (t.partition("=") for t in values)}
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="rundock")
-def cli() -> None:
-    """Submit training scripts to compute targets and track their runs."""
 
 
 @cli.command()
@@ -224,152 +199,6 @@ def cancel(run_id: str) -> None:
     else:
         console.print(f"Cancel requested for {run.id}; status: {run.get_status()}")
 
-
-@cli.group()
-def secret() -> None:
-    """Workspace secrets that jobs read with run.get_secret(NAME)."""
-
-
-@secret.command("set")
-@click.argument("name")
-@click.option("--value", help="The value (default: prompt without echo, or read from standard input).")
-def secret_set(name: str, value: str | None) -> None:
-    """Add or replace secret NAME."""
-    if value is None:
-        value = click.prompt(f"Value of {name}", hide_input=True) if sys.stdin.isatty() else sys.stdin.read().strip()
-    _workspace().secrets.set_secret(name, value)
-    console.print(f"Secret {name} saved")
-
-
-@secret.command("list")
-def secret_list() -> None:
-    """List secret names (never values)."""
-    for entry in _workspace().secrets.list_secrets():
-        out.print(entry["name"])
-
-
-@secret.command("delete")
-@click.argument("name")
-def secret_delete(name: str) -> None:
-    """Remove secret NAME."""
-    _workspace().secrets.delete_secret(name)
-    console.print(f"Secret {name} deleted")
-
-
-@cli.command()
-@click.argument("name", required=False)
-def models(name: str | None) -> None:
-    """List registered model versions (of NAME), newest first."""
-    from rundock.submitter.model import Model
-
-    table = Table("model", "version", "run id", "path", "tags", box=None)
-    for model in Model.list(_workspace(), name=name):
-        table.add_row(model.name, str(model.version), model.run_id or "", model._record.path,
-                      ", ".join(f"{k}={v}" for k, v in model.tags.items()))
-    out.print(table)
-
-
-@cli.group()
-def target() -> None:
-    """Compute targets: hosts reached over SSH (plus `local`)."""
-
-
-@target.command("attach")
-@click.argument("name")
-@click.option("--address", required=True, help="Host name or address (a ~/.ssh/config alias works).")
-@click.option("--port", "ssh_port", type=int, help="SSH port (default: from ~/.ssh/config, else 22).")
-@click.option("--user", "username", help="User name (default: from ~/.ssh/config, else yours).")
-@click.option("--key", "private_key_file", help="Private key file (default: ssh-agent and ~/.ssh keys).")
-@click.option("--root", default="~/.rundock", show_default=True, help="rundock's folder on the host.")
-@click.option("--python", default="python3", show_default=True, help="Python (>= 3.8) on the host.")
-@click.option("--max-concurrent-runs", type=int, default=0, help="Runs at once on the host (0: one per CPU).")
-def target_attach(name: str, address: str, ssh_port: int | None, username: str | None,
-                  private_key_file: str | None, root: str, python: str, max_concurrent_runs: int) -> None:
-    """Attach a host reached over SSH as compute target NAME."""
-    from rundock.submitter.compute import ComputeTarget, RemoteCompute
-
-    config = RemoteCompute.attach_configuration(address=address, ssh_port=ssh_port or 22, username=username or "",
-                                                private_key_file=private_key_file, root=root, python=python,
-                                                max_concurrent_runs=max_concurrent_runs)
-    if ssh_port is None:
-        config.ssh_port = None
-    ComputeTarget.attach(_workspace(), name, config)
-    console.print(f"Attached {name} ({address}). Check it with `rundock target show {name}`; an unknown host key is "
-                  f"trusted with `rundock target trust {name}`")
-
-
-@target.command("list")
-def target_list() -> None:
-    """List compute targets."""
-    from rundock.submitter.compute import ComputeTarget
-
-    table = Table("name", "type", "address", "user", box=None)
-    table.add_row("local", "this machine", "", "")
-    for compute in ComputeTarget.list(_workspace()):
-        port = f":{compute.config.ssh_port}" if compute.config.ssh_port else ""
-        table.add_row(compute.name, "ssh", f"{compute.config.address}{port}", compute.config.username or "")
-    out.print(table)
-
-
-@target.command("show")
-@click.argument("name")
-def target_show(name: str) -> None:
-    """Connect to target NAME and show what the host has (installs rundock's agent there if needed)."""
-    from rundock.submitter.targets.remote import RemoteTarget
-
-    remote = RemoteTarget(_workspace(), name)
-    conn = remote.connect()
-    host = remote.ensure_agent(conn)
-    out.print(f"[bold]{name}[/]: {conn.where}")
-    out.print(f"  Python {host['python']} ({host['executable']}), {host['cpus']} CPUs, "
-              f"{host['free_bytes'] / 1e9:.1f} GB free under {host['root']}")
-    out.print(f"  Docker: {'yes' if host['docker'] else 'no'}; GPUs: {', '.join(host['gpus']) or 'none'}")
-
-
-@target.command("detach")
-@click.argument("name")
-def target_detach(name: str) -> None:
-    """Forget target NAME (its runs stay in the history)."""
-    from rundock.submitter.compute import ComputeTarget
-
-    ComputeTarget(_workspace(), name).detach()
-    console.print(f"Detached {name}")
-
-
-@target.command("trust")
-@click.argument("name")
-@click.option("--yes", is_flag=True, help="Replace a changed host key without asking (compare the fingerprints "
-                                          "with the host's own first).")
-def target_trust(name: str, yes: bool) -> None:
-    """Record the current host key of target NAME as trusted (check the fingerprint first).
-
-    A key that differs from the one recorded is shown next to it and replaced only once confirmed.
-    """
-    from rundock.submitter.ssh import check_host_key, fingerprint, record_host_key
-    from rundock.submitter.targets.remote import RemoteTarget
-
-    remote = RemoteTarget(_workspace(), name)
-    seen = check_host_key(remote.ssh_target(), remote.known_hosts)
-    if seen.trusted:
-        console.print(f"Already trusted: {seen.describe()}")
-        return
-    if seen.previous:
-        old = "\n".join(f"  recorded: {k.get_name()} {fingerprint(k)}" for k in seen.previous)
-        console.print(f"THE HOST KEY OF TARGET {name} ({seen.name}) HAS CHANGED\n{old}\n"
-                      f"  now:      {seen.key.get_name()} {fingerprint(seen.key)}\n"
-                      "Someone may be intercepting the connection, or the host was reinstalled: compare the new "
-                      "fingerprint with the one the host itself shows (`ssh-keygen -lf` on its host key).",
-                      markup=False, highlight=False)
-        if not yes:
-            if not sys.stdin.isatty():
-                raise click.ClickException(
-                    "the recorded key was not replaced: this session cannot ask for confirmation. Once the new "
-                    f"fingerprint is checked, run `rundock target trust {name} --yes`")
-            click.confirm(f"Replace the recorded key of {name} with the new one?", abort=True)
-    line = record_host_key(seen, remote.known_hosts)
-    console.print(f"Trusted {line}\n(recorded in {remote.known_hosts})", markup=False, highlight=False)
-
-
 @cli.command("sync")
 @click.argument("run_id", required=False)
 @click.option("--wait", is_flag=True, help="Keep pulling until the runs end.")
@@ -388,25 +217,3 @@ def sync_runs(run_id: str | None, wait: bool) -> None:
         time.sleep(1)
     for record in live:
         console.print(f"{record.run_id}: {record.status.value}")
-
-
-def main(argv: list[str] | None = None) -> Any:
-    try:
-        return cli.main(args=argv, prog_name="rundock", standalone_mode=False)
-    except RunFailedError as exc:
-        console.print(f"[red]{exc}[/]")
-        sys.exit(1)
-    except (RundockError, FileNotFoundError, KeyError, ValueError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        console.print(f"[red]error:[/] {message}")
-        sys.exit(2)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-
-
-if __name__ == "__main__":
-    main()
-from rundock.submitter import cli_admin  # noqa: E402,F401  (registers doctor and backup)

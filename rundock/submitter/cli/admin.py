@@ -15,7 +15,7 @@ import click
 from rundock.errors import ConfigError
 from rundock.history import maintenance
 from rundock.history.backends.sqlite_file import SCHEMA_VERSION, history_path
-from rundock.submitter.cli import cli
+from rundock.submitter.cli.base import cli
 from rundock.submitter.workspace import Workspace
 
 

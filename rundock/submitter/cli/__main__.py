@@ -1,0 +1,3 @@
+from rundock.submitter.cli import main
+
+main()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import docker
 
-from bench import files, latency, metrics, processes
+from bench import files, interactive, latency, metrics, processes
 from bench.common import Figure, log, render
 from tests.hosts import has_sshd, start_ssh_host
 
@@ -57,6 +57,7 @@ def main() -> int:
             measure("9", lambda: files.outputs(root))
             measure("10", lambda: processes.cancel(root))
             measure("11", lambda: processes.idle_agent(root))
+            measure("12-13", lambda: interactive.interactive(root))
         finally:
             if host is not None:
                 client.containers.get(host.container).remove(force=True)

@@ -102,6 +102,17 @@ def _finite(value: Any, what: str) -> float:
     return float(value)
 
 
+def is_plain_metric(record: Any) -> bool:
+    """The common case, checked fast: a scalar metric of the run itself (what ``run.log(name, value)``
+    writes). True means ``check`` would accept it from any source; False means: ask ``check``."""
+    if type(record) is not dict or record.get("type") != METRIC or "run" in record or len(record) > 6:
+        return False
+    seq, name, t = record.get("seq"), record.get("name"), record.get("t", 0.0)
+    return (type(seq) is int and seq > 0 and type(name) is str and 0 < len(name) <= 255 and name.isascii()
+            and record.get("kind", "scalar") == "scalar" and (type(t) is float or type(t) is int)
+            and math.isfinite(t) and "step" not in record and "description" not in record)
+
+
 def check(record: Any, source: str, run_id: str, children: frozenset[str] | set[str] = frozenset()) -> None:
     """Raise RecordError unless ``record`` from journal ``source`` of run ``run_id`` may be applied.
 

@@ -94,7 +94,11 @@ class Syncer:
             if good:
                 groups.setdefault((source, self.run_id), []).extend(good)
             return
+        plain_metric = rec_types.is_plain_metric
         for rec in recs:
+            if plain_metric(rec):  # run.log(): the bulk of every journal
+                groups.setdefault((source, self.run_id), []).append(rec)
+                continue
             if not self._accept(source, rec):
                 continue
             if rec["type"] == rec_types.FILE and "digest" not in rec and not self._ingest(source, rec):

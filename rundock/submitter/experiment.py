@@ -45,15 +45,20 @@ class Experiment:
                       **kwargs: Any) -> Run:
         """An interactive run (a notebook, no job): Running now, completed with ``run.complete()``.
 
+        ``run.log()`` costs what it costs in a job (a journal append); values reach the history in the
+        background, and at ``flush()``, ``complete()`` and every read of the run's metrics.
+
         The ``outputs`` folder (default ``./outputs``) is stored when the run completes;
         ``snapshot_directory`` is stored as the run's snapshot.
         """
         store = self.workspace.store
-        record = store.create_run(self.name, run_type="rundock.interactive", target="sdk", display_name=display_name,
+        from rundock.submitter.interactive import INTERACTIVE_TYPE, InteractiveRun
+
+        record = store.create_run(self.name, run_type=INTERACTIVE_TYPE, target="sdk", display_name=display_name,
                                   submitted_by=getpass.getuser(),
                                   tags={k: None if v is None else str(v) for k, v in (tags or {}).items()})
         store.transition(record.run_id, RunStatus.RUNNING, detail="interactive run started")
-        run = Run(self, record.run_id, outputs=outputs or os.path.join(os.getcwd(), "outputs"))
+        run = InteractiveRun(self, record.run_id, outputs=outputs or os.path.join(os.getcwd(), "outputs"))
         if snapshot_directory is not None:
             run.take_snapshot(snapshot_directory)
         return run

@@ -44,7 +44,9 @@ def check(workspace: Workspace, run: RunRecord) -> RunRecord:
     if run.target != "sdk":
         get_target(workspace, run.target).sync(run)
         return workspace.store.get_run(run.run_id)
-    return run
+    from rundock.submitter.interactive import ship_orphaned
+
+    return ship_orphaned(workspace, run)
 
 
 def sweep(workspace: Workspace) -> list[str]:

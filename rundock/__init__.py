@@ -2,6 +2,11 @@
 
 Importing ``rundock`` loads only the standard library: names are resolved on
 first use, so the job-side package (``rundock.context``) works in any image.
+
+``rundock.__version__`` (and Azure ML v1's spelling, ``rundock.VERSION``) is the
+installed distribution's version (``importlib.metadata``), or the version this
+source tree carries when no ``rundock`` distribution is installed (as in a
+job's copy of the package). Both are read on first use.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+SOURCE_VERSION = "0.1.0"  # the version in pyproject.toml: used when rundock is not installed
 
 _EXPORTS = {
     "Workspace": "rundock.submitter.workspace",
@@ -25,10 +30,23 @@ _EXPORTS = {
     "RemoteCompute": "rundock.submitter.compute",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [*_EXPORTS, "VERSION", "__version__"]
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # Python >= 3.8
+
+    try:
+        return version("rundock")
+    except PackageNotFoundError:
+        return SOURCE_VERSION
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("VERSION", "__version__"):
+        found = _installed_version()
+        globals().update(VERSION=found, __version__=found)
+        return found
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'rundock' has no attribute {name!r}")

@@ -1,6 +1,8 @@
 """Quick start: submit scripts/train.py to this machine and read back what happened."""
 
 import os
+import shlex
+import shutil
 import sys
 
 from rundock import Environment, Experiment, ScriptRunConfig, Workspace
@@ -31,4 +33,17 @@ for name in run.get_file_names():
     print(f"  {name}")
 target = run.download_file("outputs/model.pkl", os.path.join(here, "model.pkl"))
 print(f"Downloaded outputs/model.pkl to {target}")
-print(f"\nTry the CLI next:  rundock runs   |   rundock show {run.id}")
+
+# The run is in this folder's workspace (.rundock/ beside this file): the CLI reads it from here.
+cli = os.path.join(os.path.dirname(sys.executable), "rundock")
+on_path = shutil.which("rundock")
+if on_path and os.path.exists(cli) and os.path.samefile(on_path, cli):
+    command = "rundock"
+elif os.path.exists(cli):
+    command = shlex.quote(os.path.relpath(cli, here))
+else:
+    command = f"{shlex.quote(sys.executable)} -m rundock"
+cd = "" if os.path.samefile(here, os.getcwd()) else f"cd {shlex.quote(os.path.relpath(here))} && "
+print("\nTry the CLI next (this demo's runs are in examples/quickstart/.rundock):")
+for args in ("runs", f"show {run.id}", "experiments", "submit scripts/train.py -- --alpha 0.2"):
+    print(f"  {cd}{command} {args}")

@@ -10,6 +10,7 @@ numbers with an error naming the field.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -57,6 +58,7 @@ class JobSpec:
     secrets_file: str | None = None  # where the submitter left the secrets this run may read (removed at the end)
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     run_as: str = ""  # uid:gid of the submitting user, for containers
+    workspace_name: str = ""  # what ``run.experiment.workspace.name`` says inside the job
 
     def __post_init__(self) -> None:
         self.validate()
@@ -64,7 +66,7 @@ class JobSpec:
     def validate(self) -> None:
         """Raise JobSpecError naming the first field that is not what the agent expects."""
         for name in ("run_id", "experiment", "mode", "store_uri", "artifacts_root", "snapshot_id", "script",
-                     "interpreter", "target", "run_as"):
+                     "interpreter", "target", "run_as", "workspace_name"):
             if not isinstance(getattr(self, name), str):
                 raise JobSpecError(f"job field {name!r} must be a string, got {getattr(self, name)!r}")
         if self.mode not in MODES:
@@ -127,12 +129,17 @@ class JobSpec:
 
 
 def request_cancel(run_dir: str) -> None:
-    """Leave the cancel request where the run's agent looks for it."""
-    path = os.path.join(run_dir, rundir.CANCEL_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a", encoding="utf-8"):
-        pass
+    """Leave the cancel request where the run's agent looks for it (the run directory itself, which the
+    job cannot write in a container; created without following a link, so a job cannot make this write
+    elsewhere)."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        os.close(os.open(os.path.join(run_dir, rundir.CANCEL_FILE), flags, 0o600))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:  # a link put there: the request exists already, as a name
+            raise
 
 
 def cancel_requested(run_dir: str) -> bool:
-    return os.path.exists(os.path.join(run_dir, rundir.CANCEL_FILE))
+    """Whether the submitter or the job asked to cancel (a link counts as a request; it is never followed)."""
+    return any(os.path.lexists(os.path.join(run_dir, name)) for name in (rundir.CANCEL_FILE, rundir.JOB_CANCEL_FILE))

@@ -68,7 +68,10 @@ AGENT_NAMES = frozenset((
 ))
 AGENT_PREFIXES = ("PIP_",)
 
-_SECRET = re.compile(r"PASSWORD|PASSPHRASE|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
+_SECRET = re.compile(r"PASSWORD|PASSPHRASE|SECRET|TOKEN|CREDENTIAL|APIKEY|ACCESSKEY|PRIVATEKEY", re.IGNORECASE)
+# Words of a name (split at "_") that mark a credential: NVIDIA_API_KEY, HF_HUB_ACCESS, CONDA_AUTH, AWS_SESSION...
+_SECRET_WORDS = frozenset(("KEY", "KEYS", "AUTH", "ACCESS", "PASS", "PASSWD", "PWD_HASH", "SESSION", "COOKIE",
+                           "SIGNATURE", "PRIVATE"))
 NOT_SECRETS = frozenset(("TOKENIZERS_PARALLELISM",))  # settings whose names merely contain a secret word
 
 
@@ -77,7 +80,8 @@ def is_secret_name(name: str) -> bool:
     upper = name.upper()
     if upper in NOT_SECRETS:
         return False
-    return upper.startswith("RUNDOCK_SSH_") or _SECRET.search(name) is not None
+    return (upper.startswith("RUNDOCK_SSH_") or _SECRET.search(name) is not None
+            or any(word in _SECRET_WORDS for word in upper.split("_")))
 
 
 def _for_jobs(name: str) -> bool:

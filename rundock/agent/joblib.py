@@ -2,6 +2,12 @@
 
 Only these files are exposed to the job, never the submitter's site-packages,
 so the job's own interpreter and packages stay exactly the user's.
+
+When the job's Python has no ``azureml`` package, the ``azureml.core`` shim
+(``SHIM``) goes on its path too: ``from azureml.core import Workspace,
+Experiment, Run`` (and ``azureml.core.run``, ``.workspace``, ``.experiment``)
+import; ``Run`` is rundock's job-side run and ``Workspace``/``Experiment`` are
+stand-ins that carry names (``run.experiment.workspace.name``).
 """
 
 from __future__ import annotations
@@ -24,10 +30,60 @@ from rundock.context.run import Run
 __all__ = ["Run"]
 """
 
+_SHIM_CLASSES = """\"\"\"rundock's stand-ins for Azure ML's Workspace and Experiment inside a job.
+
+They carry names only (``run.experiment.workspace.name``), not a cloud client: ``Workspace.from_config()``
+and ``Workspace.get(name)`` give the job's workspace; anything else they lack raises AttributeError.
+\"\"\"
+
+from rundock.context.run import ExperimentRef, WorkspaceRef
+
+
+class Workspace(WorkspaceRef):
+    \"\"\"Azure ML's ``Workspace`` as a job sees it: its name and descriptive attributes.\"\"\"
+
+    def __init__(self, subscription_id=None, resource_group=None, workspace_name=None, **kwargs):
+        super().__init__(workspace_name)
+
+    @classmethod
+    def from_config(cls, path=None, auth=None, _logger=None, _file_name=None):
+        return cls()
+
+    @classmethod
+    def get(cls, name, auth=None, subscription_id=None, resource_group=None, **kwargs):
+        return cls(workspace_name=name)
+
+
+class Experiment(ExperimentRef):
+    \"\"\"Azure ML's ``Experiment`` as a job sees it: a name and its workspace.\"\"\"
+
+    def __init__(self, workspace, name, **kwargs):
+        super().__init__(name)
+        self.workspace = workspace
+"""
+
+_SHIM_CORE = """\"\"\"rundock's stand-in for ``azureml.core`` inside a job: ``Run`` is rundock's job-side run;
+``Workspace`` and ``Experiment`` are light stand-ins carrying names (see azureml.core.workspace).\"\"\"
+
+from azureml.core.workspace import Experiment, Workspace
+from rundock.context.run import Run
+
+__all__ = ["Experiment", "Run", "Workspace"]
+"""
+
+_SHIM_EXPERIMENT = """\"\"\"rundock's stand-in for ``azureml.core.experiment``.\"\"\"
+
+from azureml.core.workspace import Experiment
+
+__all__ = ["Experiment"]
+"""
+
 SHIM = {
     "azureml/__init__.py": "",
-    "azureml/core/__init__.py": _SHIM_RUN,
+    "azureml/core/__init__.py": _SHIM_CORE,
     "azureml/core/run.py": _SHIM_RUN,
+    "azureml/core/workspace.py": _SHIM_CLASSES,
+    "azureml/core/experiment.py": _SHIM_EXPERIMENT,
 }
 
 

@@ -47,6 +47,7 @@ from rundock.agent.slots import Slot, Ticket, try_acquire
 from rundock.context import run as ctx
 from rundock.context import rundir
 from rundock.context.journal import JournalWriter
+from rundock.context.names import open_inside
 from rundock.errors import RunNotFoundError, StoreReplacedError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import open_store
@@ -63,6 +64,7 @@ MANIFEST_FILE = rundir.MANIFEST_FILE
 RUN_MOUNT = "/rundock/run"  # where a container sees the job's part of the run directory
 LIB_MOUNT = "/rundock/lib"  # and the job-side package
 RETRY_MAX_SECONDS = 30.0
+FAIL_REQUEST_LIMIT = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -200,7 +202,7 @@ class Agent:
             container = None
         if container:
             reaper.remove_run_containers(run_id)
-        reaper.kill_run_processes(run_id)
+        reaper.kill_run_processes(run_id, previous)
 
     def job_env(self, plan: Plan) -> tuple[dict[str, str], list[str]]:
         """The job's environment variables and the host folders to put on its PYTHONPATH.
@@ -223,6 +225,8 @@ class Agent:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (*paths, env.get("PYTHONPATH", "")) if p)
         env.update({ctx.ENV_RUN_ID: spec.run_id, ctx.ENV_RUN_DIR: run_dir, ctx.ENV_EXPERIMENT: spec.experiment,
                     ctx.ENV_DISPLAY_NAME: spec.display_name or spec.run_id, "PYTHONUNBUFFERED": "1"})
+        if spec.workspace_name:
+            env[ctx.ENV_WORKSPACE_NAME] = spec.workspace_name
         if plan.gpus and not in_container:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
         self.secrets = self._take_secrets()
@@ -264,7 +268,9 @@ class Agent:
         for name in rundir.WATCHED_DIRS:
             os.makedirs(os.path.join(self.src, name), exist_ok=True)
         executor: Executor
-        keep_slot = [self.slot.fd] if self.slot is not None else []  # the job holds its slot until it is gone
+        # The job holds its slot until its last process is gone, and the members file by which reapers find it.
+        members = os.open(os.path.join(self.run_dir, rundir.MEMBERS_FILE), os.O_RDONLY | os.O_CREAT, 0o600)
+        keep_slot = [members] + ([self.slot.fd] if self.slot is not None else [])
         if self.executor_factory is not None:
             executor = self.executor_factory(plan, env, secrets)
         elif plan.image is not None:
@@ -276,7 +282,10 @@ class Agent:
         else:
             executor = ProcessExecutor(plan.argv, self.src, env, driver_log, secrets, inherit_fds=keep_slot)
         self.executor = executor
-        executor.start()
+        try:
+            executor.start()
+        finally:
+            os.close(members)
         self.collector.start()  # after the job: watching costs the job's start nothing; it then catches up
         with open(os.path.join(self.run_dir, rundir.PROCESSES_FILE), "w", encoding="utf-8") as fh:
             json.dump({"host": socket.gethostname(), "agent_pid": os.getpid(), "job_pgid": executor.pid,
@@ -308,12 +317,28 @@ class Agent:
             message = f"the script {how}" + ("; last lines of stderr:\n" + "\n".join(tail) if tail else "")
             return Outcome(RunStatus.FAILED, f"script {how}", {
                 "code": "UserError", "message": message, "exit_code": code, "stderr_tail": tail})
-        requested = os.path.join(self.run_dir, ctx.FAIL_FILE)
-        if os.path.exists(requested):
-            with open(requested, encoding="utf-8") as fh:
-                error = json.load(fh)
+        error = self._fail_request()
+        if error is not None:
             return Outcome(RunStatus.FAILED, "run.fail() was called", error)
         return Outcome(RunStatus.COMPLETED, "script exited with code 0")
+
+    def _fail_request(self) -> dict[str, Any] | None:
+        """The job's own ``run.fail()``: a small JSON file in ``requests/``, read without following links or
+        blocking on a FIFO; only a code and a message are taken from it."""
+        requested = os.path.join(self.run_dir, ctx.FAIL_FILE)
+        if not os.path.lexists(requested):
+            return None
+        fallback = {"code": "UserError", "message": "run.fail() was called"}
+        try:
+            with open_inside(requested, os.path.dirname(requested), root=self.run_dir, limit=FAIL_REQUEST_LIMIT) as fh:
+                data = json.loads(fh.read(FAIL_REQUEST_LIMIT))
+        except (OSError, ValueError, RecursionError) as exc:
+            log.warning("run %s: the job's fail request was not readable: %s", self.spec.run_id, exc)
+            return fallback
+        if not isinstance(data, dict):
+            return fallback
+        return {"code": str(data.get("code") or "UserError")[:200],
+                "message": str(data.get("message") or fallback["message"])[:FAIL_REQUEST_LIMIT]}
 
     def finalize(self, outcome: Outcome) -> Outcome:
         """Store outputs and logs, then record the terminal status; return the outcome recorded."""

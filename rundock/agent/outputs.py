@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from rundock.context import rundir
 from rundock.context.journal import JournalWriter
-from rundock.context.names import escape_name, open_inside
+from rundock.context.names import artifact_name, escape_name, open_inside
 from rundock.history.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,11 @@ def _watchdog_observer(collector: OutputCollector, paths: list[str]) -> Any:
     return observer
 
 
+def _walk(top: str) -> Any:
+    """``os.walk`` of a watched folder, or nothing if the job replaced it with a link (never followed)."""
+    return () if os.path.islink(top) else os.walk(top)
+
+
 class _Poller(threading.Thread):
     """Notices new and changed files by comparing size and mtime on each scan."""
 
@@ -72,7 +77,7 @@ class _Poller(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(POLL_SECONDS):
             for top in self.paths:
-                for root, _dirs, files in os.walk(top):
+                for root, _dirs, files in _walk(top):
                     for name in files:
                         path = os.path.join(root, name)
                         try:
@@ -93,6 +98,7 @@ class OutputCollector:
     def __init__(self, src_dir: str, artifacts: ArtifactStore, journal: JournalWriter,
                  on_record: Callable[[], None] | None = None) -> None:
         self.src_dir = src_dir
+        self.root = os.path.dirname(os.path.abspath(src_dir))  # the run directory: made by the agent, trusted
         self.on_record = on_record  # e.g. wake the syncer: a stored file reaches the history at once
         self.artifacts = artifacts
         self.journal = journal
@@ -116,7 +122,7 @@ class OutputCollector:
             self._observer.start()
         self._thread.start()
         for top in paths:  # files written before the watch began (it starts just after the job)
-            for root, _dirs, files in os.walk(top):
+            for root, _dirs, files in _walk(top):
                 for name in files:
                     self.mark(os.path.join(root, name), closed=False)
 
@@ -147,8 +153,11 @@ class OutputCollector:
     def store_as(self, path: str, name: str, folder: str | None = None) -> bool:
         """Store ``path`` (which must stay inside ``folder``, default its own folder) as the run file ``name``
         if its content is new; return whether it was recorded. Failures are kept for ``final_scan``."""
+        if artifact_name(name) != name:  # cannot be stored under this name: say so rather than drop it
+            self._failed[name] = "the file name cannot be stored (it is not a plain relative name)"
+            return False
         try:
-            fh = open_inside(path, folder or os.path.dirname(path))
+            fh = open_inside(path, folder or os.path.dirname(path), root=self.root)
         except FileNotFoundError:
             self._failed.pop(name, None)  # deleted since: nothing to store
             return False
@@ -195,7 +204,27 @@ class OutputCollector:
         self._failed.clear()
         self._exact = True
         for name in WATCHED_DIRS:
-            for root, _dirs, files in os.walk(os.path.join(self.src_dir, name)):
+            top = os.path.join(self.src_dir, name)
+            if os.path.islink(top):  # the job replaced the folder with a link: nothing there is the run's
+                self._failed[name] = f"{name}/ was replaced by a link; outputs must be files inside the run"
+                continue
+            for root, _dirs, files in os.walk(top):
                 for fname in sorted(files):
                     stored += self.store(os.path.join(root, fname))
         return stored, self.last_failures()
+
+
+def scan_for_lost_agent(run_dir: str, artifacts: ArtifactStore) -> list[tuple[str, str]]:
+    """The final scan a dead agent did not get to make: store the run's outputs and logs as the agent would
+    (records in the agent's journal, continuing its sequence). Call it only while holding the run's agent
+    lock, after every process of the run is gone. Returns (name, reason) of files that could not be stored."""
+    journal = JournalWriter(run_dir, rundir.AGENT_SOURCE)
+    try:
+        collector = OutputCollector(os.path.join(run_dir, rundir.SRC_DIR), artifacts, journal)
+        _stored, failures = collector.final_scan()
+        logs = os.path.join(run_dir, rundir.SYSTEM_LOGS_DIR)
+        for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+            collector.store_as(os.path.join(logs, name), f"{rundir.SYSTEM_LOGS_DIR}/{name}")
+        return failures
+    finally:
+        journal.close()

@@ -14,6 +14,8 @@ Every command may be run again after a lost connection (the submitter retries th
   agent detached. Once an agent was started for the run, a repeated ``start`` answers with it.
 - ``pull RUN_ID``: what is new in the run directory since the given offsets, with the
   blobs and uploads its new journal records name, and the host's view of the run (``rundock.agent.pull``).
+  The request is ``{"offsets": {...}, "cancel": bool}`` (or the offsets alone); a cancel it carries is
+  left for the run's agent before anything is read, so that the answer already shows it taken.
 - ``cancel RUN_ID`` / ``clean RUN_ID`` / ``reap RUN_ID`` (a lost run: kill what is left, remove its secrets).
 """
 
@@ -30,6 +32,7 @@ from typing import Any
 
 from rundock.agent import reaper, runlock
 from rundock.agent.job import ENV_USER_PYTHONPATH, JobSpec, request_cancel
+from rundock.agent.outputs import scan_for_lost_agent
 from rundock.agent.pull import PULLED_DIRS, pull
 from rundock.agent.receive import receive
 from rundock.context import rundir
@@ -193,8 +196,10 @@ def reap(root: str, run_id: str) -> dict[str, Any]:
         removed = _remove_secrets(run_dir) if lock is not None else False
         if os.path.exists(rundir.entry(run_dir, rundir.PROCESSES_FILE)):
             reaper.remove_run_containers(run_id)
-        found = reaper.run_processes(run_id)
-        survivors = reaper.kill_run_processes(run_id) if found else []
+        found = reaper.run_processes(run_id, run_dir)
+        survivors = reaper.kill_run_processes(run_id, run_dir) if found else []
+        if lock is not None and runlock.agent_started(run_dir):  # the final scan its agent did not make
+            scan_for_lost_agent(run_dir, _artifacts(root))
         return {"agent_alive": False, "killed": bool(found), "survivors": survivors, "secrets_removed": removed}
     finally:
         if lock is not None:
@@ -226,7 +231,11 @@ def main(argv: list[str]) -> int:
     elif command == "start":
         result = start(root, arg, json.load(stdin))
     elif command == "pull":
-        pull(_run_dir(root, arg), _artifacts(root), json.load(stdin), stdout)
+        run_dir, request = _run_dir(root, arg), json.load(stdin)
+        offsets = request.get("offsets") if isinstance(request, dict) and "offsets" in request else request
+        if isinstance(request, dict) and request.get("cancel") is True and os.path.isdir(run_dir):
+            request_cancel(run_dir)
+        pull(run_dir, _artifacts(root), offsets, stdout)
         return 0
     elif command == "cancel":
         run_dir = _run_dir(root, arg)

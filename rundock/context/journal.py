@@ -14,8 +14,10 @@ being killed, and a reader never sees half a record as complete.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import threading
 import time
 from typing import Any
@@ -24,6 +26,8 @@ from rundock.context import rundir
 
 JOURNAL_DIR = rundir.JOURNAL_DIR
 _SUFFIX = ".jsonl"
+MAX_RECORD_BYTES = 1 << 20  # a longer line is handed over as unreadable, never parsed
+READ_CHUNK = 64 << 20  # what one pass reads of one journal file at most
 _TAIL_BYTES = 65536
 
 
@@ -45,15 +49,25 @@ def _last_seq(path: str) -> int:
 
 
 def read_from(path: str, offset: int, limit: int = -1) -> bytes:
-    """The bytes of ``path`` after ``offset`` (at most ``limit``); empty if none or no file."""
+    """The bytes of ``path`` after ``offset`` (at most ``limit``); empty if none or no file.
+
+    The file is opened without following a link and only if it is a plain file: a job that replaces
+    its journal (or a log) with a link to another file, or a FIFO, gets nothing read on its behalf.
+    """
     try:
-        if os.path.getsize(path) <= offset:
-            return b""
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            return fh.read(limit)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, IsADirectoryError):
         return b""
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link
+            return b""
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size <= offset:
+            return b""
+        fh.seek(offset)
+        return fh.read(limit)
 
 
 class JournalWriter:
@@ -138,23 +152,28 @@ class JournalReader:
         self._pending = {}
         for source, path in self._files():
             offset = self._offsets.get(source, 0)
-            data = read_from(path, offset)
+            data = read_from(path, offset, READ_CHUNK)
             end = data.rfind(b"\n") + 1  # a trailing partial record waits for its newline
             if end == 0:
+                if len(data) >= MAX_RECORD_BYTES:  # one endless line: hand it over, move past it
+                    self._pending[source] = offset + len(data)
+                    out.append((source, [{"type": "unreadable", "line": "a line longer than 1 MiB"}]))
                 continue
             self._pending[source] = offset + end
             lines = [line for line in data[:end].split(b"\n") if line.strip()]
             if not lines:
                 continue
-            try:  # one parse for the whole batch is several times faster than one per line
-                records = json.loads(b"[" + b",".join(lines) + b"]")
-            except ValueError:
-                records = []
+            records: list[Any] = []
+            if all(len(line) <= MAX_RECORD_BYTES for line in lines):
+                try:  # one parse for the whole batch is several times faster than one per line
+                    records = json.loads(b"[" + b",".join(lines) + b"]")
+                    if len(records) != len(lines):  # a line that was not one value (e.g. "1,2"): parse each
+                        records = []
+                except (ValueError, RecursionError):
+                    records = []
+            if not records:
                 for line in lines:
-                    try:
-                        records.append(json.loads(line))
-                    except ValueError:
-                        records.append({"type": "unreadable", "line": line[:200].decode("utf-8", "replace")})
+                    records.append(_parse_line(line))
             out.append((source, records))
         return out
 
@@ -162,3 +181,13 @@ class JournalReader:
         """Move past what the last ``read_new`` returned."""
         self._offsets.update(self._pending)
         self._pending = {}
+
+
+def _parse_line(line: bytes) -> Any:
+    """One journal line as a record, or an ``unreadable`` entry saying why (for the caller to quarantine)."""
+    if len(line) > MAX_RECORD_BYTES:
+        return {"type": "unreadable", "line": f"a record of {len(line)} bytes (the limit is {MAX_RECORD_BYTES})"}
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return {"type": "unreadable", "line": line[:200].decode("utf-8", "replace")}

@@ -36,7 +36,9 @@ def metric_name(name: str) -> str:
 def escape_name(name: str) -> str:
     """A file name from the file system as valid UTF-8 text: each byte that is not UTF-8 (which Python
     decodes to a lone surrogate) becomes ``%XX``, so such a file is stored under a visible name
-    (``r\\xe9sultat.csv`` on disk is stored as ``r%E9sultat.csv``)."""
+    (``r\\xe9sultat.csv`` on disk is stored as ``r%E9sultat.csv``); a backslash becomes ``%5C``."""
+    if "\\" in name:  # a backslash is a separator to artifact_name: keep it as a character
+        name = name.replace("\\", "%5C")
     try:
         name.encode("utf-8")
         return name
@@ -59,21 +61,31 @@ class OutsideError(OSError):
     """A path that resolves outside the folder it must stay in (a link, or '..')."""
 
 
-def open_inside(path: str, folder: str) -> BinaryIO:
+def open_inside(path: str, folder: str, root: str | None = None, limit: int | None = None) -> BinaryIO:
     """Open ``path`` for reading without following a link at its end, and only if the file opened is a
     plain file whose real location is inside ``folder`` (checked on the open descriptor, so a link swapped
-    in after the check changes nothing). Raises OSError (OutsideError when it leaves ``folder``)."""
+    in after the check changes nothing). ``root`` is a trusted folder above ``folder`` (the run directory,
+    made by the agent): ``folder``'s place is then taken relative to it without resolving the
+    components in between, so a ``folder`` that the job replaced with a link leads nowhere. A FIFO or a
+    device is refused without blocking. Raises OSError (OutsideError when it leaves ``folder``, or when it
+    is larger than ``limit`` bytes)."""
+    if root is not None:
+        base = os.path.join(os.path.realpath(root), os.path.relpath(folder, root))
+    else:
+        base = os.path.realpath(folder)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OutsideError(f"{path} is not a plain file")
+        if limit is not None and st.st_size > limit:
+            raise OutsideError(f"{path} is {st.st_size} bytes; at most {limit} are read")
         try:
             real = os.readlink(f"/proc/self/fd/{fd}")  # what was opened, not what the name points at now
         except OSError:
             real = os.path.realpath(path)
-        base = os.path.realpath(folder)
         if not real.startswith(base + os.sep):
-            raise OutsideError(f"{path} resolves to {real}, outside {folder}")
+            raise OutsideError(f"{path} resolves to {real}, outside {base}")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -45,6 +45,7 @@ TYPES = frozenset({METRIC, TAGS, PROPERTIES, FILE, CHILD, STATE, HEARTBEAT})
 AGENT_ONLY = frozenset({HEARTBEAT})
 METRIC_KINDS = frozenset({"scalar", "list", "row", "table", "image", "accuracy_table", "confusion_matrix",
                           "predictions", "residuals"})
+MAX_INT = (1 << 63) - 1  # what the history stores as an integer
 MAX_TEXT = 1 << 20  # a tag, property or description longer than 1 MiB is refused
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -108,7 +109,7 @@ def is_plain_metric(record: Any) -> bool:
     if type(record) is not dict or record.get("type") != METRIC or "run" in record or len(record) > 6:
         return False
     seq, name, t = record.get("seq"), record.get("name"), record.get("t", 0.0)
-    return (type(seq) is int and seq > 0 and type(name) is str and 0 < len(name) <= 255 and name.isascii()
+    return (type(seq) is int and 0 < seq <= MAX_INT and type(name) is str and 0 < len(name) <= 255 and name.isascii()
             and record.get("kind", "scalar") == "scalar" and (type(t) is float or type(t) is int)
             and math.isfinite(t) and "step" not in record and "description" not in record)
 
@@ -122,8 +123,8 @@ def check(record: Any, source: str, run_id: str, children: frozenset[str] | set[
     if not isinstance(record, dict):
         raise RecordError("a record must be a JSON object")
     seq = record.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-        raise RecordError(f"'seq' must be a whole number >= 1, got {seq!r}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_INT:
+        raise RecordError(f"'seq' must be a whole number from 1 to 2**63-1, got {seq!r}")
     kind = record.get("type")
     if kind not in TYPES:
         raise RecordError(f"unknown record type {kind!r}; known: {', '.join(sorted(TYPES))}")
@@ -154,8 +155,8 @@ def _metric(record: dict[str, Any], source: str, agent: bool, child: bool, run_i
     if kind not in METRIC_KINDS:
         raise RecordError(f"metric kind {kind!r} is not one of {', '.join(sorted(METRIC_KINDS))}")
     step = record.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
-        raise RecordError(f"metric step must be a whole number, got {step!r}")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or not -MAX_INT <= step <= MAX_INT):
+        raise RecordError(f"metric step must be a whole number within 64 bits, got {step!r}")
     _text(record.get("description"), "metric description", optional=True)
 
 

@@ -26,19 +26,33 @@ ENV_RUN_DIR = "RUNDOCK_RUN_DIR"
 ENV_EXPERIMENT = "RUNDOCK_EXPERIMENT"
 ENV_DISPLAY_NAME = "RUNDOCK_DISPLAY_NAME"
 ENV_SECRETS_FILE = "RUNDOCK_SECRETS_FILE"
+ENV_WORKSPACE_NAME = "RUNDOCK_WORKSPACE_NAME"
 UPLOADS_DIR = rundir.UPLOADS_DIR
 FAIL_FILE = rundir.FAIL_FILE
-CANCEL_FILE = rundir.CANCEL_FILE
+CANCEL_FILE = rundir.JOB_CANCEL_FILE
 
 Emit = Callable[..., None]
 _INF = float("inf")
 
 
+class WorkspaceRef:
+    """The workspace a job's run belongs to, as the job sees it: a name (``RUNDOCK_WORKSPACE_NAME``, else
+    "local") and Azure ML v1's descriptive attributes with local values."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or os.environ.get(ENV_WORKSPACE_NAME) or "local"
+        self.location = self.subscription_id = self.resource_group = "local"
+
+    def __repr__(self) -> str:
+        return f"Workspace(name={self.name!r})"
+
+
 class ExperimentRef:
-    """The experiment a job belongs to, as the job sees it (a name)."""
+    """The experiment a job belongs to, as the job sees it (a name, and ``workspace``: a WorkspaceRef)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.workspace = WorkspaceRef()
 
     def __str__(self) -> str:
         return self.name

@@ -13,6 +13,7 @@ except through the checks named below.
   agent.lock           the agent holds an exclusive flock on it for its whole life: one agent per run
   agent.pid            the pid of the agent started by a remote `start`
   processes.json       written by the agent: its pid, the job's process group, the container; read by reapers
+  members              every process of the job holds it open (inherited): how reapers find them all
   src/                 the materialized snapshot: the job's working directory
   src/outputs/         written by the job; every file ends up in the history (opened without following links)
   src/logs/            written by the job; streamed while the run is live
@@ -21,7 +22,8 @@ except through the checks named below.
   journal/job-*.jsonl  the job's records: metrics, tags, properties, files staged in uploads/,
                        and the child runs it created (and their states); nothing else is read there
   uploads/             files the job staged for ``upload_file``; a job's file record may name only these
-  requests/cancel      the cancel request (the submitter's, or the job's own ``run.cancel()``)
+  cancel_requested     the submitter's cancel request (never visible to a container)
+  requests/cancel      the job's own ``run.cancel()``
   requests/fail.json   the job's own ``run.fail()`` (the agent ends the run Failed after finalizing)
   system_logs/         prepare, driver (the job's stdout and stderr), finalize and agent logs
   secrets.json         the secrets this run may read (0600); removed by whoever ends the run
@@ -43,6 +45,7 @@ MANIFEST_FILE = "manifest.json"
 AGENT_LOCK = "agent.lock"
 AGENT_PID = "agent.pid"
 PROCESSES_FILE = "processes.json"
+MEMBERS_FILE = "members"
 SRC_DIR = "src"
 WATCHED_DIRS = ("outputs", "logs")  # under src/
 JOURNAL_DIR = "journal"
@@ -51,7 +54,8 @@ UPLOADS_DIR = "uploads"
 REQUESTS_DIR = "requests"
 SYSTEM_LOGS_DIR = "system_logs"
 SECRETS_FILE = "secrets.json"
-CANCEL_FILE = "requests/cancel"
+CANCEL_FILE = "cancel_requested"  # the submitter's: outside what a job may write
+JOB_CANCEL_FILE = "requests/cancel"  # the job's own run.cancel()
 FAIL_FILE = "requests/fail.json"
 JOB_WRITABLE = (SRC_DIR, JOURNAL_DIR, UPLOADS_DIR, REQUESTS_DIR)
 

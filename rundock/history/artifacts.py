@@ -11,8 +11,16 @@ Two layouts, both read through the same calls (``has``, ``open``, ``read``, ``co
 
 Every write goes to a temporary file in the same folder and is renamed into
 place (a pack before its index), so a reader never sees a partial blob and a
-crash leaves no corrupt one. Packs are never rewritten, so readers in other
-processes only ever have to notice new index files.
+crash leaves no corrupt one. A pack is never changed in place; only
+``rundock gc`` (rundock.history.gc) removes blobs: loose ones, and packs
+replaced by a new pack of their live blobs, written before the old pair goes.
+Readers in other processes notice new and removed index files through the
+packs folder's mtime, and a read whose pack went away looks the blob up again.
+
+A writer that finds a blob already stored and reuses it calls ``keep``, which
+stamps the blob's file (or its pack) with the current time: gc spares what was
+used within its grace period, so a blob that nothing referred to a moment ago
+but that a run or a snapshot is taking up again is not removed under it.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from typing import IO, BinaryIO, NamedTuple
 
 _CHUNK = 1 << 20
@@ -52,6 +61,17 @@ _HEX = frozenset("0123456789abcdef")
 def _check_digest(digest: str) -> None:
     if len(digest) != 64 or not _HEX.issuperset(digest):
         raise ValueError(f"not a SHA-256 digest: {digest!r}")
+
+
+def _stamp(path: str) -> bool:
+    """Set the mtime of ``path`` to now; False when there is no such file."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except PermissionError:  # someone else's file: it is there, and not this user's to collect
+        pass
+    return True
 
 
 class _Packed(NamedTuple):
@@ -102,7 +122,8 @@ class ArtifactStore:
         return found
 
     def refresh(self) -> bool:
-        """Read index files other writers added since the last look; True when there were any."""
+        """Read index files other writers added (or forget those gc removed) since the last look; True when
+        there was any change."""
         try:
             mtime = os.stat(self.packs_dir).st_mtime_ns
         except FileNotFoundError:
@@ -113,20 +134,61 @@ class ArtifactStore:
             if self._seen is not None and self._seen[0] == mtime and self._seen[1] - mtime / 1e9 > _MTIME_TICK:
                 return False
             self._seen = (mtime, time.time())
-            fresh = [n for n in os.listdir(self.packs_dir) if n.endswith(".idx") and n not in self._indexes]
-            for name in sorted(fresh):
-                self._load_index(name)
+            present = {n for n in os.listdir(self.packs_dir) if n.endswith(".idx")}
+            if not self._indexes <= present:  # gc removed packs: read every index again, swapped in at once
+                packed: dict[str, _Packed] = {}
+                self._indexes = {n for n in sorted(present) if self._load_index(n, packed)}
+                self._packed = packed
+                return True
+            fresh = sorted(present - self._indexes)
+            for name in fresh:
+                if self._load_index(name, self._packed):
+                    self._indexes.add(name)
             return bool(fresh)
 
-    def _load_index(self, name: str) -> None:
+    def _load_index(self, name: str, packed: dict[str, _Packed]) -> bool:
+        """Add the blobs of index ``name`` to ``packed``; False if gc removed it since the folder was listed."""
+        try:
+            entries = self.index_entries(name)
+        except FileNotFoundError:
+            return False
         pack = os.path.join(self.packs_dir, name[:-len(".idx")] + ".pack")
-        with open(os.path.join(self.packs_dir, name), "rb") as fh:
+        for digest, (offset, size) in entries.items():
+            packed.setdefault(digest, _Packed(pack, offset, size))
+        return True
+
+    def index_entries(self, name: str) -> dict[str, tuple[int, int]]:
+        """The blobs of pack index ``name`` (a file name in ``packs_dir``): digest -> (offset, size)."""
+        path = os.path.join(self.packs_dir, name)
+        with open(path, "rb") as fh:
             data = fh.read()
         if not data.startswith(_IDX_MAGIC):
-            raise OSError(f"{os.path.join(self.packs_dir, name)} is not a rundock pack index")
-        for raw, offset, size in _IDX_ENTRY.iter_unpack(data[len(_IDX_MAGIC):]):
-            self._packed.setdefault(raw.hex(), _Packed(pack, offset, size))
-        self._indexes.add(name)
+            raise OSError(f"{path} is not a rundock pack index")
+        return {raw.hex(): (offset, size) for raw, offset, size in _IDX_ENTRY.iter_unpack(data[len(_IDX_MAGIC):])}
+
+    def _forget(self, pack: str) -> None:
+        """Stop believing in ``pack`` (gc removed it): the next look reads the indexes again."""
+        with self._lock:
+            self._indexes.discard(os.path.basename(pack)[:-len(".pack")] + ".idx")
+            self._packed = {d: p for d, p in self._packed.items() if p.pack != pack}
+            self._seen = None
+
+    def keep(self, digest: str, refresh: bool = True) -> bool:
+        """Whether the blob is stored, stamping its file (or its pack) with the current time so that a garbage
+        collection running now spares it. A writer that reuses a stored blob asks this rather than ``has``."""
+        for _ in range(3):
+            packed = self._packed.get(digest)
+            if packed is None:
+                if _stamp(self.path(digest)):
+                    return True
+                packed = self._find_packed(digest, refresh)
+                if packed is None:
+                    return False
+            if _stamp(packed.pack):
+                return True
+            self._forget(packed.pack)  # gc replaced that pack: look in the indexes there are now
+            refresh = True
+        return False
 
     def has(self, digest: str, refresh: bool = True) -> bool:
         """Whether the blob is stored; ``refresh=False`` skips looking for packs written since ``refresh()``."""
@@ -147,28 +209,41 @@ class ArtifactStore:
             raise OSError(f"pack {packed.pack} is shorter than its index says; blob {digest} is damaged")
         return data
 
-    def read(self, digest: str) -> bytes:
+    def _packed_bytes(self, digest: str) -> bytes | None:
+        """A packed blob's bytes (None when it is not in a pack); a pack that gc replaced since its index was
+        read is looked up again in the indexes there are now."""
         packed = self._find_packed(digest)
-        if packed is not None:
+        if packed is None:
+            return None
+        try:
             return self._read_packed(digest, packed)
+        except FileNotFoundError:
+            self._forget(packed.pack)
+        packed = self._find_packed(digest)
+        return None if packed is None else self._read_packed(digest, packed)
+
+    def read(self, digest: str) -> bytes:
+        data = self._packed_bytes(digest)
+        if data is not None:
+            return data
         with open(self.path(digest), "rb") as fh:
             return fh.read()
 
     def open(self, digest: str) -> BinaryIO:
         """A readable binary stream of the blob."""
-        packed = self._find_packed(digest)
-        if packed is not None:
-            return io.BytesIO(self._read_packed(digest, packed))  # packed blobs are small
+        data = self._packed_bytes(digest)
+        if data is not None:
+            return io.BytesIO(data)  # packed blobs are small
         return open(self.path(digest), "rb")
 
     def copy_to(self, digest: str, target: str) -> None:
         """Write the blob to ``target`` (a new, writable file)."""
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         tmp = target + ".rundock-partial"
-        packed = self._find_packed(digest)
-        if packed is not None:
+        data = self._packed_bytes(digest)
+        if data is not None:
             with open(tmp, "wb") as out:
-                out.write(self._read_packed(digest, packed))
+                out.write(data)
         else:
             shutil.copyfile(self.path(digest), tmp)
         os.chmod(tmp, 0o644)
@@ -178,9 +253,9 @@ class ArtifactStore:
     def put_file(self, source: str, digest: str | None = None) -> tuple[str, int, bool]:
         """Store a file; return (digest, size, whether new bytes were written).
 
-        With a known ``digest`` a file already stored costs one stat.
+        With a known ``digest`` a file already stored costs one ``keep`` (a utime).
         """
-        if digest is not None and self.has(digest):
+        if digest is not None and self.keep(digest):
             return digest, os.path.getsize(source), False
         with open(source, "rb") as fh:
             return self.put_stream(fh)
@@ -196,7 +271,7 @@ class ArtifactStore:
                     out.write(chunk)
                     size += len(chunk)
             hexdigest = digest.hexdigest()
-            if self.has(hexdigest):
+            if self.keep(hexdigest):
                 os.unlink(tmp)
                 return hexdigest, size, False
             self._install(tmp, self.path(hexdigest))
@@ -215,7 +290,7 @@ class ArtifactStore:
         Refuses (returns False) if the file changed since it was hashed (size or mtime differ), so a
         blob's name always matches its content.
         """
-        if self.has(digest):
+        if self.keep(digest):
             return False
         final = self.path(digest)
         tmp = self._incoming(final)
@@ -248,7 +323,24 @@ class ArtifactStore:
         """A writer that stores many small blobs as one pack: ``with store.pack() as p: p.add(data)``."""
         return PackWriter(self)
 
-    def _commit_pack(self, tmp_pack: str, index: bytes) -> None:
+    def write_pack(self, blobs: Iterable[tuple[str, bytes]]) -> str:
+        """A new pack of exactly ``blobs`` ((digest, bytes) pairs), stored elsewhere already or not; return its
+        index's file name. gc replaces a pack with one of its live blobs this way."""
+        fd, tmp = tempfile.mkstemp(dir=self.packs_dir, prefix=".incoming-", suffix=".pack")
+        index, offset = [], 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for digest, data in blobs:
+                    out.write(data)
+                    index.append(_IDX_ENTRY.pack(bytes.fromhex(digest), offset, len(data)))
+                    offset += len(data)
+            return self._commit_pack(tmp, b"".join(index))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def _commit_pack(self, tmp_pack: str, index: bytes) -> str:
         name = f"{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
         pack = os.path.join(self.packs_dir, name + ".pack")
         os.chmod(tmp_pack, 0o444)
@@ -259,7 +351,9 @@ class ArtifactStore:
         os.chmod(tmp_idx, 0o444)
         os.replace(tmp_idx, os.path.join(self.packs_dir, name + ".idx"))
         with self._lock:
-            self._load_index(name + ".idx")
+            if self._load_index(name + ".idx", self._packed):
+                self._indexes.add(name + ".idx")
+        return name + ".idx"
 
 
 class PackWriter:
@@ -276,7 +370,7 @@ class PackWriter:
     def add(self, data: bytes, digest: str | None = None) -> tuple[str, bool]:
         """Store ``data`` (whose SHA-256 is ``digest`` when already known); return (digest, whether it is new)."""
         digest = digest or hashlib.sha256(data).hexdigest()
-        if digest in self._entries or self.store.has(digest, refresh=False):
+        if digest in self._entries or self.store.keep(digest, refresh=False):
             return digest, False
         if self._out is None:
             fd, self._tmp = tempfile.mkstemp(dir=self.store.packs_dir, prefix=".incoming-", suffix=".pack")

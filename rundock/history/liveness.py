@@ -15,10 +15,11 @@ Runs on this host (target ``local``):
 
 Whoever declares a run lost does it in this order, holding the agent lock so that no late agent can
 start it meanwhile: ship everything the run directory's journal holds (a run whose agent recorded
-its end is not lost after all); kill every process carrying the run's id and remove its container;
-ship again (what the job wrote until it died); end the run Failed "agent lost"; remove its secrets
-file. The run's slot frees itself: the kernel drops the slot lock with the last process of the run
-holding it, so a queued run starts only once the lost one has no process left.
+its end is not lost after all); kill every process of the run and remove its container; make the
+final scan of ``outputs/`` and the logs the agent did not get to make; ship again (what the job wrote
+until it died, and those files); end the run Failed "agent lost"; remove its secrets file. The run's
+slot frees itself: the kernel drops the slot lock with the last process of the run holding it, so a
+queued run starts only once the lost one has no process left.
 
 Runs on other hosts (SSH targets) are judged at each pull from the host's own view, by the same rules
 (``rundock.agent.remote``); here their NotResponding is judged by this process's monotonic clock since
@@ -94,6 +95,14 @@ class _Observed:
 
 _OBSERVED = _Observed()
 
+# Hook for runs on other hosts: when (time.monotonic()) this process found the run's host unreachable, or None
+# while it answers. rundock.submitter.targets.live sets it; a live run whose host is unreachable shows NotResponding.
+def _every_host_answers(run: RunRecord) -> float | None:
+    return None
+
+
+host_unreachable_since: Callable[[RunRecord], float | None] = _every_host_answers
+
 
 def shown_status(run: RunRecord, clock: Callable[[], float] = time.monotonic) -> RunStatus:
     """The status to show: the stored one, or NotResponding while the agent's lease is expired."""
@@ -107,6 +116,8 @@ def shown_status(run: RunRecord, clock: Callable[[], float] = time.monotonic) ->
         silent = runlock.silent_for(run.run_dir, clock())
         interval = float(beat.get("interval") or interval or 0)
     else:
+        if host_unreachable_since(run) is not None:
+            return RunStatus.NOT_RESPONDING
         if run.last_heartbeat is None:
             return run.status
         silent = _OBSERVED.silent_for(run, clock())
@@ -168,7 +179,9 @@ class Liveness:
             syncer = self._syncer(run) if lock is not None else None
             self._ship(run, syncer)
             self._reap(run)
-            self._ship(run, syncer)  # what the job wrote until it was killed
+            if syncer is not None and run.run_dir:
+                self._scan_outputs(run)
+            self._ship(run, syncer)  # what the job wrote until it was killed, and its outputs
             try:
                 current = self.store.get_run(run.run_id)
             except RunNotFoundError:
@@ -199,6 +212,19 @@ class Liveness:
         except Exception as exc:  # what cannot be shipped stays in the journal; the run is still lost
             log.warning("run %s: its journal could not be shipped before ending it: %s", run.run_id, exc)
 
+    def _scan_outputs(self, run: RunRecord) -> None:
+        from rundock.agent.outputs import scan_for_lost_agent
+
+        assert run.run_dir is not None
+        try:
+            failures = scan_for_lost_agent(run.run_dir, self.artifacts)
+        except OSError as exc:
+            log.warning("run %s: its outputs could not be stored after its agent was lost: %s", run.run_id, exc)
+            return
+        for name, reason in failures:
+            log.warning("run %s: output %s could not be stored after its agent was lost: %s", run.run_id, name,
+                        reason)
+
     def _reason(self, run: RunRecord) -> str:
         if not run.run_dir or not os.path.isdir(run.run_dir):
             return (f"agent lost: the run was never handed to an agent (the submitting process ended before "
@@ -217,7 +243,7 @@ class Liveness:
                 container = None
         if container:
             reaper.remove_run_containers(run.run_id)
-        survivors = reaper.kill_run_processes(run.run_id)
+        survivors = reaper.kill_run_processes(run.run_id, run.run_dir)
         if survivors:
             log.warning("run %s: processes %s would not die", run.run_id, survivors)
 

@@ -43,6 +43,7 @@ class RunRecord:
     heartbeat_interval: float | None = None
     tags: dict[str, str | None] = dataclasses.field(default_factory=dict)
     properties: dict[str, str] = dataclasses.field(default_factory=dict)
+    archived: bool = False  # hidden from listings unless asked for (`rundock archive`)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Union
 
 from rundock.errors import ConfigError
@@ -22,6 +22,48 @@ Filter = Union[str, Mapping[str, Any], None]  # evaluated at run time: Python 3.
 def new_run_id(experiment: str, now: float | None = None) -> str:
     """``<experiment>_<unix seconds>_<8 hex>``."""
     return f"{experiment}_{int(time.time() if now is None else now)}_{secrets.token_hex(4)}"
+
+
+class StoreAdmin(abc.ABC):
+    """A backend's housekeeping primitives (``rundock archive``, ``delete``, ``gc``), reached through
+    ``RunStore.admin()``: kept apart from the everyday ones so that each backend writes them in a module of
+    their own. Every method is one transaction: it happens whole or not at all.
+    """
+
+    @abc.abstractmethod
+    def set_archived(self, run_ids: Iterable[str], archived: bool = True) -> list[str]:
+        """Archive (or, with ``archived=False``, restore) the runs and all their descendants; return their ids.
+
+        An unknown id raises RunNotFoundError and changes nothing. Archived runs are still runs (``get_run``,
+        ``list_runs`` return them, with ``archived`` set); ``find_runs(archived=False)`` leaves them out.
+        """
+
+    @abc.abstractmethod
+    def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
+        """Delete the runs, all their descendants and everything recorded about them (status history, tags,
+        properties, metrics, file records, logs, journal marks); return the ids deleted.
+
+        An unknown id raises RunNotFoundError and deletes nothing. Whether a run may go (it is live) is the
+        caller's business. Snapshots, models, stored blobs and run numbers stay: ``rundock gc`` frees blobs
+        nothing refers to any more, and a new run never takes a deleted run's number.
+        """
+
+    @abc.abstractmethod
+    def list_snapshots(self) -> dict[str, float]:
+        """Every snapshot id, with when it was last stored (``put_snapshot`` of a known snapshot counts)."""
+
+    @abc.abstractmethod
+    def prune_snapshots(self, stored_before: float, *, dry_run: bool = False) -> list[str]:
+        """Remove the snapshots no run refers to that were last stored before ``stored_before``; return their ids.
+
+        A snapshot stored again since (a submit on its way, between ``put_snapshot`` and ``create_run``) is
+        kept. ``dry_run``: only say which would go.
+        """
+
+    @abc.abstractmethod
+    def referenced_digests(self, skip_snapshots: Collection[str] = ()) -> set[str]:
+        """Every blob digest the history refers to: the manifests of the snapshots (but those in
+        ``skip_snapshots``), the files of every run (archived ones too) and the files of every model version."""
 
 
 class RunStore(abc.ABC):
@@ -145,6 +187,10 @@ class RunStore(abc.ABC):
         """Names of the registered environments."""
 
     @abc.abstractmethod
+    def admin(self) -> StoreAdmin:
+        """This backend's housekeeping primitives (archive, delete, snapshot pruning, blob references)."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
 
@@ -172,10 +218,24 @@ class RunStore(abc.ABC):
         self.apply_plan(run_id, JournalPlan(heartbeat=(at or time.time(), interval)))
 
     def find_runs(self, *, tags: Filter = None, properties: Filter = None, status: str | None = None,
-                  **filters: Any) -> list[RunRecord]:
-        """``list_runs`` plus tag/property filters: ``"key"`` or ``{"key": "value"}``."""
+                  archived: bool | None = None, **filters: Any) -> list[RunRecord]:
+        """``list_runs`` plus tag/property filters (``"key"`` or ``{"key": "value"}``) and ``archived``
+        (None: archived or not; False: only runs that are not archived; True: only archived ones)."""
         runs = self.list_runs(statuses=[status] if status else None, **filters)
-        return [r for r in runs if matches(r, tags, properties)]
+        return [r for r in runs if matches(r, tags, properties) and (archived is None or r.archived == archived)]
+
+    def family(self, run_ids: Iterable[str]) -> list[RunRecord]:
+        """The runs and all their descendants, each once, every run before its children.
+
+        An unknown id raises RunNotFoundError.
+        """
+        found: dict[str, RunRecord] = {}
+        frontier = [self.get_run(run_id) for run_id in run_ids]
+        while frontier:
+            fresh = [r for r in frontier if r.run_id not in found]
+            found.update((r.run_id, r) for r in fresh)
+            frontier = [c for r in fresh for c in self.list_runs(parent_id=r.run_id)]
+        return list(found.values())
 
     def find_models(self, name: str | None = None, tags: Filter = None, properties: Filter = None,
                     run_id: str | None = None) -> list[ModelRecord]:

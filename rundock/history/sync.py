@@ -25,7 +25,7 @@ from rundock.context import records as rec_types
 from rundock.context import rundir
 from rundock.context.journal import JournalReader, read_from
 from rundock.context.names import open_inside
-from rundock.errors import RunNotFoundError
+from rundock.errors import RunNotFoundError, StoreError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import RunStore
 
@@ -50,6 +50,7 @@ class Syncer:
         self._log_offsets: dict[str, int] = {}
         self._waiting: list[tuple[str, list[dict[str, Any]]]] = []  # records of a child not created yet
         self._children: set[str] = set()
+        self._strangers: set[str] = set()  # run ids that are not this run's children
         self._rejected = bytearray()
         self._rejected_keys: set[tuple[str, str, str]] = set()
         self._rejected_shipped = 0
@@ -70,12 +71,13 @@ class Syncer:
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for source, recs in self._waiting:
                 groups.setdefault((source, recs[0].get("run", self.run_id)), []).extend(recs)
+            self._register_children(batches)
             for source, recs in batches:
                 self._route(source, recs, groups)
             waiting: list[tuple[str, list[dict[str, Any]]]] = []
             for (source, run_id), recs in groups.items():
                 try:
-                    self.store.apply_journal(run_id, self.attempt, source, recs)
+                    self._apply(source, run_id, recs)
                 except RunNotFoundError:  # a child whose creating record is in another source's file
                     if run_id == self.run_id:
                         raise
@@ -84,6 +86,25 @@ class Syncer:
             self._journal.commit()
             shipped = self._ship_logs()
             return sum(len(recs) for _, recs in batches) + shipped
+
+    def _apply(self, source: str, run_id: str, recs: list[dict[str, Any]]) -> None:
+        """Apply a group; if the history refuses it for something in a record (not for being unavailable),
+        apply the records one by one and quarantine the ones it refuses, so one record never stalls a run."""
+        try:
+            self.store.apply_journal(run_id, self.attempt, source, recs)
+            return
+        except (StoreError, RunNotFoundError):
+            raise
+        except Exception as exc:  # a value the history cannot hold (an integer too large, nesting too deep...)
+            log.warning("run %s: a batch from %s was refused (%s); applying its records one by one",
+                        self.run_id, source, exc)
+        for rec in recs:
+            try:
+                self.store.apply_journal(run_id, self.attempt, source, [rec])
+            except (StoreError, RunNotFoundError):
+                raise
+            except Exception as exc:
+                self._reject(source, rec, f"the run history refused it: {type(exc).__name__}: {exc}")
 
     def _route(self, source: str, recs: list[Any], groups: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
         """Check each record, stage the files it names, and group it by the run it is about."""
@@ -105,7 +126,38 @@ class Syncer:
                 continue
             groups.setdefault((source, rec.get("run", self.run_id)), []).append(rec)
 
+    def _register_children(self, batches: list[tuple[str, list[Any]]]) -> None:
+        """Learn every child run this pass creates, whichever source creates it, before any record about it
+        is checked: a worker process's journal may be read before the one of the process that made the child."""
+        pending = [(source, r) for source, recs in batches for r in recs
+                   if isinstance(r, dict) and r.get("type") == rec_types.CHILD and r.get("run") not in self._children]
+        while pending:
+            left = []
+            for source, rec in pending:
+                if rec.get("parent") == self.run_id or rec.get("parent") in self._children:
+                    self._accept(source, rec)
+                else:
+                    left.append((source, rec))
+            if len(left) == len(pending):
+                return  # the rest name parents that are not this run's: _accept rejects them in the main pass
+            pending = left
+
+    def _known_child(self, run_id: Any) -> None:
+        """Add ``run_id`` to the known children if the history says it is one (a syncer started afresh)."""
+        if not isinstance(run_id, str) or run_id in self._children or run_id in self._strangers:
+            return
+        try:
+            parent = self.store.get_run(run_id).parent_id
+        except RunNotFoundError:
+            parent = None
+        if parent is not None and (parent == self.run_id or parent in self._children):
+            self._children.add(run_id)
+        else:
+            self._strangers.add(run_id)
+
     def _accept(self, source: str, rec: Any) -> bool:
+        if isinstance(rec, dict) and rec.get("run", self.run_id) != self.run_id and rec.get("type") != rec_types.CHILD:
+            self._known_child(rec.get("run"))
         try:
             rec_types.check(rec, source, self.run_id, self._children)
         except rec_types.RecordError as exc:
@@ -134,7 +186,8 @@ class Syncer:
         """Store a job's staged upload (a file directly in ``uploads/``, opened without following links)."""
         rel = rec_types.upload_path(rec.get("path"))
         try:
-            fh = open_inside(os.path.join(self.run_dir, rel), os.path.join(self.run_dir, rundir.UPLOADS_DIR))
+            fh = open_inside(os.path.join(self.run_dir, rel), os.path.join(self.run_dir, rundir.UPLOADS_DIR),
+                             root=self.run_dir)
         except FileNotFoundError:
             self._reject(source, rec, f"the staged file {rel} is missing")
             return False
@@ -147,8 +200,11 @@ class Syncer:
         return True
 
     def _reject(self, source: str, rec: Any, reason: str) -> None:
-        text = json.dumps(rec, default=str)[:500] if not isinstance(rec, dict) or rec.get("type") != "unreadable" \
-            else repr(rec.get("line"))
+        try:
+            text = json.dumps(rec, default=str)[:500] if not isinstance(rec, dict) or rec.get("type") != "unreadable" \
+                else repr(rec.get("line"))
+        except (ValueError, RecursionError):
+            text = "(a record too deeply nested to show)"
         key = (source, reason, text)
         if key in self._rejected_keys:  # read again after a failed pass
             return

@@ -16,6 +16,7 @@ _EXPORTS = {
     "PythonSection": "rundock.runconfig.environment",
     "RunConfiguration": "rundock.runconfig.run_configuration",
     "ScriptRunConfig": "rundock.runconfig.script_run_config",
+    "V1ConfigWarning": "rundock.runconfig.azureml_v1",
 }
 
 __all__ = list(_EXPORTS)

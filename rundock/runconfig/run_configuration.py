@@ -1,4 +1,10 @@
-"""RunConfiguration: what to run and where, saved and loaded as YAML."""
+"""RunConfiguration: what to run and where, saved and loaded as YAML.
+
+``load`` also reads Azure ML v1's run configuration files unchanged (camelCase
+YAML or JSON, ``.azureml/<name>.runconfig`` or ``aml_config/<name>.runconfig``):
+see rundock.runconfig.azureml_v1 for what is mapped and what is ignored with a
+warning.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 import yaml
 
 from rundock.errors import ConfigError
+from rundock.runconfig import azureml_v1
 from rundock.runconfig.environment import Environment
 from rundock.runconfig.schema import check_numbers, from_mapping, positive, to_mapping
 
@@ -37,6 +44,9 @@ class RunConfiguration:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str | None = None) -> RunConfiguration:
+        """A configuration from rundock's mapping, or from an Azure ML v1 one (camelCase keys)."""
+        if azureml_v1.is_v1(data):
+            data = azureml_v1.translate(data, source)
         config = from_mapping(cls, data, source=source)
         config.validate(source)
         return config
@@ -70,8 +80,14 @@ class RunConfiguration:
 
     @classmethod
     def load(cls, path: str | None = None, name: str | None = None) -> RunConfiguration:
-        """Read a configuration written by ``save`` (or by hand); errors name the file and field."""
-        source = _resolve(path or ".", name)
+        """Read a configuration written by ``save``, by hand, or by Azure ML v1's ``RunConfiguration.save()``;
+        errors name the file and field.
+
+        ``path`` is a file (read as it is) or a project folder, in which ``name`` (default ``runconfig``) is
+        looked for as ``<name>.runconfig.yml`` (rundock's ``save``), then ``.azureml/<name>.runconfig`` and
+        ``aml_config/<name>.runconfig`` (v1's).
+        """
+        source = _find(path or ".", name)
         try:
             with open(source, encoding="utf-8") as fh:
                 data = yaml.safe_load(fh)
@@ -81,6 +97,21 @@ class RunConfiguration:
         except yaml.YAMLError as exc:
             raise ConfigError(f"not valid YAML: {exc}", source=source) from None
         return cls.from_mapping(data, source=source)
+
+
+def _find(path: str, name: str | None) -> str:
+    if os.path.isfile(path) or not (os.path.isdir(path) or name is not None):
+        return path
+    base = name or "runconfig"
+    for suffix in (RUNCONFIG_SUFFIX, azureml_v1.V1_SUFFIX):
+        base = base[:-len(suffix)] if base.endswith(suffix) else base
+    candidates = [os.path.join(path, base + RUNCONFIG_SUFFIX),
+                  *(os.path.join(path, folder, base + azureml_v1.V1_SUFFIX) for folder in azureml_v1.V1_FOLDERS)]
+    found = next((c for c in candidates if os.path.isfile(c)), None)
+    if found is None:
+        raise ConfigError(f"no run configuration named {base!r}; looked for {', '.join(candidates)}. Create one with "
+                          "RunConfiguration.save()", source=path)
+    return found
 
 
 def _resolve(path: str, name: str | None) -> str:

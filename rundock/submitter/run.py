@@ -30,7 +30,7 @@ from rundock.runconfig.environment import Environment
 from rundock.states import RunStatus
 from rundock.submitter import follow
 from rundock.submitter.model import Model, _str_tags, model_files
-from rundock.submitter.snapshot import take_snapshot, write_zip
+from rundock.submitter.snapshot import restore_zip, take_snapshot
 
 if TYPE_CHECKING:
     from rundock.runconfig.script_run_config import ScriptRunConfig
@@ -212,7 +212,8 @@ class Run(RunRecorder):
             details = (f"no heartbeat from the agent for longer than its lease{every}; last status "
                        f"{run.status.value}: {details}")
         elif run.error:
-            details = f"{details}: {run.error.get('message', '')}"
+            message = str(run.error.get("message", ""))
+            details = message if message.startswith(details) else f"{details}: {message}"
         return {"status": status, "details": details}
 
     def get_details(self) -> dict[str, Any]:
@@ -306,7 +307,9 @@ class Run(RunRecorder):
         self.refresh()
 
     def cancel(self) -> None:
-        """Stop the run: its job's agent stops its processes, or (no job) it ends Canceled now."""
+        """Stop the run: its job's agent stops its processes, or (no job) it ends Canceled now. On a remote host
+        that cannot be reached, CancelRequested is recorded and the cancel reaches the host when it answers
+        again (a warning says so; ``rundock.submitter.targets.remote.abandon`` ends such a run now)."""
         from rundock.submitter.targets import get_target
 
         record = self.refresh()._record
@@ -372,11 +375,21 @@ class Run(RunRecorder):
     # -- metrics, tags, properties ------------------------------------------------------------
     def get_metrics(self, name: str | None = None, recursive: bool = False, run_type: str | None = None,
                     populate: bool = False) -> dict[str, Any]:
-        """Metrics by name; ``{run_id: {...}}`` for this run and its descendants when recursive."""
+        """Metrics by name; ``{run_id: {...}}`` for this run and its descendants when recursive (a live run is
+        brought up to date first: see ``refresh``)."""
+        self.refresh()
         if not recursive:
             return metric_shapes(self._store.get_metric_records(self._id, name))
         return {r.run_id: metric_shapes(self._store.get_metric_records(r.run_id, name))
                 for r in [self._record, *self._descendants()] if run_type is None or r.run_type == run_type}
+
+    def get_metric_history(self, name: str) -> builtins.list[dict[str, Any]]:
+        """Every value logged under ``name``, in logging order, as ``{"value", "step", "time"}`` (step: None
+        when logged without one; time: ISO 8601 UTC); [] for a name never logged. ``get_metrics`` is unchanged.
+        A live run is brought up to date first, as for ``get_metrics``."""
+        self.refresh()
+        return [{"value": r.value, "step": r.step, "time": iso_utc(r.at)}
+                for r in self._store.get_metric_records(self._id, name)]
 
     def set_tags(self, tags: Mapping[str, Any] | str) -> None:
         super().set_tags(tags)
@@ -407,7 +420,8 @@ class Run(RunRecorder):
 
     # -- files -----------------------------------------------------------------------------------
     def get_file_names(self) -> builtins.list[str]:
-        """Names of the files stored with the run."""
+        """Names of the files stored with the run (a live run is brought up to date first)."""
+        self.refresh()
         return sorted(self._store.list_files(self._id))
 
     def download_file(self, name: str, output_file_path: str | None = None,
@@ -463,15 +477,13 @@ class Run(RunRecorder):
         return snapshot.snapshot_id
 
     def restore_snapshot(self, snapshot_id: str | None = None, path: str | None = None) -> str:
-        """Write a snapshot (the latest by default) as a zip file; return its path."""
+        """Write a snapshot (the latest by default) as ``<snapshot_id>.zip`` in folder ``path`` (default: the
+        temp folder; created when missing); return the zip's path."""
         snapshot_id = snapshot_id or self.get_snapshot_id()
         if snapshot_id is None:
             raise ValueError(f"run {self._id} has no snapshot; take one with run.take_snapshot(folder)")
         manifest = self._store.get_snapshot(snapshot_id)
-        target = path or os.path.join(os.getcwd(), f"{snapshot_id}.zip")
-        if os.path.isdir(target):
-            target = os.path.join(target, f"{snapshot_id}.zip")
-        return write_zip(manifest, self.experiment.workspace.artifacts, target)
+        return restore_zip(manifest, self.experiment.workspace.artifacts, snapshot_id, path)
 
     def register_model(self, model_name: str, model_path: str | None = None, tags: Mapping[str, Any] | None = None,
                        properties: Mapping[str, Any] | None = None, model_framework: str | None = None,

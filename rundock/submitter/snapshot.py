@@ -7,6 +7,17 @@ caches and virtual environments are always left out. A link that leaves the
 folder is refused. Each file is stored once in the artifact store under its
 SHA-256 (small files together in one pack), so an unchanged folder
 re-submitted writes nothing new.
+
+File names: a name that is not valid UTF-8 on disk (bytes such as
+``b"r\xe9sultat.csv"``) is stored escaped, each such byte as ``%XX``
+(``r%E9sultat.csv``, rundock.context.names.escape_name, as for outputs), and the
+job finds it under that name. Two files whose names escape to the same text are
+refused, naming both.
+
+``restore_zip`` is v1's ``restore_snapshot``: ``<snapshot id>.zip`` in a folder
+(default: the temp folder), written through a private temporary file that is
+renamed into place, so a file or link already there is replaced, never written
+through.
 """
 
 from __future__ import annotations
@@ -17,13 +28,14 @@ import hashlib
 import json
 import os
 import stat
+import tempfile
 import zipfile
 from collections.abc import Callable
 from typing import Any
 
 import pathspec
 
-from rundock.context.names import artifact_name
+from rundock.context.names import artifact_name, escape_name
 from rundock.errors import SnapshotError
 from rundock.history.artifacts import PACK_MAX_BLOB, ArtifactStore, sha256_file
 from rundock.history.store import RunStore
@@ -115,19 +127,30 @@ class _Walker:
                 if not self._ignored(child, True, specs) and not _is_virtualenv(entry.path):
                     self.walk(entry.path, child, specs)
             elif stat.S_ISREG(st.st_mode) and not self._ignored(child, False, specs):
-                self.files.append(SourceFile(child, entry.path, st.st_size, bool(st.st_mode & 0o111)))
+                self.files.append(SourceFile(escape_name(child), entry.path, st.st_size, bool(st.st_mode & 0o111)))
+
+
+def _refuse_clashes(files: list[SourceFile]) -> None:
+    seen: dict[str, SourceFile] = {}
+    for f in files:
+        other = seen.setdefault(f.path, f)
+        if other is not f:
+            raise SnapshotError(f"{other.full!r} and {f.full!r} would both be stored as {f.path!r} (a name that is "
+                                "not UTF-8 is stored with its bytes escaped as %XX); rename one of them")
 
 
 def collect(source_dir: str, limits: SnapshotLimits = SnapshotLimits()) -> list[SourceFile]:
     """The files that travel in a snapshot of ``source_dir`` (a folder, or one file), sorted; enforces the limits."""
     if os.path.isfile(source_dir):
         st = os.stat(source_dir)
-        return [SourceFile(os.path.basename(source_dir), source_dir, st.st_size, bool(st.st_mode & 0o111))]
+        return [SourceFile(escape_name(os.path.basename(source_dir)), source_dir, st.st_size,
+                           bool(st.st_mode & 0o111))]
     if not os.path.isdir(source_dir):
         raise SnapshotError(f"source folder {source_dir!r} does not exist")
     walker = _Walker(source_dir)
     walker.walk(walker.root, "", [])
     files = walker.files
+    _refuse_clashes(files)
     total = sum(f.size for f in files)
     if len(files) > limits.max_files or total > limits.max_bytes:
         biggest = sorted(files, key=lambda f: f.size, reverse=True)[:10]
@@ -168,7 +191,7 @@ def take_snapshot(source_dir: str, store: RunStore, artifacts: ArtifactStore,
                 else:
                     before = os.stat(f.full)
                     digest, size = sha256_file(f.full)
-                    if not artifacts.has(digest, refresh=False):
+                    if not artifacts.keep(digest, refresh=False):  # kept: gc spares a blob taken up again
                         large.append((f, digest, before))
             except OSError as exc:
                 raise SnapshotError(f"cannot read {f.path!r} in {source_dir!r}: {exc}") from exc
@@ -192,14 +215,45 @@ def take_snapshot(source_dir: str, store: RunStore, artifacts: ArtifactStore,
 
 
 def write_zip(manifest: list[dict[str, Any]], artifacts: ArtifactStore, path: str) -> str:
-    """A zip of a snapshot (fixed timestamps, so the same snapshot gives the same bytes)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for entry in manifest:
-            info = zipfile.ZipInfo(artifact_name(entry["path"]), date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = (entry.get("mode", 0o644) | stat.S_IFREG) << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with artifacts.open(entry["digest"]) as src, zf.open(info, "w") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+    """A zip of a snapshot at ``path`` (fixed timestamps, so the same snapshot gives the same bytes); private (0600).
+
+    Written to a temporary file in the same folder, then renamed over ``path``.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".rundock-snapshot-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for entry in manifest:  # names stored before escaping existed may still hold undecodable bytes
+                info = zipfile.ZipInfo(escape_name(artifact_name(entry["path"])), date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = (entry.get("mode", 0o644) | stat.S_IFREG) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with artifacts.open(entry["digest"]) as src, zf.open(info, "w") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return path
+
+
+def restore_zip(manifest: list[dict[str, Any]], artifacts: ArtifactStore, snapshot_id: str,
+                path: str | None = None) -> str:
+    """Azure ML v1's ``restore_snapshot``: write ``<snapshot_id>.zip`` in folder ``path`` (default: the temp
+    folder; created when missing) and return the zip's path.
+
+    A ``path`` ending in ``.zip`` that is not an existing folder is taken as the zip's own path (rundock's
+    earlier behaviour).
+    """
+    folder = tempfile.gettempdir() if path is None else os.fspath(path)
+    if folder.lower().endswith(".zip") and not os.path.isdir(folder):
+        return write_zip(manifest, artifacts, folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"restore_snapshot(path={folder!r}): path is the folder to write "
+                                 f"{snapshot_id}.zip in, and {folder!r} is a file")
+    os.makedirs(folder, exist_ok=True)
+    return write_zip(manifest, artifacts, os.path.join(folder, f"{snapshot_id}.zip"))

@@ -10,6 +10,13 @@ files rundock writes directly in it (``config.yaml``, ``secrets.json``,
 ``history.db``, ``known_hosts``, ``targets.yaml``) are 0600. ``rundock init``
 also writes a ``.gitignore`` of ``*`` there, so that ``git add -A`` never
 commits the run history or the secrets.
+
+Azure ML v1's descriptive attributes are there with local values, so that
+notebook cells printing them run unchanged: ``name`` (``config.yaml``'s name,
+else the project folder's name), ``location``, ``subscription_id`` and ``sku``
+(``"local"``), ``resource_group`` (the project folder: the one holding
+``.rundock``, or the workspace folder itself when it has another name) and
+``tags`` (empty).
 """
 
 from __future__ import annotations
@@ -128,6 +135,11 @@ class Workspace:
                 raise ConfigError(f"not valid YAML: {exc}", source=config_path) from None
         self.config = from_mapping(WorkspaceConfig, data, source=config_path)
         self.name = self.config.name or os.path.basename(os.path.dirname(self.path)) or "default"
+        # Azure ML v1's descriptive attributes, with local values
+        self.location = self.subscription_id = self.sku = "local"
+        self.resource_group = os.path.dirname(self.path) if os.path.basename(self.path) == WORKSPACE_DIR \
+            else self.path
+        self.tags: dict[str, str] = {}
         self.history_uri = self.config.history or f"sqlite:///{os.path.join(self.path, 'history.db')}"
         self.local_root = os.path.join(self.path, "local")
         self._store: RunStore | None = None

@@ -25,6 +25,7 @@ from typing import Any
 
 from rundock.context.names import artifact_name
 from rundock.errors import RunNotFoundError, StoreError, StoreReplacedError
+from rundock.history.backends.sqlite_admin import SqliteAdmin
 from rundock.history.backends.sqlite_file import (
     MODEL_COLUMNS,
     RUN_COLUMNS,
@@ -136,10 +137,10 @@ class SqliteRunStore(RunStore):
                    "ON CONFLICT (name) DO UPDATE SET last_number = last_number + 1", (experiment,))
         (number,) = db.execute("SELECT last_number FROM experiments WHERE name = ?", (experiment,)).fetchone()
         try:
-            db.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 20)})", (
+            db.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 21)})", (
                 run_id, experiment, number, RunStatus.NOT_STARTED.value, now, parent_id, run_type,
                 display_name, description, target, json.dumps(run_definition or {}), snapshot_id,
-                submitted_by, run_dir, None, None, "", None, None, None))
+                submitted_by, run_dir, None, None, "", None, None, None, 0))
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"a run with id {run_id!r} already exists") from exc
         db.execute("INSERT INTO status_history (run_id, status, at, detail) VALUES (?, ?, ?, ?)",
@@ -383,6 +384,8 @@ class SqliteRunStore(RunStore):
         with self._write() as db:
             cur = db.execute("INSERT OR IGNORE INTO snapshots VALUES (?, ?, ?)",
                              (snapshot_id, json.dumps(manifest), time.time()))
+            # created_at says when it was last stored: gc keeps an unused snapshot that a submit stores again
+            db.execute("UPDATE snapshots SET created_at = ? WHERE snapshot_id = ?", (time.time(), snapshot_id))
             return cur.rowcount > 0
 
     def get_snapshot(self, snapshot_id: str) -> list[dict[str, Any]]:
@@ -390,6 +393,9 @@ class SqliteRunStore(RunStore):
         if not rows:
             raise StoreError(f"no snapshot {snapshot_id!r} in the run history {self.path}")
         return list(json.loads(rows[0][0]))
+
+    def admin(self) -> SqliteAdmin:
+        return SqliteAdmin(self)
 
     def close(self) -> None:
         with self._lock:

@@ -78,7 +78,11 @@ _VERSION_1: Migration = (
     "created_at REAL NOT NULL)",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1,)
+_VERSION_2: Migration = (  # `rundock archive`: archived runs are left out of listings unless asked for
+    "ALTER TABLE runs ADD COLUMN archived INTEGER NOT NULL DEFAULT 0",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # SQLite's primary result codes (``sqlite3.Error.sqlite_errorcode`` from Python 3.11; the message before that).
@@ -179,7 +183,7 @@ def file_identity(path: str) -> tuple[int, int] | None:
 # -- rows ----------------------------------------------------------------------------------------
 RUN_COLUMNS = ("run_id, experiment, number, status, created_at, parent_id, run_type, display_name, description, "
                "target, run_definition, snapshot_id, submitted_by, run_dir, start_at, end_at, status_detail, "
-               "error, last_heartbeat, heartbeat_interval")
+               "error, last_heartbeat, heartbeat_interval, archived")
 MODEL_COLUMNS = ("name, version, run_id, path, files, created_at, tags, properties, framework, framework_version, "
                  "description")
 
@@ -188,14 +192,14 @@ def run_record(row: Sequence[Any]) -> RunRecord:
     """A run from a row of ``RUN_COLUMNS`` (tags and properties left empty)."""
     (run_id, experiment, number, status, created_at, parent_id, run_type, display_name, description,
      target, run_definition, snapshot_id, submitted_by, run_dir, start_at, end_at, status_detail,
-     error, last_heartbeat, heartbeat_interval) = row
+     error, last_heartbeat, heartbeat_interval, archived) = row
     return RunRecord(
         run_id=run_id, experiment=experiment, number=number, status=RunStatus(status),
         created_at=created_at, parent_id=parent_id, run_type=run_type, display_name=display_name,
         description=description, target=target, run_definition=json.loads(run_definition),
         snapshot_id=snapshot_id, submitted_by=submitted_by, run_dir=run_dir, start_at=start_at,
         end_at=end_at, status_detail=status_detail, error=json.loads(error) if error else None,
-        last_heartbeat=last_heartbeat, heartbeat_interval=heartbeat_interval)
+        last_heartbeat=last_heartbeat, heartbeat_interval=heartbeat_interval, archived=bool(archived))
 
 
 def model_record(row: Sequence[Any]) -> ModelRecord:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from rundock.submitter.cli import admin, runs, secrets, targets  # noqa: F401  (each registers its commands)
+from rundock.submitter.cli import (  # noqa: F401  (each registers its commands)
+    admin,
+    control,
+    listing,
+    runs,
+    secrets,
+    submit,
+    targets,
+)
 from rundock.submitter.cli.base import cli, main
 
 __all__ = ["cli", "main"]

@@ -6,8 +6,11 @@ import sys
 
 import click
 from rich.table import Table
+from rich.text import Text
 
-from rundock.submitter.cli.base import _workspace, cli, console, out
+from rundock.history.records import iso_utc
+from rundock.submitter.cli.base import _workspace, cli, console, history_label, nothing_in, out
+from rundock.submitter.cli.output import emit_json
 
 
 @cli.group()
@@ -27,10 +30,18 @@ def secret_set(name: str, value: str | None) -> None:
 
 
 @secret.command("list")
-def secret_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: [{\"name\": ...}, ...].")
+def secret_list(as_json: bool) -> None:
     """List secret names (never values)."""
-    for entry in _workspace().secrets.list_secrets():
-        out.print(entry["name"])
+    ws = _workspace()
+    entries = ws.secrets.list_secrets()
+    if as_json:
+        emit_json([{"name": entry["name"]} for entry in entries])
+    else:
+        for entry in entries:
+            out.print(entry["name"], markup=False, highlight=False)
+    if not entries:
+        nothing_in("secrets", ws.secrets.path)
 
 
 @secret.command("delete")
@@ -43,12 +54,23 @@ def secret_delete(name: str) -> None:
 
 @cli.command()
 @click.argument("name", required=False)
-def models(name: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models(name: str | None, as_json: bool) -> None:
     """List registered model versions (of NAME), newest first."""
     from rundock.submitter.model import Model
 
-    table = Table("model", "version", "run id", "path", "tags", box=None)
-    for model in Model.list(_workspace(), name=name):
-        table.add_row(model.name, str(model.version), model.run_id or "", model._record.path,
-                      ", ".join(f"{k}={v}" for k, v in model.tags.items()))
-    out.print(table)
+    ws = _workspace()
+    found = Model.list(ws, name=name)
+    if as_json:
+        emit_json([{"name": m.name, "version": m.version, "run_id": m.run_id, "path": m._record.path,
+                    "created": iso_utc(m._record.created_at), "tags": dict(m.tags),
+                    "properties": dict(m._record.properties), "description": m._record.description}
+                   for m in found])
+    else:
+        table = Table("model", "version", "run id", "path", "tags", box=None)
+        for model in found:
+            table.add_row(Text(model.name), str(model.version), Text(model.run_id or ""), Text(model._record.path),
+                          Text(", ".join(f"{k}={v}" for k, v in model.tags.items())))
+        out.print(table)
+    if not found:
+        nothing_in(f"models named {name}" if name else "models", history_label(ws))

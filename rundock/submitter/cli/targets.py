@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 from rich.table import Table
 
-from rundock.submitter.cli.base import _workspace, cli, console, out
+from rundock.submitter.cli.base import _workspace, cli, console, nothing_in, out
+from rundock.submitter.cli.output import emit_json
 
 
 @cli.group()
@@ -40,16 +42,26 @@ def target_attach(name: str, address: str, ssh_port: int | None, username: str |
 
 
 @target.command("list")
-def target_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def target_list(as_json: bool) -> None:
     """List compute targets."""
-    from rundock.submitter.compute import ComputeTarget
+    from rundock.submitter.compute import TARGETS_FILE, ComputeTarget
 
-    table = Table("name", "type", "address", "user", box=None)
-    table.add_row("local", "this machine", "", "")
-    for compute in ComputeTarget.list(_workspace()):
-        port = f":{compute.config.ssh_port}" if compute.config.ssh_port else ""
-        table.add_row(compute.name, "ssh", f"{compute.config.address}{port}", compute.config.username or "")
-    out.print(table)
+    ws = _workspace()
+    attached = ComputeTarget.list(ws)
+    if as_json:
+        emit_json([{"name": "local", "type": "local", "address": None, "port": None, "user": None}] +
+                  [{"name": c.name, "type": "ssh", "address": c.config.address, "port": c.config.ssh_port,
+                    "user": c.config.username or None} for c in attached])
+    else:
+        table = Table("name", "type", "address", "user", box=None)
+        table.add_row("local", "this machine", "", "")
+        for compute in attached:
+            port = f":{compute.config.ssh_port}" if compute.config.ssh_port else ""
+            table.add_row(compute.name, "ssh", f"{compute.config.address}{port}", compute.config.username or "")
+        out.print(table)
+    if not attached:
+        nothing_in("attached targets (only local)", os.path.join(ws.path, TARGETS_FILE))
 
 
 @target.command("show")

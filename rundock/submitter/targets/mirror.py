@@ -14,6 +14,9 @@ trusted further than its answers can be checked:
 
 A member that fails a check is skipped and reported; the rest of the pull is applied, so one bad
 member never keeps a run from advancing.
+
+A cancel that could not reach the host yet waits in the mirror (``cancel.pending``): the next pull carries
+it to the host before anything else, and removes it once the host has it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ MAX_STATE = 8 << 20
 MAX_MEMBERS = 200_000
 CHUNK = 1 << 20
 LOCK_FILE = ".pull.lock"
+CANCEL_PENDING = "cancel.pending"
 
 
 @dataclasses.dataclass
@@ -64,6 +68,26 @@ def offsets(mirror: str) -> dict[str, int]:
             if os.path.isfile(path) and not os.path.islink(path):
                 found[f"{folder}/{name}"] = os.path.getsize(path)
     return found
+
+
+def mirror_path(workspace_path: str, target: str, run_id: str) -> str:
+    """Where the mirror of a run on ``target`` lives in a workspace."""
+    return os.path.join(workspace_path, "remote", target, "runs", run_id)
+
+
+def request_cancel(mirror: str) -> None:
+    """Leave a cancel for the next pull to carry to the host."""
+    os.makedirs(mirror, mode=0o700, exist_ok=True)
+    os.close(os.open(os.path.join(mirror, CANCEL_PENDING), os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def cancel_pending(mirror: str) -> bool:
+    return os.path.exists(os.path.join(mirror, CANCEL_PENDING))
+
+
+def cancel_delivered(mirror: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(mirror, CANCEL_PENDING))
 
 
 @contextlib.contextmanager

@@ -17,11 +17,14 @@ changed host key, no Python) are reported at once. Every host command is safe
 to repeat: ``receive`` stores by digest, and a repeated ``start`` answers with
 the agent the first one started.
 
-Sync is pull-based (see ``rundock.submitter.targets.mirror``): the new bytes of
-the remote run directory's journals and logs (and the blobs they name) are
-appended to a local mirror of the run directory, and the same ``Syncer`` as
-local runs ships the mirror to the history, so records apply exactly once
-however often a pull is repeated or interrupted.
+Sync is pull-based (``rundock.submitter.targets.remote_sync``): the submitter
+pulls what is new in the remote run directory into a local mirror and ships it
+with the same ``Syncer`` as local runs, exactly once however often a pull is
+repeated. Readers pull through ``refresh`` (``rundock.submitter.targets.check``):
+at most one pull per run at a time and per interval in a process, and a host that
+cannot be reached shows what is stored (``rundock.submitter.targets.live``).
+A cancel is left in the run's mirror and goes to the host with the next pull: at
+once, or when an unreachable host answers again; ``abandon`` ends such a run now.
 """
 
 from __future__ import annotations
@@ -30,18 +33,17 @@ import getpass
 import json
 import os
 import shlex
-import tempfile
 import threading
-import time
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any, TypeVar
 
 from rundock.agent.job import MODE_JOURNAL, JobSpec
 from rundock.context import rundir
-from rundock.errors import ConfigError, RundockError, StoreError
+from rundock.errors import ConfigError, RundockError
 from rundock.history import liveness
 from rundock.history.records import RunRecord
-from rundock.history.sync import Syncer
 from rundock.runconfig.environment import Environment, PythonSection
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.states import RunStatus
@@ -50,28 +52,26 @@ from rundock.submitter.compute import ComputeTarget, RemoteCompute
 from rundock.submitter.gitinfo import git_properties
 from rundock.submitter.snapshot import Progress, take_snapshot
 from rundock.submitter.ssh import SshConnection, SshError, SshTarget, retrying
+from rundock.submitter.targets import live, remote_sync
 from rundock.submitter.targets import mirror as mirrors
 from rundock.submitter.targets.blobs import tar_stream
+from rundock.submitter.targets.remote_sync import RemoteSyncError
 from rundock.submitter.workspace import Workspace
 
 T = TypeVar("T")
 _CONNECTIONS: dict[tuple[str, str], SshConnection] = {}
-_SYNCERS: dict[tuple[str, str], Syncer] = {}  # kept per run so each pull reads only what is new
 _ROOTS: dict[tuple[str, str, str, str], tuple[SshConnection, str]] = {}  # the host's folder, per connection
 _LOCK = threading.Lock()
 NO_AGENT = 75  # exit status of the host check when this version of the agent is not installed there
 DISK_MARGIN = 64 * 1024 * 1024
-MAX_PULLS = 16  # per sync; each brings at most 64 MiB of journals and logs (see rundock.agent.pull)
+ABANDONED_PATIENCE = 2.0  # seconds a read of an abandoned run waits for its host to take the cancel
+COMMANDS: Counter[str] = Counter()  # host commands run by this process (one SSH session each), by name
 Stdin = bytes | Callable[[], Iterable[bytes]]
 
 
 def _alive(conn: SshConnection) -> bool:
     transport = conn.client.get_transport()
     return transport is not None and transport.is_active()
-
-
-class RemoteSyncError(RundockError):
-    """What a pull brought could not all be applied; the message names the host, the run and each problem."""
 
 
 class RemoteTarget:
@@ -135,14 +135,19 @@ class RemoteTarget:
         return (f"PYTHONPATH={shlex.quote(f'{root}/agent/{digest}')} {shlex.quote(self.config.python)} "
                 f"-m rundock.agent.remote {command} {shlex.quote(root)} {' '.join(shlex.quote(a) for a in args)}")
 
-    def _remote(self, command: str, *args: str, stdin: Stdin = b"", sink: IO[bytes] | None = None) -> bytes:
-        """Run a host command (every one is safe to repeat: see rundock.agent.remote); its stdout."""
+    def _remote(self, command: str, *args: str, stdin: Stdin = b"", sink: IO[bytes] | None = None,
+                heard: Callable[[], None] | None = None) -> bytes:
+        """Run a host command (every one is safe to repeat: see rundock.agent.remote); its stdout.
+        ``heard`` is called when the host has answered."""
         def attempt(conn: SshConnection) -> bytes:
             if sink is not None:
                 sink.seek(0)
                 sink.truncate()
+            COMMANDS[command] += 1
             code, out, err = conn.run(self._agent_command(conn, command, *args),
                                       stdin=stdin if isinstance(stdin, bytes) else stdin(), sink=sink)
+            if heard is not None:
+                heard()
             if code != 0:
                 raise RundockError(f"`{command}` failed on {conn.where}: "
                                    f"{err.decode(errors='replace').strip()[-2000:]}")
@@ -244,7 +249,7 @@ class RemoteTarget:
                 heartbeat_seconds=ws.heartbeat_seconds, slots_dir=f"{root}/slots",
                 max_concurrent_runs=self.config.max_concurrent_runs or host["cpus"], target=self.name,
                 submitted_at=record.created_at, environment=env.to_mapping(),
-                secrets_file=f"{run_dir}/{rundir.SECRETS_FILE}" if secrets else None)
+                secrets_file=f"{run_dir}/{rundir.SECRETS_FILE}" if secrets else None, workspace_name=ws.name)
             request = {"job": job.to_dict(), "manifest": snapshot.manifest, "secrets": secrets}
             started = json.loads(self._remote("start", record.run_id, stdin=json.dumps(request).encode()))
             ws.store.update_run(record.run_id, run_dir=started["run_dir"])
@@ -280,113 +285,72 @@ class RemoteTarget:
         return total
 
     # -- following a run ------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        return f"target {self.name} ({self.config.address})"
+
     def mirror_dir(self, run_id: str) -> str:
-        return os.path.join(self.workspace.path, "remote", self.name, "runs", run_id)
+        return mirrors.mirror_path(self.workspace.path, self.name, run_id)
 
-    def sync(self, run: RunRecord) -> None:
-        """Pull what is new in the run's remote directory into the history (exactly once).
+    def sync(self, run: RunRecord, attempt: live.Attempt | None = None) -> None:
+        """Pull what is new in the run's remote directory into the history now (see remote_sync.sync)."""
+        remote_sync.sync(self, run.run_id, attempt)
 
-        When the host's view says the run's agent is gone, the lost-run policy follows (the same as for
-        this host's runs, see rundock.history.liveness): ship, kill what is left, ship again, then end.
-        Raises RemoteSyncError (naming the host and the run) when something pulled could not be applied,
-        after applying everything else and judging the run: a bad pull never wedges a run.
-        """
-        if run.status.is_terminal:
-            return
-        where = f"target {self.name} ({self.config.address})"
-        mirror = self.mirror_dir(run.run_id)
-        with mirrors.locked(mirror):
-            try:
-                state, problems, shipped = self._ship(run.run_id, mirror)
-                ending = self._ending(run.run_id, state, shipped)
-                if ending is not None and not json.loads(self._remote("reap", run.run_id)).get("agent_alive"):
-                    problems += self._ship(run.run_id, mirror)[1]  # what the job wrote until it was killed
-                    self._end(run.run_id, *ending)
-            except RemoteSyncError:
-                raise
-            except RundockError as exc:
-                if isinstance(exc, StoreError):
-                    raise  # the history itself cannot be written: its own error says why
-                raise RemoteSyncError(f"run {run.run_id}: syncing from {where} failed: {exc}") from exc
-        if problems:
-            raise RemoteSyncError(f"run {run.run_id} on {where}: part of what was pulled could not be applied (the "
-                                  "rest was, and the next pull tries again): " + "; ".join(problems))
+    def refresh(self, run: RunRecord, force: bool = False) -> RunRecord:
+        """The run as it is now: pulled from its host if a pull is due (rate limited and shared per process; a
+        host that cannot be reached leaves it as stored, with a warning: see rundock.submitter.targets.live).
+        A child run comes with its parent's pull. ``force``: pull now (a cancel waits in the mirror)."""
+        store = self.workspace.store
+        root = run
+        while root.run_type != liveness.AGENT_RUN_TYPE and root.parent_id:
+            root = store.get_run(root.parent_id)
+        if root.run_type == liveness.AGENT_RUN_TYPE and (
+                not root.status.is_terminal or mirrors.cancel_pending(self.mirror_dir(root.run_id))):
+            found = live.host(self.workspace.path, self.name, self.where)
+            patience = ABANDONED_PATIENCE if root.status.is_terminal else None
+            live.read(self.workspace.path, root.run_id, found, lambda attempt: self.sync(root, attempt),
+                      self._drop_connection, force=force, patience=patience)
+        return store.get_run(run.run_id)
 
-    def _ship(self, run_id: str, mirror: str) -> tuple[dict[str, Any], list[str], bool]:
-        """Pull into the mirror (again while the host has more) and ship it: (host's state, problems, shipped)."""
-        problems: list[str] = []
-        reset = False
-        for _ in range(MAX_PULLS):  # a large backlog comes in several pulls
-            pulled = self._pull(run_id, mirror)
-            problems += pulled.problems
-            reset = reset or pulled.reset
-            if not pulled.state.get("more"):
-                break
-        key = (self.workspace.path, run_id)
+    def _drop_connection(self) -> None:
+        """Close the cached connection (a frozen host never does): the retry starts a new one."""
         with _LOCK:
-            syncer = None if reset else _SYNCERS.get(key)  # a file started over: so does the reader
-            if syncer is None:
-                syncer = _SYNCERS[key] = Syncer(mirror, run_id, self.workspace.store, self.workspace.artifacts)
+            conn = _CONNECTIONS.pop((self.workspace.path, self.name), None)
+        if conn is not None:
+            conn.close()
+
+    def cancel(self, run: RunRecord) -> bool:
+        """Deliver a cancel with a pull now (True), or leave it in the mirror for the first pull after the host
+        answers again (False, with a warning)."""
+        mirror = self.mirror_dir(run.run_id)
+        mirrors.request_cancel(mirror)
         try:
-            syncer.sync_once()
-        except StoreError:
-            raise
-        except Exception as exc:  # anything else: the next pull reads the mirror again from its start
-            with _LOCK:
-                _SYNCERS.pop(key, None)
-            problems.append(f"shipping its records failed: {type(exc).__name__}: {exc}")
-            return pulled.state, problems, False
-        return pulled.state, problems, True
-
-    def _pull(self, run_id: str, mirror: str) -> mirrors.Pulled:
-        with tempfile.TemporaryFile(dir=mirror) as spool:
-            self._remote("pull", run_id, stdin=json.dumps(mirrors.offsets(mirror)).encode(), sink=spool)
-            spool.seek(0)
-            try:
-                return mirrors.apply_pull(spool, mirror, self.workspace)
-            except (OSError, ValueError, EOFError) as exc:
-                raise RundockError(f"its answer could not be read: {type(exc).__name__}: {exc}") from None
-
-    def _ending(self, run_id: str, state: dict[str, Any], shipped: bool
-                ) -> tuple[RunStatus, str, dict[str, Any] | None] | None:
-        """How the run ends when the host's view says its agent is gone (None while it is not, or it has ended)."""
-        store = self.workspace.store
-        record = store.get_run(run_id)
-        if record.status.is_terminal:
-            store.end_open_children(run_id, record.status)
-            return None
-        if state.get("agent_alive") or state.get("more"):  # alive, or not all it recorded is here yet
-            return None
-        ended = state.get("agent_state") or {}
-        limit = liveness.lost_after_seconds()
-        silent = state.get("silent")
-        if not shipped and ended.get("status") in {s.value for s in RunStatus if s.is_terminal}:
-            # the agent recorded its end, and this pass could not ship it: end the run as the host saw it
-            return RunStatus(ended["status"]), f"{ended.get('detail') or ''} (as recorded on the host)", \
-                ended.get("error") if isinstance(ended.get("error"), dict) else None
-        lost = {"code": "AgentLost"}
-        if state.get("agent_started"):
-            lost["message"] = (f"agent lost: the run's agent on target {self.name} is gone (it was killed, crashed, "
-                               "or its host restarted)")
-        elif (state.get("exists") and isinstance(silent, (int, float)) and silent > limit) or \
-                (not state.get("exists") and time.time() - record.created_at > limit):
-            lost["message"] = f"agent lost: no agent took the run on target {self.name} within {limit:.0f} s"
-        else:
-            return None
-        return RunStatus.FAILED, "agent lost", lost
-
-    def _end(self, run_id: str, status: RunStatus, detail: str, error: dict[str, Any] | None) -> None:
-        store = self.workspace.store
-        store.transition(run_id, status, detail=detail, error=error)  # no change if it ended meanwhile
-        final = store.get_run(run_id).status
-        if final.is_terminal:
-            store.end_open_children(run_id, final)
-
-    def cancel(self, run: RunRecord) -> None:
-        self._remote("cancel", run.run_id)
+            self.refresh(run, force=True)
+        except RemoteSyncError:
+            if mirrors.cancel_pending(mirror):
+                raise
+        if not mirrors.cancel_pending(mirror):
+            return True
+        warnings.warn(f"run {run.run_id}: the cancel is recorded, and {self.where} cannot be reached: its job is "
+                      f"stopped when the host answers again (`rundock cancel {run.run_id} --abandon` ends the run "
+                      "now)", live.HostUnreachableWarning, stacklevel=3)
+        return False
 
     def clean(self, run: RunRecord) -> list[str]:
         return list(json.loads(self._remote("clean", run.run_id)))
 
     def reap_lost(self, run: RunRecord) -> None:
         """Remote liveness is judged by ``sync`` (which can see the host); nothing to do here."""
+
+
+def abandon(workspace: Workspace, run_id: str) -> RunRecord:
+    """Give up on a live run whose host cannot be reached: it ends Canceled now, reason "abandoned: host
+    unreachable", and its cancel waits in the run's mirror: the job is stopped when the host answers again."""
+    record = workspace.store.get_run(run_id)
+    if record.target in ("local", "sdk"):
+        raise RundockError(f"run {run_id} runs on this machine: cancel it (`rundock cancel {run_id}`)")
+    root = record
+    while root.run_type != liveness.AGENT_RUN_TYPE and root.parent_id:
+        root = workspace.store.get_run(root.parent_id)
+    remote_sync.abandon(RemoteTarget(workspace, record.target), root.run_id)
+    return workspace.store.get_run(run_id)

@@ -86,14 +86,16 @@ class Run(RunRecorder):
     @staticmethod
     def list(experiment: Experiment, type: str | None = None, tags: Any = None, properties: Any = None,
              status: str | None = None, include_children: bool = False,
-             _rehydrate_runs: bool = True) -> builtins.list[Run]:
-        """Runs of ``experiment`` matching the filters, newest first."""
+             _rehydrate_runs: bool = True, include_archived: bool = False) -> builtins.list[Run]:
+        """Runs of ``experiment`` matching the filters, newest first; archived runs (``rundock archive``) only
+        with ``include_archived``."""
         from rundock.submitter.targets import sweep
 
         store = experiment.workspace.store
         sweep(experiment.workspace)
         records = store.find_runs(experiment=experiment.name, run_type=type, tags=tags, properties=properties,
-                                  status=status, include_children=include_children)
+                                  status=status, include_children=include_children,
+                                  archived=None if include_archived else False)
         return [Run._rehydrate(experiment, r, _rehydrate_runs) for r in records]
 
     @staticmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -170,6 +171,98 @@ def test_client_metrics_batch(store: RunStore) -> None:
     run = store.create_run("e").run_id
     store.log_metrics(run, [MetricRecord("m", "scalar", i) for i in range(1000)])
     assert [m.value for m in store.get_metric_records(run)] == list(range(1000))
+
+
+# -- housekeeping (StoreAdmin): archive, delete, snapshot pruning, blob references --------------------------
+def _family(store: RunStore) -> tuple[str, str, str, str]:
+    """A parent, its child, the child's child, and an unrelated run."""
+    parent = store.create_run("e").run_id
+    child = store.create_run("e", parent_id=parent).run_id
+    grandchild = store.create_run("e", parent_id=child).run_id
+    return parent, child, grandchild, store.create_run("e").run_id
+
+
+def test_family_is_the_runs_and_their_descendants(store: RunStore) -> None:
+    parent, child, grandchild, other = _family(store)
+    assert [r.run_id for r in store.family([parent])] == [parent, child, grandchild]
+    assert [r.run_id for r in store.family([child, parent])] == [child, parent, grandchild]
+    with pytest.raises(RunNotFoundError):
+        store.family(["nope"])
+
+
+def test_archived_runs_are_left_out_only_when_asked(store: RunStore) -> None:
+    parent, child, grandchild, other = _family(store)
+    assert store.admin().set_archived([parent]) == [parent, child, grandchild]
+    assert store.get_run(grandchild).archived and not store.get_run(other).archived
+    assert [r.run_id for r in store.find_runs(archived=False)] == [other]
+    assert {r.run_id for r in store.find_runs(archived=True)} == {parent, child, grandchild}
+    assert len(store.find_runs()) == len(store.list_runs()) == 4  # archived runs are still runs
+    with pytest.raises(RunNotFoundError):
+        store.admin().set_archived([other, "nope"])
+    assert not store.get_run(other).archived  # nothing changed
+    store.admin().set_archived([child], archived=False)
+    assert [r.run_id for r in store.find_runs(archived=True)] == [parent]
+
+
+def test_delete_removes_the_runs_their_descendants_and_all_they_recorded(store: RunStore) -> None:
+    parent, child, grandchild, other = _family(store)
+    for run in (grandchild, other):
+        store.apply_journal(run, 0, "agent", [_metric(1), {"seq": 2, "t": 1.0, "type": "tags", "values": {"k": "v"}},
+                                              {"seq": 3, "t": 1.0, "type": "file", "name": "outputs/a",
+                                               "digest": "a" * 64, "size": 1}])
+        store.add_properties(run, {"p": "1"})
+        store.append_log(run, "system_logs/driver_log.txt", 0, b"hello")
+        store.transition(run, RunStatus.RUNNING)
+    with pytest.raises(RunNotFoundError):
+        store.admin().delete_runs([parent, "nope"])
+    assert store.get_run(parent)  # nothing deleted
+    assert store.admin().delete_runs([parent]) == [parent, child, grandchild]
+    for run in (parent, child, grandchild):
+        with pytest.raises(RunNotFoundError):
+            store.get_run(run)
+    assert store.status_history(grandchild) == [] and store.get_metric_records(grandchild) == []
+    assert store.list_files(grandchild) == {} and store.read_log(grandchild, "system_logs/driver_log.txt") == b""
+    assert store.journal_mark(grandchild, 0, "agent") == 0 and store.log_names(grandchild) == []
+    assert [r.run_id for r in store.list_runs()] == [other]  # the other run keeps everything
+    kept = store.get_run(other)
+    assert kept.tags == {"k": "v"} and kept.properties == {"p": "1"} and len(store.get_metric_records(other)) == 1
+    assert store.read_log(other, "system_logs/driver_log.txt") == b"hello" and list(store.list_files(other))
+    assert store.create_run("e").number == 5  # numbers are never given again
+
+
+def test_unused_snapshots_are_pruned_once_old(store: RunStore) -> None:
+    manifest = [{"path": "a.py", "digest": "a" * 64, "size": 1, "mode": 420}]
+    store.put_snapshot("unused", manifest)
+    store.put_snapshot("used", manifest)
+    store.create_run("e", snapshot_id="used")
+    stored = store.admin().list_snapshots()
+    assert set(stored) == {"unused", "used"}
+    assert store.admin().prune_snapshots(stored["unused"]) == []  # not before it was stored
+    later = max(stored.values()) + 1
+    assert store.admin().prune_snapshots(later, dry_run=True) == ["unused"]
+    assert set(store.admin().list_snapshots()) == {"unused", "used"}
+    time.sleep(0.01)
+    store.put_snapshot("unused", manifest)  # stored again (a submit on its way): young again
+    assert store.admin().list_snapshots()["unused"] > stored["unused"]
+    assert store.admin().prune_snapshots(stored["unused"] + 0.005) == []
+    assert store.admin().prune_snapshots(time.time() + 1) == ["unused"]
+    assert set(store.admin().list_snapshots()) == {"used"}
+    assert store.get_snapshot("used") == manifest
+
+
+def test_referenced_digests_are_snapshots_run_files_and_models(store: RunStore) -> None:
+    store.put_snapshot("s1", [{"path": "a.py", "digest": "1" * 64, "size": 1, "mode": 420}])
+    store.put_snapshot("s2", [{"path": "b.py", "digest": "2" * 64, "size": 1, "mode": 420}])
+    run = store.create_run("e", snapshot_id="s1").run_id
+    store.add_file(run, "outputs/a", "3" * 64, 1)
+    archived = store.create_run("e").run_id
+    store.add_file(archived, "outputs/b", "4" * 64, 1)
+    store.admin().set_archived([archived])
+    store.register_model("m", run_id=None, path="m", files=[{"name": "m", "digest": "5" * 64, "size": 1}])
+    assert store.admin().referenced_digests() == {c * 64 for c in "12345"}
+    assert store.admin().referenced_digests(skip_snapshots=["s2"]) == {c * 64 for c in "1345"}
+    store.admin().delete_runs([run, archived])
+    assert store.admin().referenced_digests() == {c * 64 for c in "125"}  # snapshots stay until pruned
 
 
 def _writer(path: str, run_id: str, worker: int, count: int) -> None:

@@ -2,7 +2,7 @@
 
 Submitting a .py file, script arguments after ``--``, what following shows, exit statuses, ``--json``
 for scripts, ``wait``, ``cancel`` of several runs, the ``runs`` columns and tree, ``experiments``,
-shell completion, the history each command read, and the quick start's closing commands.
+shell completion and the history each command read.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pytest
 from rundock.states import RunStatus
 from rundock.submitter.run import Run
 from rundock.submitter.workspace import Workspace
-from tests.conftest import REPO, wait_until
+from tests.conftest import wait_until
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -388,37 +387,3 @@ def test_ctrl_c_stops_following_not_the_run(workspace: Workspace, source: Callab
     assert code == 130 and f"Stopped following {second}; the run goes on." in screen, screen
     assert f"rundock cancel {second}" in screen
     assert ended(workspace, second) == RunStatus.COMPLETED
-
-
-# -- make demo ---------------------------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_make_demo_installs_only_what_running_needs() -> None:
-    def recipe(target: str) -> str:
-        return subprocess.run(["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True,
-                              timeout=30).stdout
-
-    demo, test = recipe("demo"), recipe("test")
-    assert "pip" in demo and "install -e ." in demo and "[test]" not in demo and "--quiet" not in demo
-    assert "examples/quickstart/run.py" in demo
-    assert "install -e '.[test]'" in test and "pytest" in test
-
-
-def test_the_quick_starts_closing_commands_work_as_printed(tmp_path: Path) -> None:
-    demo = tmp_path / "repo" / "examples" / "quickstart"
-    shutil.copytree(REPO / "examples" / "quickstart" / "scripts", demo / "scripts")
-    shutil.copy(REPO / "examples" / "quickstart" / "run.py", demo / "run.py")
-    env = {**os.environ, "RUNDOCK_HEARTBEAT_SECONDS": "0.2", "RUNDOCK_AGENT_IDLE_SECONDS": "10"}
-    result = subprocess.run([sys.executable, "examples/quickstart/run.py"], cwd=tmp_path / "repo", env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    commands = [line.strip() for line in lines[lines.index(next(x for x in lines if x.startswith("Try the CLI"))) + 1:]
-                if line.strip()]
-    assert commands and all(c.startswith("cd examples/quickstart && ") for c in commands)
-    run_id = re.search(r"show (\S+)", result.stdout).group(1)  # type: ignore[union-attr]
-    for command in commands:
-        done = subprocess.run(["bash", "-c", command], cwd=tmp_path / "repo", env=env, capture_output=True,
-                              text=True, timeout=120)
-        assert done.returncode == 0, (command, done.stderr)
-        if " runs" in command or " show " in command:
-            assert run_id in done.stdout, (command, done.stdout)

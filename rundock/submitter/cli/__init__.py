@@ -6,6 +6,7 @@ from rundock.submitter.cli import (  # noqa: F401  (each registers its commands)
     admin,
     control,
     listing,
+    manage,
     runs,
     secrets,
     submit,

@@ -58,10 +58,11 @@ def _duration(run: RunRecord, now: float) -> str:
               help="Extra columns: tag:KEY, prop:KEY, arg:--NAME (a script argument), metric:NAME (its latest "
                    "value); comma-separated or repeated.")
 @click.option("--children", is_flag=True, help="Include child runs, indented under their parent.")
+@click.option("--archived", is_flag=True, help="Include archived runs (`rundock archive`), marked as such.")
 @click.option("-n", "--limit", default=20, show_default=True, help="Show at most this many (top-level) runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (times in UTC, NaN as a string).")
 def runs(experiment: str | None, status: str | None, tags: tuple[str, ...], properties: tuple[str, ...],
-         columns: tuple[str, ...], children: bool, limit: int, as_json: bool) -> None:
+         columns: tuple[str, ...], children: bool, archived: bool, limit: int, as_json: bool) -> None:
     """List runs, newest first (with --children: each run's children indented under it)."""
     from rundock.submitter.targets import sweep
 
@@ -72,12 +73,13 @@ def runs(experiment: str | None, status: str | None, tags: tuple[str, ...], prop
     ws = _workspace()
     sweep(ws)
     records = ws.store.find_runs(experiment=experiment, status=status, tags=_parse_tags(tags) or None,
-                                 properties=_parse_tags(properties) or None, include_children=children)
+                                 properties=_parse_tags(properties) or None, include_children=children,
+                                 archived=None if archived else False)
     groups = tree(records) if children else [[(r, 0)] for r in records]
     rows = [row for group in groups[:limit] for row in group]
     now = time.time()
     if as_json:
-        emit_json([{**run_json(r, shown_status(r), now), "depth": depth,
+        emit_json([{**run_json(r, shown_status(r), now), "depth": depth, "archived": r.archived,
                     **({"columns": {c.header: column_value(c, r, ws.store) for c in extra}} if extra else {})}
                    for r, depth in rows])
     else:
@@ -94,7 +96,8 @@ def _print_runs(rows: list[tuple[RunRecord, int]], extra: list[Column], store: A
     for run, depth in rows:
         run_id = ("  " * (depth - 1) + "└ " if depth else "") + run.run_id
         cells = [short(v) if (v := column_value(c, run, store)) is not None else "" for c in extra]
-        table.add_row(Text(run_id), Text(run.experiment), str(run.number), shown_status(run).value,
+        status = shown_status(run).value + (" (archived)" if run.archived else "")
+        table.add_row(Text(run_id), Text(run.experiment), str(run.number), status,
                       ago(run.created_at, now), _duration(run, now), *(Text(c) for c in cells))
     out.print(table)
 

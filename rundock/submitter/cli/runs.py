@@ -69,7 +69,7 @@ def _json_safe(value: object) -> object:
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", shell_complete=complete.run_ids)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (NaN and infinities as strings).")
 @click.option("--history", is_flag=True, help="Every logged value with its step and time (UTC).")
 def metrics(run_id: str, as_json: bool, history: bool) -> None:

@@ -8,6 +8,7 @@ import sys
 import click
 from rich.table import Table
 
+from rundock.submitter.cli import complete
 from rundock.submitter.cli.base import _workspace, cli, console, nothing_in, out
 from rundock.submitter.cli.output import emit_json
 
@@ -65,7 +66,7 @@ def target_list(as_json: bool) -> None:
 
 
 @target.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.targets)
 def target_show(name: str) -> None:
     """Connect to target NAME and show what the host has (installs rundock's agent there if needed)."""
     from rundock.submitter.targets.remote import RemoteTarget
@@ -80,7 +81,7 @@ def target_show(name: str) -> None:
 
 
 @target.command("detach")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.targets)
 def target_detach(name: str) -> None:
     """Forget target NAME (its runs stay in the history)."""
     from rundock.submitter.compute import ComputeTarget
@@ -90,7 +91,7 @@ def target_detach(name: str) -> None:
 
 
 @target.command("trust")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.targets)
 @click.option("--yes", is_flag=True, help="Replace a changed host key without asking (compare the fingerprints "
                                           "with the host's own first).")
 def target_trust(name: str, yes: bool) -> None:

@@ -15,7 +15,7 @@ Every command may be run again after a lost connection (the submitter retries th
 - ``pull RUN_ID``: what is new in the run directory since the given offsets, with the
   blobs and uploads its new journal records name, and the host's view of the run (``rundock.agent.pull``).
   The request is ``{"offsets": {...}, "cancel": bool}`` (or the offsets alone); a cancel it carries is
-  left for the run's agent before anything is read, so that the answer already shows it taken.
+  left for the run's agent (as ``cancel`` does) before the run directory is read.
 - ``cancel RUN_ID`` / ``clean RUN_ID`` / ``reap RUN_ID`` (a lost run: kill what is left, remove its secrets).
 """
 

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Dict, NamedTuple, Tuple
 
 from rundock.context import rundir
-from rundock.errors import RunNotFoundError
+from rundock.errors import RundockError, RunNotFoundError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import RunStore
 
@@ -96,8 +96,8 @@ class _Pack(NamedTuple):
     entries: Entries
 
 
-class _Damaged(Exception):
-    """A blob read back from a pack does not hash to its name."""
+class _Damaged(RundockError):
+    """A blob read back from a pack does not hash to its name (the pack is left as it is)."""
 
 
 def collect(store: RunStore, artifacts: ArtifactStore, *, grace_seconds: float = DEFAULT_GRACE_SECONDS,

@@ -151,7 +151,8 @@ class RunStore(abc.ABC):
     # -- snapshots --------------------------------------------------------------
     @abc.abstractmethod
     def put_snapshot(self, snapshot_id: str, manifest: list[dict[str, Any]]) -> bool:
-        """Record a snapshot manifest; False if it was already known."""
+        """Record a snapshot manifest; False if it was already known. Either way it counts as stored now: gc
+        keeps an unused snapshot stored within its grace period (``StoreAdmin.prune_snapshots``)."""
 
     @abc.abstractmethod
     def get_snapshot(self, snapshot_id: str) -> list[dict[str, Any]]:

@@ -188,7 +188,8 @@ def render(diff: RunDiff) -> str:
         notes = [n for n in ("binary" if f.binary else "", f"over {MAX_DIFF_BYTES >> 20} MiB" if f.too_large else "",
                              f"mode {f.mode}" if f.mode else "") if n]
         if not f.diff or notes:
-            out.append(f"  {f.change}{f' ({chr(44).join(notes)})' if notes else ''}: {f.path}")
+            shown = f"{f.change} ({', '.join(notes)})" if notes else f.change
+            out.append(f"  {shown}: {f.path}")
     out.extend(f.diff for f in diff.files if f.diff)
     out.append("")
     out.append("Arguments: the same" if diff.arguments is None else "Arguments:")

@@ -309,9 +309,8 @@ class Run(RunRecorder):
         self.refresh()
 
     def cancel(self) -> None:
-        """Stop the run: its job's agent stops its processes, or (no job) it ends Canceled now. On a remote host
-        that cannot be reached, CancelRequested is recorded and the cancel reaches the host when it answers
-        again (a warning says so; ``rundock.submitter.targets.remote.abandon`` ends such a run now)."""
+        """Stop the run: its job's agent stops its processes, or (no job) it ends Canceled now. A host that cannot
+        be reached gets the cancel when it answers again (see rundock.submitter.targets.remote.abandon)."""
         from rundock.submitter.targets import get_target
 
         record = self.refresh()._record
@@ -377,8 +376,7 @@ class Run(RunRecorder):
     # -- metrics, tags, properties ------------------------------------------------------------
     def get_metrics(self, name: str | None = None, recursive: bool = False, run_type: str | None = None,
                     populate: bool = False) -> dict[str, Any]:
-        """Metrics by name; ``{run_id: {...}}`` for this run and its descendants when recursive (a live run is
-        brought up to date first: see ``refresh``)."""
+        """Metrics by name (as of now); ``{run_id: {...}}`` for this run and its descendants when recursive."""
         self.refresh()
         if not recursive:
             return metric_shapes(self._store.get_metric_records(self._id, name))
@@ -422,7 +420,7 @@ class Run(RunRecorder):
 
     # -- files -----------------------------------------------------------------------------------
     def get_file_names(self) -> builtins.list[str]:
-        """Names of the files stored with the run (a live run is brought up to date first)."""
+        """Names of the files stored with the run (as of now)."""
         self.refresh()
         return sorted(self._store.list_files(self._id))
 

@@ -139,7 +139,13 @@ def test_polling_metrics_sees_a_live_run_grow_with_a_bounded_number_of_pulls(
     assert run.get_metrics() == {"v": list(range(25))}
 
 
-def test_the_cli_shows_a_live_remote_run_as_it_is(workspace: Workspace, box: RemoteTarget,
+def _logged_on_host(host: SshHost, run_dir: str) -> int:
+    """How many values the job has logged, read on the host (without a pull)."""
+    return int(host.sh(f"import glob; print(sum(open(p).read().count('\"metric\"') for p in "
+                       f"glob.glob({run_dir!r} + '/journal/job-*.jsonl')))"))
+
+
+def test_the_cli_shows_a_live_remote_run_as_it_is(workspace: Workspace, box: RemoteTarget, host: SshHost,
                                                   source: Callable[..., Path]) -> None:
     run = _submit(workspace, source(**{"train.py": _job(40)}))
     wait_until(lambda: _count(run.get_metrics()) >= 2, timeout=30, message="the first values")
@@ -150,6 +156,12 @@ def test_the_cli_shows_a_live_remote_run_as_it_is(workspace: Workspace, box: Rem
                        timeout=30, message="more values")
     assert isinstance(later, dict) and _count(later) > _count(shown)
     assert "Running" in _rundock(workspace, "show", run.id).stdout
+    stored = len(workspace.store.get_metric_records(run.id))  # (reading the store itself pulls nothing)
+    wait_until(lambda: _logged_on_host(host, run._record.run_dir or "") > stored + 2, timeout=30,
+               message="more values on the host")
+    listed = [line for line in _rundock(workspace, "runs").stdout.splitlines() if run.id in line]
+    assert len(listed) == 1 and "Running" in listed[0], listed
+    assert len(workspace.store.get_metric_records(run.id)) > stored + 2  # `rundock runs` pulled them
     run.cancel()
     run.wait_for_completion(raise_on_error=False)
 
@@ -167,15 +179,11 @@ def test_reads_of_a_frozen_host_show_what_is_stored_and_the_run_completes_once_i
             wait_until(lambda: run.get_status() == "NotResponding", timeout=20, message="NotResponding")
             frozen = _count(run.get_metrics())
             started = time.monotonic()
-            for _ in range(20):
-                t0 = time.monotonic()
+            for _ in range(50):
                 assert _count(run.get_metrics()) == frozen  # the job is frozen too: nothing new, no error
-                t1 = time.monotonic()
                 assert "v" in run.get_metrics(recursive=True)[run.id]
-                t2 = time.monotonic()
                 run.get_tags(), run.get_file_names(), run.get_details()
-                print("DEBUG", t1 - t0, t2 - t1, time.monotonic() - t2, live._HOSTS, flush=True)
-            assert time.monotonic() - started < 10  # stored data comes at once while the host is known to be out
+            assert time.monotonic() - started < 5  # stored data comes at once while the host is known to be out
             assert "NotResponding" in Run.get(workspace, run.id).status
             assert waiter.is_alive() and waiter.error is None  # wait_for_completion keeps waiting
             unreachable = _unreachable_warnings(caught)

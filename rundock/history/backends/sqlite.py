@@ -384,7 +384,6 @@ class SqliteRunStore(RunStore):
         with self._write() as db:
             cur = db.execute("INSERT OR IGNORE INTO snapshots VALUES (?, ?, ?)",
                              (snapshot_id, json.dumps(manifest), time.time()))
-            # created_at says when it was last stored: gc keeps an unused snapshot that a submit stores again
             db.execute("UPDATE snapshots SET created_at = ? WHERE snapshot_id = ?", (time.time(), snapshot_id))
             return cur.rowcount > 0
 

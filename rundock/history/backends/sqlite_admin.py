@@ -5,6 +5,9 @@ change is one ``BEGIN IMMEDIATE`` transaction of the store it serves, so it happ
 sees the runs as they are at that moment: the family of a run (its descendants) is gathered inside the
 same transaction that changes it, so a child added by another process just before is included.
 
+A snapshot's ``created_at`` holds when it was last stored: ``put_snapshot`` sets it again for a snapshot
+it already has, so that ``prune_snapshots`` keeps one that a submit is storing again right now.
+
 Long lists of ids are sent in chunks: SQLite limits the number of parameters of a statement (999 before
 SQLite 3.32).
 """

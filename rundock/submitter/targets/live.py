@@ -174,22 +174,25 @@ def read(workspace_path: str, run_id: str, found: Host, pull: Callable[[Attempt]
     requested = clock()
     while True:
         with gate.lock:
-            current = gate.current
+            current, ours = gate.current, False
             if current is None or current.done.is_set():
                 interval = PULL_INTERVAL if found.since is None else RETRY_SECONDS
                 if current is not None and not force and clock() - current.started < interval:
                     return False  # pulled a moment ago: what is stored is that fresh
-                current = gate.current = Attempt(clock)
+                current, ours = Attempt(clock), True
+                gate.current = current
                 PULLS[run_id] += 1
                 threading.Thread(target=_run, args=(gate, current, pull, on_stall), name=f"rundock-pull-{run_id}",
                                  daemon=True).start()
         joined = clock()
-        while not current.done.wait(0.02):
-            if found.since is None and current.silent_for() > (ANSWER_WAIT if patience is None else patience):
-                found.since = current.started  # the host has stopped answering
-            if found.since is not None and clock() - joined > JOIN_UNREACHABLE:
-                _warn(run_id, found)
+        while not current.done.is_set():
+            waited = ANSWER_WAIT if patience is None else patience
+            if found.since is None and current.silent_for() > waited:
+                found.since, found.error = current.started, f"no answer for {waited:g} s"
+            if found.since is not None and clock() - joined >= (JOIN_UNREACHABLE if ours else 0):
+                _warn(run_id, found)  # (an attempt of its own gets a moment: the host may be back)
                 return False
+            current.done.wait(0.02)
         if force and current.started < requested:
             continue  # it started before this call: the next one is ours
         if _transient(current.error):

@@ -17,18 +17,17 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rundock.context import run as job_side
-from rundock.context.names import artifact_name, safe_join
+from rundock.context.names import artifact_name
 from rundock.context.recorder import PathOrStream, RunRecorder, child_tags
 from rundock.context.records import check_run_id
 from rundock.errors import RunFailedError
 from rundock.history import liveness
-from rundock.history.artifacts import sha256_file
 from rundock.history.metrics import check_steps, metric_shapes
 from rundock.history.records import RunRecord, iso_utc, plan_journal
 from rundock.history.store import RunStore, matches
 from rundock.runconfig.environment import Environment
 from rundock.states import RunStatus
-from rundock.submitter import follow
+from rundock.submitter import follow, run_details, run_files
 from rundock.submitter.model import Model, _str_tags, model_files
 from rundock.submitter.snapshot import restore_zip, take_snapshot
 
@@ -207,45 +206,16 @@ class Run(RunRecorder):
 
     def get_detailed_status(self) -> dict[str, str]:
         """``{'status': ..., 'details': ...}`` explaining the current status."""
-        run = self.refresh()._record
-        status, details = self.status, run.status_detail
-        if status == RunStatus.NOT_RESPONDING.value:
-            every = f" (it beats every {run.heartbeat_interval:g} s)" if run.heartbeat_interval else ""
-            details = (f"no heartbeat from the agent for longer than its lease{every}; last status "
-                       f"{run.status.value}: {details}")
-        elif run.error:
-            message = str(run.error.get("message", ""))
-            details = message if message.startswith(details) else f"{details}: {message}"
-        return {"status": status, "details": details}
+        return run_details.detailed_status(self.refresh()._record, self.status)
 
     def get_details(self) -> dict[str, Any]:
         """runId, target, status, times, properties, runDefinition, logFiles, submittedBy (and error)."""
         run = self.refresh()._record
-        details: dict[str, Any] = {"runId": run.run_id, "target": run.target, "status": self.status}
-        if run.start_at:
-            details["startTimeUtc"] = iso_utc(run.start_at)
-        if run.status.is_terminal:
-            details["endTimeUtc"] = iso_utc(run.end_at)
-        details.update({
-            "properties": dict(run.properties), "inputDatasets": [], "outputDatasets": [],
-            "runDefinition": run.run_definition,
-            "logFiles": {name: self.experiment.workspace.artifacts.file_path(f.digest)
-                         for name, f in self._store.list_files(run.run_id).items()
-                         if name.startswith(("system_logs/", "logs/"))},
-            "submittedBy": run.submitted_by})
-        if run.error:
-            details["error"] = {"error": dict(run.error)}
-        return details
+        return run_details.details(run, self.status, self._store, self.experiment.workspace.artifacts)
 
     def get_details_with_logs(self) -> dict[str, Any]:
         """``get_details()`` with the content of each log file instead of its location."""
-        details = self.get_details()
-        logs = {}
-        for name, path in details["logFiles"].items():
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                logs[name] = fh.read()
-        details["logFiles"] = logs
-        return details
+        return run_details.with_logs(self.get_details())
 
     def get_environment(self) -> Environment | None:
         """The environment the run used (None for a run that had none, e.g. an interactive one)."""
@@ -254,32 +224,24 @@ class Run(RunRecorder):
 
     def wait_for_completion(self, show_output: bool = False, wait_post_processing: bool = False,
                             raise_on_error: bool = True) -> dict[str, Any]:
-        """Wait until the run ends; with ``show_output`` stream its driver log, then a summary.
+        """Wait until the run ends; with ``show_output`` stream its driver log (the job's own output, with a
+        ``[rundock]`` line per status change), then a summary.
 
         Raises RunFailedError if the run ended Failed and ``raise_on_error``.
         """
         from rundock.submitter.targets import check
 
+        workspace = self.experiment.workspace
         out = sys.stdout
         if show_output:
-            out.write(f"RunId: {self._id}\nFollow it from a shell: rundock logs {self._id} --follow\n\n"
-                      f"Streaming {follow.DRIVER_LOG}\n{'=' * (10 + len(follow.DRIVER_LOG))}\n\n")
+            out.write(f"RunId: {self._id}\nFollow it from a shell: rundock logs {self._id} --follow\n\n")
             out.flush()
-        shown = None
-        workspace = self.experiment.workspace
-        logs = (follow.PREPARE_LOG, follow.DRIVER_LOG) if show_output else ()
-        for record, status, data in follow.follow(self._store, self._id, log_names=logs,
-                                                  check=lambda r: check(workspace, r)):
-            self._record = record
-            if show_output:
-                if status != shown and not status.is_terminal and status != RunStatus.RUNNING:
-                    out.write(f"[rundock] {status.value}: {record.status_detail}\n")
-                shown = status
-                if data:
-                    out.write(data.decode("utf-8", errors="replace"))
-                out.flush()
-        if show_output:
-            follow.print_summary(self._record, out)
+            self._record = follow.stream(self._store, self._id, out, check=lambda r: check(workspace, r))
+            follow.print_summary(self._record, out, output_shown=True)
+        else:
+            for record, _status, _data in follow.follow(self._store, self._id, log_names=(),
+                                                        check=lambda r: check(workspace, r)):
+                self._record = record
         if raise_on_error and self._record.status == RunStatus.FAILED:
             raise RunFailedError(self._id, self._record.error)
         return self.get_details()
@@ -427,35 +389,16 @@ class Run(RunRecorder):
     def download_file(self, name: str, output_file_path: str | None = None,
                       _validate_checksum: bool = False) -> str:
         """Copy one file of the run to ``output_file_path`` (a file or a folder); return the path."""
-        name = artifact_name(name)
-        files = self._store.list_files(self._id)
-        if name not in files:
-            raise FileNotFoundError(f"run {self._id} has no file {name!r}; its files: "
-                                    f"{', '.join(sorted(files)) or 'none'}")
-        target = output_file_path or safe_join(".", os.path.basename(name))
-        if os.path.isdir(target):
-            target = os.path.join(target, os.path.basename(name))
-        self.experiment.workspace.artifacts.copy_to(files[name].digest, target)
-        if _validate_checksum and sha256_file(target)[0] != files[name].digest:
-            raise OSError(f"checksum mismatch for {name!r} downloaded to {target}")
-        return target
+        return run_files.download_file(self._store, self.experiment.workspace.artifacts, self._id, name,
+                                       output_file_path, _validate_checksum)
 
     def download_files(self, prefix: str | None = None, output_directory: str | None = None,
                        output_paths: builtins.list[str] | None = None, batch_size: int = 100,
                        append_prefix: bool = True, timeout_seconds: int | None = None) -> builtins.list[str]:
         """Download every file under ``prefix`` (all files when None); return the local paths."""
         names = [n for n in self.get_file_names() if prefix is None or n.startswith(prefix)]
-        if output_paths is not None and len(output_paths) != len(names):
-            raise ValueError(f"output_paths has {len(output_paths)} entries for {len(names)} files")
-        out = []
-        for i, name in enumerate(names):
-            if output_paths is not None:
-                target = output_paths[i]
-            else:
-                rel = name if append_prefix or not prefix else name[len(prefix):].lstrip("/")
-                target = safe_join(output_directory or ".", rel)  # never outside the folder asked for
-            out.append(self.download_file(name, target))
-        return out
+        return [self.download_file(name, target)
+                for name, target in run_files.targets(names, prefix, output_directory, output_paths, append_prefix)]
 
     def get_all_logs(self, destination: str | None = None) -> builtins.list[str]:
         """Download the run's logs (to a folder named by the run id by default)."""

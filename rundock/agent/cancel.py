@@ -27,20 +27,24 @@ def become_subreaper() -> bool:
         return False
 
 
+def proc_state(pid: int | str) -> tuple[int, bool] | None:
+    """(parent pid, is a zombie) of a process, from ``/proc``; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return (int(fields[1]), fields[0] == b"Z") if len(fields) > 1 else None
+
+
 def _processes() -> dict[int, tuple[int, bool]]:
     """pid -> (parent pid, is a zombie) of every process."""
     found = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 1:
-            found[int(entry)] = (int(fields[1]), fields[0] == b"Z")
+        state = proc_state(entry) if entry.isdigit() else None
+        if state is not None:
+            found[int(entry)] = state
     return found
 
 

@@ -17,6 +17,7 @@ import os
 import signal
 import time
 
+from rundock.agent.cancel import proc_state
 from rundock.context import rundir
 
 ENV_RUN_ID = "RUNDOCK_RUN_ID"
@@ -34,12 +35,8 @@ def run_processes(run_id: str, run_dir: str | None = None) -> list[int]:
             continue
         if not (_carries(entry, marker) or (members is not None and _holds(entry, members))):
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        if stat[stat.rfind(b")") + 2:].split()[:1] != [b"Z"]:
+        state = proc_state(entry)
+        if state is not None and not state[1]:
             found.append(int(entry))
     return found
 

@@ -70,6 +70,27 @@ def read_from(path: str, offset: int, limit: int = -1) -> bytes:
         return fh.read(limit)
 
 
+_INF = float("inf")
+
+
+class ScalarFormatter:
+    """The body of a scalar metric record, formatted without building a dict (``run.log()``'s fast path)."""
+
+    def __init__(self) -> None:
+        self._heads: dict[str, str] = {}
+
+    def body(self, name: str, value: Any) -> str:
+        head = self._heads.get(name)
+        if head is None:
+            head = self._heads[name] = f'"name":{json.dumps(name)},"kind":"scalar","value":'
+        kind = type(value)
+        if kind is int:
+            return head + str(value)
+        if kind is float and value == value and value not in (_INF, -_INF):
+            return head + repr(value)
+        return head + json.dumps(value)  # bools, strings, None, NaN and infinities
+
+
 class JournalWriter:
     """Appends records for one source; safe to share between threads."""
 

@@ -17,7 +17,7 @@ import uuid
 from typing import Any, Callable
 
 from rundock.context import rundir
-from rundock.context.journal import JournalWriter
+from rundock.context.journal import JournalWriter, ScalarFormatter
 from rundock.context.recorder import PathOrStream, RunRecorder, child_tags
 from rundock.context.records import check_run_id
 
@@ -232,7 +232,7 @@ class _LiveRun(Run):
     def __init__(self, run_id: str, experiment: str, run_dir: str, display_name: str | None) -> None:
         self._pid = os.getpid()
         self._writer = JournalWriter(run_dir, rundir.job_source(self._pid))
-        self._heads: dict[str, str] = {}
+        self._scalars = ScalarFormatter()
         super().__init__(run_id, experiment, self._journal, run_dir=run_dir, display_name=display_name)
 
     def _stale(self) -> bool:
@@ -241,17 +241,7 @@ class _LiveRun(Run):
     def _log_scalar(self, name: str, value: Any) -> bool:
         if self._pid != os.getpid():
             return False
-        head = self._heads.get(name)
-        if head is None:
-            head = self._heads[name] = f'"name":{json.dumps(name)},"kind":"scalar","value":'
-        kind = type(value)
-        if kind is int:
-            text = str(value)
-        elif kind is float and value == value and value not in (_INF, -_INF):
-            text = repr(value)
-        else:
-            text = json.dumps(value)  # bools, strings, None, NaN and infinities
-        self._writer.append_raw("metric", head + text)
+        self._writer.append_raw("metric", self._scalars.body(name, value))
         return True
 
     def _journal(self, record_type: str, /, **fields: Any) -> None:

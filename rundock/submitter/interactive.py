@@ -18,7 +18,6 @@ read.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import threading
 import weakref
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from rundock.agent.runlock import AgentLock, agent_alive
 from rundock.context import rundir
-from rundock.context.journal import JournalWriter
+from rundock.context.journal import JournalWriter, ScalarFormatter
 from rundock.history.sync import Syncer
 from rundock.submitter.run import Run
 
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 INTERACTIVE_DIR = "interactive"
 INTERACTIVE_TYPE = "rundock.interactive"
 SYNC_PERIOD = 0.25
-_INF = float("inf")
 _OPEN: weakref.WeakSet[InteractiveRun] = weakref.WeakSet()
 _OPEN_LOCK = threading.Lock()
 
@@ -63,7 +61,7 @@ class InteractiveRun(Run):
         self._writer = JournalWriter(self.run_dir, rundir.job_source(self._pid))
         self._syncer = Syncer(self.run_dir, run_id, ws.store, ws.artifacts)
         self._syncer.start(SYNC_PERIOD)
-        self._heads: dict[str, str] = {}
+        self._scalars = ScalarFormatter()
         self._known_steps: dict[str, bool] = {}
         with _OPEN_LOCK:
             _OPEN.add(self)
@@ -72,17 +70,7 @@ class InteractiveRun(Run):
     def _log_scalar(self, name: str, value: Any) -> bool:
         if self._pid != os.getpid():
             return False
-        head = self._heads.get(name)
-        if head is None:
-            head = self._heads[name] = f'"name":{json.dumps(name)},"kind":"scalar","value":'
-        kind = type(value)
-        if kind is int:
-            text = str(value)
-        elif kind is float and value == value and value not in (_INF, -_INF):
-            text = repr(value)
-        else:
-            text = json.dumps(value)
-        self._writer.append_raw("metric", head + text)
+        self._writer.append_raw("metric", self._scalars.body(name, value))
         return True
 
     def _emit(self, record_type: str, /, **fields: Any) -> None:

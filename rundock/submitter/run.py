@@ -224,8 +224,8 @@ class Run(RunRecorder):
 
     def wait_for_completion(self, show_output: bool = False, wait_post_processing: bool = False,
                             raise_on_error: bool = True) -> dict[str, Any]:
-        """Wait until the run ends; with ``show_output`` stream its driver log (the job's own output, with a
-        ``[rundock]`` line per status change), then a summary.
+        """Wait until the run ends; with ``show_output`` stream its preparation (environment builds) and its
+        driver log (the job's own output), with a ``[rundock]`` line per status change, then a summary.
 
         Raises RunFailedError if the run ended Failed and ``raise_on_error``.
         """
@@ -236,7 +236,9 @@ class Run(RunRecorder):
         if show_output:
             out.write(f"RunId: {self._id}\nFollow it from a shell: rundock logs {self._id} --follow\n\n")
             out.flush()
-            self._record = follow.stream(self._store, self._id, out, check=lambda r: check(workspace, r))
+            # as in Azure ML v1, the environment's build is shown while it happens (rundock submit: --verbose)
+            self._record = follow.stream(self._store, self._id, out, check=lambda r: check(workspace, r),
+                                         prepare_log=True)
             follow.print_summary(self._record, out, output_shown=True)
         else:
             for record, _status, _data in follow.follow(self._store, self._id, log_names=(),

@@ -126,6 +126,11 @@ class JournalWriter:
                 raise OSError(f"short write to the run journal {self.path}")
             return self._seq
 
+    @property
+    def seq(self) -> int:
+        """The sequence number of the last record written."""
+        return self._seq
+
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:

@@ -2,12 +2,13 @@
 
 A notebook logs per batch, so ``run.log()`` must cost what it costs in a job:
 each value is one record appended to a journal file with a single write
-(durable on disk when ``log()`` returns), and a syncer thread of this process
-ships the journal to the history in batches, exactly once per (run, source,
-sequence number), as an agent's syncer does. ``flush()``, ``complete()``,
-``fail()`` and every read of the run's metrics wait until everything logged
-so far is in the history. Tags, properties, files and states go to the history
-directly (they are rare and must be visible at once).
+(durable on disk when ``log()`` returns), and a shipper process beside the
+notebook (``rundock.history.shipper``) ships the journal to the history in
+batches, exactly once per (run, source, sequence number), as a job's agent
+does. ``flush()``, ``complete()``, ``fail()`` and every read of the run's
+metrics wait until everything logged so far is in the history. Tags,
+properties, files and states go to the history directly (they are rare and
+must be visible at once).
 
 The journal lives in ``<workspace>/local/interactive/<run id>/``. If the
 process dies before a batch was shipped, the values are still in that journal,
@@ -19,10 +20,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import subprocess
+import sys
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import rundock
 from rundock.agent.runlock import AgentLock, agent_alive
 from rundock.context import rundir
 from rundock.context.journal import JournalWriter, ScalarFormatter
@@ -36,7 +41,6 @@ if TYPE_CHECKING:
 
 INTERACTIVE_DIR = "interactive"
 INTERACTIVE_TYPE = "rundock.interactive"
-SYNC_PERIOD = 0.25
 _OPEN: weakref.WeakSet[InteractiveRun] = weakref.WeakSet()
 _OPEN_LOCK = threading.Lock()
 
@@ -46,7 +50,7 @@ def run_dir_of(workspace_local_root: str, run_id: str) -> str:
 
 
 class InteractiveRun(Run):
-    """A run of this process with no job: logged values go through a journal and a background syncer."""
+    """A run of this process with no job: logged values go through a journal and a shipper process."""
 
     def __init__(self, experiment: Experiment, run_id: str, outputs: str | None = None, **kwargs: Any) -> None:
         super().__init__(experiment, run_id, outputs=outputs, **kwargs)
@@ -59,8 +63,8 @@ class InteractiveRun(Run):
             ws.store.update_run(run_id, run_dir=self.run_dir)
         self._pid = os.getpid()
         self._writer = JournalWriter(self.run_dir, rundir.job_source(self._pid))
-        self._syncer = Syncer(self.run_dir, run_id, ws.store, ws.artifacts)
-        self._syncer.start(SYNC_PERIOD)
+        self._syncer = Syncer(self.run_dir, run_id, ws.store, ws.artifacts)  # flush()'s fallback
+        self._shipper = _start_shipper(self.run_dir, run_id, ws.history_uri, ws.artifacts.root)
         self._scalars = ScalarFormatter()
         self._known_steps: dict[str, bool] = {}
         with _OPEN_LOCK:
@@ -91,7 +95,19 @@ class InteractiveRun(Run):
     # -- durability -------------------------------------------------------------------------------
     def flush(self, timeout_seconds: int = 300) -> None:
         """Wait until every value logged so far is in the history."""
-        self._syncer.sync_once()
+        target = self._writer.seq
+        source = rundir.job_source(self._pid)
+        deadline = time.monotonic() + timeout_seconds
+        pause = 0.001
+        while self._shipper is not None and self._shipper.poll() is None:
+            if self._store.journal_mark(self.id, 0, source) >= target:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {self.id}: values logged were not all in the history after "
+                                   f"{timeout_seconds} s (they are kept in {self.run_dir})")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        self._syncer.sync_once()  # no shipper (it could not start, or it died): ship from here
 
     def get_metrics(self, name: str | None = None, recursive: bool = False, run_type: str | None = None,
                     populate: bool = False) -> dict[str, Any]:
@@ -112,10 +128,29 @@ class InteractiveRun(Run):
 
     def _close(self) -> None:
         """Ship everything and stop the syncer thread (the run can still be read and tagged afterwards)."""
-        self._syncer.stop()
+        self.flush()
+        if self._shipper is not None:
+            self._shipper.terminate()
+            self._shipper.wait()
+            self._shipper = None
+        self._syncer.sync_once()
         self._lock.release()
         with _OPEN_LOCK:
             _OPEN.discard(self)
+
+
+def _start_shipper(run_dir: str, run_id: str, store_uri: str, artifacts_root: str) -> subprocess.Popen[bytes] | None:
+    """The process that ships this run's journal (None where it cannot start: flush ships in-process)."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rundock.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH"))
+                                                        if p)}
+    try:
+        with open(os.path.join(run_dir, "shipper_log.txt"), "ab") as log:  # never the notebook's own pipes
+            return subprocess.Popen([sys.executable, "-m", "rundock.history.shipper", run_dir, run_id, store_uri,
+                                     artifacts_root, str(os.getpid())], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True)
+    except OSError:
+        return None
 
 
 def ship_orphaned(workspace: Workspace, run: RunRecord) -> RunRecord:

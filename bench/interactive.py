@@ -45,10 +45,11 @@ def interactive(root: Path) -> list[Figure]:
     cost = Figure(12, "`run.log()` in an interactive run (p50 / p99 of 100,000 calls, median of 3 processes)", "µs",
                   [p50([r["p50"] for r in results]) / 1e9, p99 / 1e9], "p99 <= 50 µs", p99 <= 50_000,
                   note="The p95 column shows the p99. `start_logging()` runs append to a journal, as jobs do; a "
-                       "syncer thread of the notebook's process ships them. Before this figure existed each call "
+                       "shipper process beside the notebook ships them. Before this figure existed each call "
                        "re-read the metric's earlier values (2,000 values took 5 s).")
     durable = Figure(13, "interactive run: values made durable in the history (300,000 values, then `flush()`)",
                      "values/s", rates, ">= 100,000 values/s", p50(rates) >= 100_000,
                      note="From the first `log()` to the return of `flush()`, which waits until every value is "
-                          "committed; the syncer thread shares the process (and its GIL) with the logging loop.")
+                          "committed; a shipper process beside the notebook ships the journal (as an agent does for a "
+                          "job), so logging and shipping share no interpreter lock.")
     return [cost, durable]

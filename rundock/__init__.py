@@ -55,4 +55,6 @@ def __getattr__(name: str) -> Any:
     except ImportError:
         if name == "Run":  # inside a job only the job-side package is on the path
             return importlib.import_module("rundock.context.run").Run
+        if name == "ScriptRunConfig":  # what a job's run.submit_child takes
+            return importlib.import_module("rundock.context.config").ScriptRunConfig
         raise

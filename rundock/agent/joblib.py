@@ -5,9 +5,11 @@ so the job's own interpreter and packages stay exactly the user's.
 
 When the job's Python has no ``azureml`` package, the ``azureml.core`` shim
 (``SHIM``) goes on its path too: ``from azureml.core import Workspace,
-Experiment, Run`` (and ``azureml.core.run``, ``.workspace``, ``.experiment``)
-import; ``Run`` is rundock's job-side run and ``Workspace``/``Experiment`` are
-stand-ins that carry names (``run.experiment.workspace.name``).
+Experiment, Run, ScriptRunConfig`` (and ``azureml.core.run``, ``.workspace``,
+``.experiment``, ``.script_run_config``) import; ``Run`` is rundock's job-side
+run, ``ScriptRunConfig`` what ``run.submit_child`` takes, and
+``Workspace``/``Experiment`` are stand-ins that carry names
+(``run.experiment.workspace.name``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import tempfile
 
 import rundock
 
-_FILES = ("__init__.py", "states.py", "context/__init__.py", "context/journal.py", "context/names.py",
-          "context/recorder.py", "context/records.py", "context/rundir.py", "context/run.py", "context/schemas.py")
+_FILES = ("__init__.py", "states.py", "context/__init__.py", "context/config.py", "context/journal.py",
+          "context/names.py", "context/recorder.py", "context/records.py", "context/rundir.py",
+          "context/run.py", "context/schemas.py")
 
 
 _SHIM_RUN = """\"\"\"rundock's stand-in for Azure ML inside a job: Run maps onto rundock's job-side run.\"\"\"
@@ -63,12 +66,21 @@ class Experiment(ExperimentRef):
 """
 
 _SHIM_CORE = """\"\"\"rundock's stand-in for ``azureml.core`` inside a job: ``Run`` is rundock's job-side run;
-``Workspace`` and ``Experiment`` are light stand-ins carrying names (see azureml.core.workspace).\"\"\"
+``Workspace`` and ``Experiment`` are light stand-ins carrying names (see azureml.core.workspace);
+``ScriptRunConfig`` is what ``run.submit_child`` takes (the child runs in the parent's environment).\"\"\"
 
 from azureml.core.workspace import Experiment, Workspace
+from rundock.context.config import ScriptRunConfig
 from rundock.context.run import Run
 
-__all__ = ["Experiment", "Run", "Workspace"]
+__all__ = ["Experiment", "Run", "ScriptRunConfig", "Workspace"]
+"""
+
+_SHIM_SCRIPT_RUN_CONFIG = """\"\"\"rundock's stand-in for ``azureml.core.script_run_config``.\"\"\"
+
+from rundock.context.config import ScriptRunConfig
+
+__all__ = ["ScriptRunConfig"]
 """
 
 _SHIM_EXPERIMENT = """\"\"\"rundock's stand-in for ``azureml.core.experiment``.\"\"\"
@@ -84,6 +96,7 @@ SHIM = {
     "azureml/core/run.py": _SHIM_RUN,
     "azureml/core/workspace.py": _SHIM_CLASSES,
     "azureml/core/experiment.py": _SHIM_EXPERIMENT,
+    "azureml/core/script_run_config.py": _SHIM_SCRIPT_RUN_CONFIG,
 }
 
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Protocol
 
 from rundock.agent import reaper, runlock
 from rundock.agent.cancel import become_subreaper
+from rundock.agent.children import ChildSubmitter
 from rundock.agent.environments import PrepareError
 from rundock.agent.executors.process import ProcessExecutor
 from rundock.agent.heartbeat import Heartbeat
@@ -119,6 +120,7 @@ class Agent:
                                    run_dir=self.run_dir)
         self.collector = OutputCollector(self.src, self.artifacts, self.journal, on_record=self.syncer.poke)
         self.executor: Executor | None = None
+        self.children: ChildSubmitter | None = None  # the job's submit_child requests, once it runs
         self._status: RunStatus | None = None
         self.agent_root = os.path.dirname(os.path.dirname(self.run_dir))
         self.secrets: dict[str, str] = {}
@@ -293,10 +295,12 @@ class Agent:
         where = f"container {plan.image}" if plan.image else f"pid {executor.pid}"
         self.state(RunStatus.RUNNING, f"running {os.path.basename(spec.script)} ({where})")
         deadline = self.clock() + spec.max_run_duration_seconds
+        self.children = ChildSubmitter(self.run_dir, spec, RUN_MOUNT if plan.image is not None else self.run_dir)
         while True:
             code = executor.wait(POLL_SECONDS)
             if code is not None:
                 break
+            self._poll_children()
             if self.canceled():
                 self.state(RunStatus.FINALIZING, "cancel requested: stopping the job's processes")
                 executor.stop(spec.cancel_grace_seconds)
@@ -321,6 +325,15 @@ class Agent:
         if error is not None:
             return Outcome(RunStatus.FAILED, "run.fail() was called", error)
         return Outcome(RunStatus.COMPLETED, "script exited with code 0")
+
+    def _poll_children(self) -> None:
+        """Answer the job's submit_child requests; nothing there may break the run."""
+        if self.children is None:
+            return
+        try:
+            self.children.poll()
+        except Exception:
+            log.exception("run %s: handling the job's submit_child requests failed", self.spec.run_id)
 
     def _fail_request(self) -> dict[str, Any] | None:
         """The job's own ``run.fail()``: a small JSON file in ``requests/``, read without following links or

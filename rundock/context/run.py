@@ -13,10 +13,12 @@ import os
 import shutil
 import sys
 import threading
+import time
 import uuid
 from typing import Any, Callable
 
 from rundock.context import rundir
+from rundock.context.config import child_request
 from rundock.context.journal import JournalWriter, ScalarFormatter
 from rundock.context.recorder import PathOrStream, RunRecorder, child_tags
 from rundock.context.records import check_run_id
@@ -30,6 +32,10 @@ ENV_WORKSPACE_NAME = "RUNDOCK_WORKSPACE_NAME"
 UPLOADS_DIR = rundir.UPLOADS_DIR
 FAIL_FILE = rundir.FAIL_FILE
 CANCEL_FILE = rundir.JOB_CANCEL_FILE
+SUBMIT_POLL_SECONDS = 0.05  # how often submit_child looks for the agent's answer
+SUBMIT_TIMEOUT_SECONDS = 300.0
+STATUS_POLL_SECONDS = 0.25  # how often a submitted child's wait_for_completion reads its status
+TERMINAL_STATUSES = ("Completed", "Failed", "Canceled")
 
 Emit = Callable[..., None]
 _INF = float("inf")
@@ -154,9 +160,26 @@ class Run(RunRecorder):
         return child
 
     def submit_child(self, config: Any, tags: dict[str, str] | None = None, **kwargs: Any) -> Run:
-        """Submitting jobs from inside a job is not available; submit children from the client."""
-        raise RuntimeError("submit_child() is not available inside a job; from the submitting side call "
-                           f"Run.get(workspace, {self.id!r}).submit_child(config)")
+        """Submit a child job (``config``: a ScriptRunConfig whose ``source_directory`` is inside this job's
+        working directory) through the job's agent; return the child, a run with ``get_status()`` and
+        ``wait_for_completion()``. It runs on ``config``'s compute target (default: this run's), in this
+        run's environment (``config.environment`` is not used)."""
+        if self.run_dir is None or self.parent is not None:
+            where = "an offline run (outside a rundock job)" if self.run_dir is None else "a child run"
+            raise RuntimeError(f"submit_child() is not available on {where}; call it on the job's own run "
+                               "(Run.get_context() inside a job), or from the submitting side call "
+                               f"Run.get(workspace, run_id).submit_child(config)")
+        request = child_request(config, tags)
+        requests = os.path.join(self.run_dir, rundir.REQUESTS_DIR)
+        os.makedirs(requests, exist_ok=True)
+        path = os.path.join(requests, f"{rundir.SUBMIT_PREFIX}{uuid.uuid4().hex}")
+        with open(path + ".json.tmp", "w", encoding="utf-8") as fh:
+            json.dump(request, fh)
+        os.replace(path + ".json.tmp", path + ".json")
+        answer = _wait_for_answer(path + rundir.ANSWER_SUFFIX)
+        if not isinstance(answer.get("run_id"), str):
+            raise RuntimeError(f"submit_child() failed: {answer.get('error') or 'the agent gave no run id'}")
+        return _SubmittedRun(answer["run_id"], self)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -249,6 +272,70 @@ class _LiveRun(Run):
             self._pid = os.getpid()
             self._writer = JournalWriter(self.run_dir or ".", rundir.job_source(self._pid))
         self._writer.append(record_type, **fields)
+
+
+class _SubmittedRun(Run):
+    """A child job submitted by this job: its status is what the agent last wrote to
+    ``requests/children/<id>.json``; it records nothing from here (it is a job of its own)."""
+
+    def __init__(self, run_id: str, parent: Run) -> None:
+        super().__init__(run_id, parent.experiment.name, _refuse_records, run_dir=parent.run_dir, parent=parent)
+        self._status_path = os.path.join(parent.run_dir or ".", rundir.CHILDREN_DIR, f"{run_id}.json")
+        self._snapshot: dict[str, Any] = {"status": "NotStarted", "error": None}
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            with open(self._status_path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            if isinstance(data, dict) and isinstance(data.get("status"), str):
+                self._snapshot = data
+        except (OSError, ValueError):
+            pass  # not written yet: the last status read stands
+        return self._snapshot
+
+    def get_status(self) -> str:
+        return str(self._read()["status"])
+
+    def wait_for_completion(self, show_output: bool = False, wait_post_processing: bool = False,
+                            raise_on_error: bool = True) -> dict[str, Any]:
+        """Wait until the child job ends; raise RuntimeError if it failed (when ``raise_on_error``)."""
+        seen = None
+        while True:
+            snapshot = self._read()
+            status = snapshot["status"]
+            if show_output and status != seen:
+                sys.stdout.write(f"RunId: {self.id} Status: {status}\n")
+            seen = status
+            if status in TERMINAL_STATUSES:
+                break
+            time.sleep(STATUS_POLL_SECONDS)
+        if status == "Failed" and raise_on_error:
+            raise RuntimeError(f"child run {self.id} failed: {snapshot.get('error')}")
+        return {"runId": self.id, "status": status, "error": snapshot.get("error")}
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, experiment={self.experiment.name!r}, submitted)"
+
+
+def _refuse_records(record_type: str, /, **fields: Any) -> None:
+    raise RuntimeError("a child job submitted with submit_child() records from its own script, not from its "
+                       "parent's; and it ends when its script does")
+
+
+def _wait_for_answer(path: str) -> dict[str, Any]:
+    deadline = time.monotonic() + SUBMIT_TIMEOUT_SECONDS
+    while True:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                answer = json.load(fh)
+            if isinstance(answer, dict):
+                return answer
+        except (OSError, ValueError):
+            pass  # not there yet, or still being written
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"submit_child(): the run's agent did not answer within {SUBMIT_TIMEOUT_SECONDS:g} s "
+                               f"(no {path}); is the agent still running?")
+        time.sleep(SUBMIT_POLL_SECONDS)
 
 
 def _print_record(record_type: str, /, **fields: Any) -> None:

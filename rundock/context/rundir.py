@@ -25,6 +25,12 @@ except through the checks named below.
   cancel_requested     the submitter's cancel request (never visible to a container)
   requests/cancel      the job's own ``run.cancel()``
   requests/fail.json   the job's own ``run.fail()`` (the agent ends the run Failed after finalizing)
+  requests/submit-<id>.json  the job's ``run.submit_child(config)`` (written by the job: source folder inside
+                       src/, script, arguments, target, tags); read by the agent, never following links
+  requests/submit-<id>.answer.json  written by the agent: {"run_id": ...} or {"error": ...}
+  requests/children/<child id>.json  written by the agent (atomically): the status of each child it
+                       submitted for the job, {"status", "error"}; read by the job's wait_for_completion
+                       (the job could rewrite both: they are only its own view)
   system_logs/         prepare, driver (the job's stdout and stderr), finalize and agent logs
   secrets.json         the secrets this run may read (0600); removed by whoever ends the run
 ```
@@ -57,6 +63,9 @@ SECRETS_FILE = "secrets.json"
 CANCEL_FILE = "cancel_requested"  # the submitter's: outside what a job may write
 JOB_CANCEL_FILE = "requests/cancel"  # the job's own run.cancel()
 FAIL_FILE = "requests/fail.json"
+SUBMIT_PREFIX = "submit-"  # requests/submit-<id>.json: the job's submit_child requests
+ANSWER_SUFFIX = ".answer.json"  # requests/submit-<id>.answer.json: the agent's answers
+CHILDREN_DIR = "requests/children"  # requests/children/<child id>.json: written by the agent
 JOB_WRITABLE = (SRC_DIR, JOURNAL_DIR, UPLOADS_DIR, REQUESTS_DIR)
 
 DRIVER_LOG = "driver_log.txt"

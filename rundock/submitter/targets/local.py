@@ -72,7 +72,8 @@ class LocalTarget:
                     heartbeat_seconds=ws.heartbeat_seconds, slots_dir=os.path.join(ws.local_root, "slots"),
                     max_concurrent_runs=ws.max_concurrent_runs, target=NAME,
                     submitted_at=record.created_at, secrets_file=secrets_file, environment=env.to_mapping(),
-                    run_as=f"{os.getuid()}:{os.getgid()}", workspace_name=ws.name).save(run_dir)
+                    run_as=f"{os.getuid()}:{os.getgid()}", workspace_name=ws.name,
+                    workspace_path=ws.path).save(run_dir)
             issue_ticket(os.path.join(ws.local_root, "slots"), record.created_at, record.run_id)
             ws.store.transition(record.run_id, RunStatus.STARTING, detail="starting the local agent")
             self._spawn_agent(run_dir)

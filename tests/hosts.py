@@ -6,11 +6,13 @@ Python, nothing of rundock, reachable only through SSH on 127.0.0.1:PORT.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,23 @@ def start_ssh_host(client: Any, image: str, folder: Path, volumes: dict[str, Any
                 raise RuntimeError("sshd in the test host did not start listening") from None
             time.sleep(0.1)
     return SshHost(port, str(folder / "client_key"), container.id, folder)
+
+
+@contextlib.contextmanager
+def running_ssh_host(image: str, folder: Path) -> Iterator[SshHost]:
+    """A test host for the length of a ``with`` block (tests skip, or fail under CI, where the image has no sshd)."""
+    import docker
+
+    from tests.conftest import require_service
+
+    client = docker.from_env()
+    if not has_sshd(client, image):
+        require_service("SSH", f"the test base image {image} has no sshd; .ci/services.sh builds one")
+    host = start_ssh_host(client, image, folder)
+    try:
+        yield host
+    finally:
+        try:
+            client.containers.get(host.container).remove(force=True)
+        except docker.errors.NotFound:
+            pass

@@ -26,29 +26,27 @@ from rundock.submitter.ssh import SshError, fingerprint
 from rundock.submitter.targets.remote import RemoteTarget
 from rundock.submitter.workspace import Workspace
 from tests.conftest import REPO, require_service, wait_until
-from tests.hosts import SshHost, free_port, has_sshd, start_ssh_host
+from tests.hosts import SshHost, free_port, has_sshd, running_ssh_host, start_ssh_host
 
 
 @pytest.fixture(scope="module")
 def ssh_host(tmp_path_factory: pytest.TempPathFactory, docker_base_image: str) -> Iterator[SshHost]:
-    client = docker.from_env()
-    if not has_sshd(client, docker_base_image):
-        require_service("SSH", f"the test base image {docker_base_image} has no sshd; .ci/services.sh builds one")
-    host = start_ssh_host(client, docker_base_image, tmp_path_factory.mktemp("sshd"))
-    try:
+    with running_ssh_host(docker_base_image, tmp_path_factory.mktemp("sshd")) as host:
         yield host
-    finally:
-        client.containers.get(host.container).remove(force=True)
+
+
+def attach_box(workspace: Workspace, host: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RemoteTarget:
+    """The host attached as target 'box', its key trusted, in a workspace with its own HOME."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    _attach(workspace, host)
+    _rundock(workspace, "target", "trust", "box")
+    return RemoteTarget(workspace, "box")
 
 
 @pytest.fixture
 def box(workspace: Workspace, ssh_host: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RemoteTarget:
-    """The host attached as target 'box', its key trusted, in a workspace with its own HOME."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    _attach(workspace, ssh_host)
-    _rundock(workspace, "target", "trust", "box")
-    return RemoteTarget(workspace, "box")
+    return attach_box(workspace, ssh_host, tmp_path, monkeypatch)
 
 
 def _attach(workspace: Workspace, host: SshHost, name: str = "box", **config: object) -> None:

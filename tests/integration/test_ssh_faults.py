@@ -24,7 +24,6 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import docker
 import paramiko
 import pytest
 
@@ -33,30 +32,20 @@ from rundock.submitter.bundle import agent_bundle
 from rundock.submitter.ssh import RETRY_DELAYS, SshError, fingerprint
 from rundock.submitter.targets.remote import RemoteSyncError, RemoteTarget
 from rundock.submitter.workspace import Workspace
-from tests.conftest import require_service, wait_until
-from tests.hosts import SshHost, free_port, has_sshd, start_ssh_host
-from tests.integration.test_ssh import _attach, _rundock, _submit
+from tests.conftest import wait_until
+from tests.hosts import SshHost, free_port, running_ssh_host
+from tests.integration.test_ssh import _attach, _rundock, _submit, attach_box
 
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory, docker_base_image: str) -> Iterator[SshHost]:
-    client = docker.from_env()
-    if not has_sshd(client, docker_base_image):
-        require_service("SSH", f"the test base image {docker_base_image} has no sshd; .ci/services.sh builds one")
-    started = start_ssh_host(client, docker_base_image, tmp_path_factory.mktemp("sshd-faults"))
-    try:
+    with running_ssh_host(docker_base_image, tmp_path_factory.mktemp("sshd-faults")) as started:
         yield started
-    finally:
-        client.containers.get(started.container).remove(force=True)
 
 
 @pytest.fixture
 def box(workspace: Workspace, host: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RemoteTarget:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    _attach(workspace, host)
-    _rundock(workspace, "target", "trust", "box")
-    return RemoteTarget(workspace, "box")
+    return attach_box(workspace, host, tmp_path, monkeypatch)
 
 
 class Proxy:

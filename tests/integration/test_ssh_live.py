@@ -25,35 +25,27 @@ from rundock.submitter.targets import live, remote
 from rundock.submitter.targets import mirror as mirrors
 from rundock.submitter.targets.remote import RemoteTarget, abandon
 from rundock.submitter.workspace import Workspace
-from tests.conftest import require_service, wait_until
-from tests.hosts import SshHost, has_sshd, start_ssh_host
-from tests.integration.test_ssh import _attach, _remote_processes, _rundock, _statuses, _submit
+from tests.conftest import wait_until
+from tests.hosts import SshHost, running_ssh_host
+from tests.integration.test_ssh import _remote_processes, _rundock, _statuses, _submit, attach_box
 
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory, docker_base_image: str) -> Iterator[SshHost]:
-    client = docker.from_env()
-    if not has_sshd(client, docker_base_image):
-        require_service("SSH", f"the test base image {docker_base_image} has no sshd; .ci/services.sh builds one")
-    started = start_ssh_host(client, docker_base_image, tmp_path_factory.mktemp("sshd-live"))
-    try:
-        yield started
-    finally:
-        container = client.containers.get(started.container)
-        if container.status == "paused":
-            container.unpause()
-        container.remove(force=True)
+    with running_ssh_host(docker_base_image, tmp_path_factory.mktemp("sshd-live")) as started:
+        try:
+            yield started
+        finally:
+            container = docker.from_env().containers.get(started.container)
+            if container.status == "paused":
+                container.unpause()
 
 
 @pytest.fixture
 def box(workspace: Workspace, host: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RemoteTarget:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     monkeypatch.setattr(live, "ANSWER_WAIT", 1.5)  # (10 s by default) a frozen host is found out quickly here
     monkeypatch.setattr(live, "STALL_SECONDS", 2.0)
-    _attach(workspace, host)
-    _rundock(workspace, "target", "trust", "box")
-    return RemoteTarget(workspace, "box")
+    return attach_box(workspace, host, tmp_path, monkeypatch)
 
 
 class Paused:

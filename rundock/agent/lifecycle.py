@@ -30,12 +30,13 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-from rundock.agent import reaper, runlock
+from rundock.agent import jobfiles, reaper, runlock
 from rundock.agent.cancel import become_subreaper
 from rundock.agent.children import ChildSubmitter
 from rundock.agent.environments import PrepareError
+from rundock.agent.executors import Executor
 from rundock.agent.executors.process import ProcessExecutor
 from rundock.agent.heartbeat import Heartbeat
 from rundock.agent.job import ENV_USER_PYTHONPATH, MODE_STORE, JobSpec, cancel_requested
@@ -48,7 +49,6 @@ from rundock.agent.slots import Slot, Ticket, try_acquire
 from rundock.context import run as ctx
 from rundock.context import rundir
 from rundock.context.journal import JournalWriter
-from rundock.context.names import open_inside
 from rundock.errors import RunNotFoundError, StoreReplacedError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import open_store
@@ -65,7 +65,6 @@ MANIFEST_FILE = rundir.MANIFEST_FILE
 RUN_MOUNT = "/rundock/run"  # where a container sees the job's part of the run directory
 LIB_MOUNT = "/rundock/lib"  # and the job-side package
 RETRY_MAX_SECONDS = 30.0
-FAIL_REQUEST_LIMIT = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -73,27 +72,6 @@ class Outcome:
     status: RunStatus
     detail: str
     error: dict[str, Any] | None = None
-
-
-class Executor(Protocol):
-    """How the lifecycle drives a job, whatever runs it (see rundock.agent.executors)."""
-
-    @property
-    def pid(self) -> int:
-        """The job's process group on this host (0 when it runs elsewhere, e.g. in a container)."""
-
-    @property
-    def container_id(self) -> str:
-        """The job's container ("" for a host process)."""
-
-    @property
-    def oom_killed(self) -> bool:
-        """Whether the job was killed for running out of memory."""
-
-    def start(self) -> None: ...
-    def wait(self, timeout: float) -> int | None: ...
-    def stop(self, grace_seconds: float) -> list[int]: ...
-    def finish_logs(self) -> list[str]: ...
 
 
 ExecutorFactory = Callable[[Plan, "dict[str, str]", "list[str]"], Executor]
@@ -237,28 +215,10 @@ class Agent:
         return env, libs
 
     def _take_secrets(self) -> dict[str, str]:
-        """The secrets this run may read, in the run directory's private secrets file."""
-        own = os.path.join(self.run_dir, SECRETS_FILE)
-        given = self.spec.secrets_file
-        if given and os.path.abspath(given) != own and os.path.exists(given):
-            with open(given, encoding="utf-8") as fh:
-                secrets = json.load(fh)
-            fd = os.open(own, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(secrets, out)
-            if os.path.dirname(os.path.abspath(given)) == self.run_dir:  # a copy made for this run only
-                os.unlink(given)
-        if not os.path.exists(own):
-            return {}
-        with open(own, encoding="utf-8") as fh:
-            loaded = json.load(fh)
-        return {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+        return jobfiles.take_secrets(self.run_dir, self.spec.secrets_file)
 
     def _remove_secrets(self) -> None:
-        for path in (os.path.join(self.run_dir, SECRETS_FILE), self.spec.secrets_file or ""):
-            inside = os.path.dirname(os.path.abspath(path)) == self.run_dir  # never the workspace's own file
-            if path and inside and os.path.exists(path):
-                os.unlink(path)
+        jobfiles.remove_secrets(self.run_dir, self.spec.secrets_file)
 
     def execute(self, plan: Plan) -> Outcome:
         spec = self.spec
@@ -336,22 +296,7 @@ class Agent:
             log.exception("run %s: handling the job's submit_child requests failed", self.spec.run_id)
 
     def _fail_request(self) -> dict[str, Any] | None:
-        """The job's own ``run.fail()``: a small JSON file in ``requests/``, read without following links or
-        blocking on a FIFO; only a code and a message are taken from it."""
-        requested = os.path.join(self.run_dir, ctx.FAIL_FILE)
-        if not os.path.lexists(requested):
-            return None
-        fallback = {"code": "UserError", "message": "run.fail() was called"}
-        try:
-            with open_inside(requested, os.path.dirname(requested), root=self.run_dir, limit=FAIL_REQUEST_LIMIT) as fh:
-                data = json.loads(fh.read(FAIL_REQUEST_LIMIT))
-        except (OSError, ValueError, RecursionError) as exc:
-            log.warning("run %s: the job's fail request was not readable: %s", self.spec.run_id, exc)
-            return fallback
-        if not isinstance(data, dict):
-            return fallback
-        return {"code": str(data.get("code") or "UserError")[:200],
-                "message": str(data.get("message") or fallback["message"])[:FAIL_REQUEST_LIMIT]}
+        return jobfiles.fail_request(self.run_dir)
 
     def finalize(self, outcome: Outcome) -> Outcome:
         """Store outputs and logs, then record the terminal status; return the outcome recorded."""

@@ -24,7 +24,7 @@ import subprocess
 import sys
 
 import rundock
-from rundock.agent import daemon
+from rundock.agent import daemon, daemon_socket
 from rundock.agent.job import ENV_USER_PYTHONPATH
 from rundock.agent.jobenv import agent_environment
 from rundock.context import rundir
@@ -64,11 +64,11 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], log: str) -> subproce
 
 def _via_new_daemon(root: str, version: str, run_dir: str, env: dict[str, str]) -> bool:
     """Under the start lock: ask again, else start the daemon and ask it; whether a daemon took the run."""
-    with daemon.start_lock(root, version, timeout=START_LOCK_TIMEOUT):
+    with daemon_socket.start_lock(root, version, timeout=START_LOCK_TIMEOUT):
         if daemon.request_agent(root, version, run_dir, env) is not None:
             return True  # another submitter started it while this one waited for the lock
         proc = _spawn(["serve", root, version], root, env, os.path.join(root, DAEMON_LOG))
-        if not daemon.wait_for_socket(root, version, lambda: proc.poll() is None, DAEMON_START_TIMEOUT):
+        if not daemon_socket.wait_for_socket(root, version, lambda: proc.poll() is None, DAEMON_START_TIMEOUT):
             return False
         return daemon.request_agent(root, version, run_dir, env, timeout=DAEMON_START_TIMEOUT) is not None
 
@@ -84,7 +84,7 @@ def start_agent(workspace_root: str, run_dir: str) -> None:
     try:
         if _via_new_daemon(workspace_root, version, run_dir, env):
             return
-    except daemon.UnsafeFolderError as exc:
+    except daemon_socket.UnsafeFolderError as exc:
         sys.stderr.write(f"rundock: {exc}\n")
     except OSError:
         pass  # the lock stayed taken, or the daemon could not be started: this run does not wait on it

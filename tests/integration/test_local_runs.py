@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rundock import Environment, Experiment, Run, RunConfiguration, ScriptRunConfig
-from rundock.agent.daemon import socket_path
+from rundock.agent.daemon_socket import socket_path
 from rundock.errors import RunFailedError
 from rundock.states import RunStatus
 from rundock.submitter.workspace import Workspace

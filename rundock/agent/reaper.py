@@ -98,7 +98,9 @@ def remove_run_containers(run_id: str) -> int:
         return 0  # no engine here: a run on this host never had a container
 
 
-def reap(run_id: str, run_dir: str | None = None) -> list[int]:
-    """Every process and container of the run gone; return pids that would not die."""
-    remove_run_containers(run_id)
+def reap(run_id: str, run_dir: str | None = None, containers: bool = True) -> list[int]:
+    """Every process (and, with ``containers``, every container) of the run gone; return pids that would
+    not die. Pass ``containers=False`` when the run never had one: asking the engine costs a connection."""
+    if containers:
+        remove_run_containers(run_id)
     return kill_run_processes(run_id, run_dir)

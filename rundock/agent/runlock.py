@@ -27,12 +27,18 @@ LOCK_WAIT_SECONDS = 2.0  # a reader's probe holds the lock for microseconds; a s
 HEARTBEAT_FILE = "heartbeat.json"
 
 
+_BOOT_ID: list[str] = []
+
+
 def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""
+    """This boot of the host (read once per process: it cannot change while the process lives)."""
+    if not _BOOT_ID:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+                _BOOT_ID.append(fh.read().strip())
+        except OSError:
+            _BOOT_ID.append("")
+    return _BOOT_ID[0]
 
 
 class AgentLock:
@@ -55,8 +61,12 @@ class AgentLock:
                     os.close(fd)
                     return False
                 time.sleep(0.02)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:
+            os.close(fd)  # never keep a lock nobody will release (it would make the run look alive)
+            raise
         self.fd = fd
         return True
 
@@ -109,10 +119,11 @@ def read_heartbeat(run_dir: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def silent_for(run_dir: str, now: float | None = None) -> float | None:
+def silent_for(run_dir: str, now: float | None = None, beat: dict[str, Any] | None = None) -> float | None:
     """Seconds on this host's monotonic clock since the last beat (or since the run directory was made);
-    None when unknown (no heartbeat file). After a reboot of the host the silence is infinite."""
-    beat = read_heartbeat(run_dir)
+    None when unknown (no heartbeat file). After a reboot of the host the silence is infinite. ``beat``:
+    the heartbeat file's content when the caller has just read it."""
+    beat = read_heartbeat(run_dir) if beat is None else beat
     if beat is None:
         return None
     if beat.get("boot_id") != boot_id():

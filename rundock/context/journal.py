@@ -31,7 +31,7 @@ READ_CHUNK = 64 << 20  # what one pass reads of one journal file at most
 _TAIL_BYTES = 65536
 
 
-def _last_seq(path: str) -> int:
+def last_seq(path: str) -> int:
     """The sequence number of the last complete record in ``path`` (0 if none)."""
     try:
         with open(path, "rb") as fh:
@@ -101,30 +101,36 @@ class JournalWriter:
         self.path = os.path.join(directory, source + _SUFFIX)
         self.source = source
         self._lock = threading.Lock()
-        self._seq = _last_seq(self.path)
+        self._seq = last_seq(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def append(self, record_type: str, /, **fields: Any) -> int:
         """Write one record of ``record_type``; return its sequence number."""
         with self._lock:
-            self._seq += 1
-            record = {"seq": self._seq, "t": time.time(), "type": record_type}
+            record = {"seq": self._seq + 1, "t": time.time(), "type": record_type}
             record.update(fields)
-            data = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
-            written = os.write(self._fd, data)
-            if written != len(data):  # only on a full disk or a quota
-                raise OSError(f"short write to the run journal {self.path} ({written} of {len(data)} bytes)")
-            return self._seq
+            return self._write((json.dumps(record, separators=(",", ":"), default=str) + "\n").encode())
 
     def append_raw(self, record_type: str, body: str) -> int:
         """Write a record whose fields are given as JSON text (``"name":"x","value":1``): the fast path of
         ``run.log()``, which formats a scalar metric without building a dict or calling json.dumps."""
         with self._lock:
-            self._seq += 1
-            line = f'{{"seq":{self._seq},"t":{time.time()!r},"type":"{record_type}",{body}}}\n'.encode()
-            if os.write(self._fd, line) != len(line):
-                raise OSError(f"short write to the run journal {self.path}")
-            return self._seq
+            return self._write(f'{{"seq":{self._seq + 1},"t":{time.time()!r},"type":"{record_type}",{body}}}\n'
+                               .encode())
+
+    def _write(self, data: bytes) -> int:
+        """One write(2) of a whole record (the lock is held); the sequence number moves only once it is all
+        written, and a short write (a full disk) is cut off again, so the next record is never glued to it."""
+        if len(data) > MAX_RECORD_BYTES:
+            raise ValueError(f"a journal record of {len(data)} bytes is larger than the limit of "
+                             f"{MAX_RECORD_BYTES} bytes; log large data as a file (run.upload_file)")
+        written = os.write(self._fd, data)
+        if written != len(data):
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+            raise OSError(errno.ENOSPC, f"short write to the run journal {self.path} ({written} of {len(data)} "
+                                        "bytes): the disk or quota is full")
+        self._seq += 1
+        return self._seq
 
     @property
     def seq(self) -> int:

@@ -14,6 +14,7 @@ from typing import IO, Any, Iterable, Mapping, TypeVar, Union
 
 from rundock.context import schemas
 from rundock.context.names import artifact_name, metric_name
+from rundock.context.records import MAX_TEXT
 
 _SCALARS = (int, float, bool, str)
 PathOrStream = Union[str, "os.PathLike[str]", IO[bytes]]
@@ -154,12 +155,14 @@ class RunRecorder:
         """Add or change tags; a string is a tag with value None."""
         values = {tags: None} if isinstance(tags, str) else dict(tags)
         clean = {str(k): (None if v is None else str(v)) for k, v in values.items()}
+        _check_sizes(clean, "tag")
         self._tags.update(clean)
         self._emit("tags", values=clean)
 
     def add_properties(self, properties: Mapping[str, Any]) -> None:
         """Add immutable properties (an existing key cannot get a new value)."""
         values = {str(k): str(v) for k, v in properties.items()}
+        _check_sizes(values, "property")
         self._check_properties(values)
         self._properties.update(values)
         self._emit("properties", values=values)
@@ -190,6 +193,12 @@ class RunRecorder:
                 full = os.path.join(root, fname)
                 rel = os.path.relpath(full, path).replace(os.sep, "/")
                 self.upload_file(f"{prefix}/{rel}", full)
+
+
+def _check_sizes(values: Mapping[str, str | None], what: str) -> None:
+    for key, val in values.items():
+        if len(key) > 255 or (val is not None and len(val) > MAX_TEXT):
+            raise ValueError(f"{what} {key[:40]!r}: keys are at most 255 characters and values at most {MAX_TEXT}")
 
 
 def child_tags(count: int | None, tag_key: str | None, tag_values: list[Any] | None) -> list[dict[str, str]]:

@@ -46,7 +46,7 @@ AGENT_ONLY = frozenset({HEARTBEAT})
 METRIC_KINDS = frozenset({"scalar", "list", "row", "table", "image", "accuracy_table", "confusion_matrix",
                           "predictions", "residuals"})
 MAX_INT = (1 << 63) - 1  # what the history stores as an integer
-MAX_TEXT = 1 << 20  # a tag, property or description longer than 1 MiB is refused
+MAX_TEXT = 256 << 10  # a tag, property or description longer than 256 KiB is refused (a record is <= 1 MiB)
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 

@@ -113,7 +113,7 @@ def shown_status(run: RunRecord, clock: Callable[[], float] = time.monotonic) ->
         beat = runlock.read_heartbeat(run.run_dir)
         if beat is None or not beat.get("seq"):
             return run.status
-        silent = runlock.silent_for(run.run_dir, clock())
+        silent = runlock.silent_for(run.run_dir, clock(), beat)
         interval = float(beat.get("interval") or interval or 0)
     else:
         if host_unreachable_since(run) is not None:
@@ -241,9 +241,8 @@ class Liveness:
                     container = json.load(fh).get("container")
             except (OSError, ValueError, AttributeError):
                 container = None
-        if container:
-            reaper.remove_run_containers(run.run_id)
-        survivors = reaper.kill_run_processes(run.run_id, run.run_dir)
+        docker = ((run.run_definition.get("environment") or {}).get("docker") or {}).get("enabled")
+        survivors = reaper.reap(run.run_id, run.run_dir, containers=bool(container or docker))
         if survivors:
             log.warning("run %s: processes %s would not die", run.run_id, survivors)
 

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import open_store
@@ -24,6 +25,7 @@ from rundock.history.sync import Syncer
 log = logging.getLogger("rundock.shipper")
 BUSY_PAUSE = 0.005  # between passes while values keep coming
 IDLE_PAUSE = 0.1
+FINAL_RETRY_SECONDS = 60.0  # once its process is gone, how long the shipper keeps trying a refusing history
 
 
 def _alive(pid: int) -> bool:
@@ -36,22 +38,26 @@ def ship(run_dir: str, run_id: str, store_uri: str, artifacts_root: str, parent:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     store = open_store(store_uri)
     syncer = Syncer(run_dir, run_id, store, ArtifactStore(artifacts_root))
+    give_up = time.monotonic() + FINAL_RETRY_SECONDS
     pause = BUSY_PAUSE
     while True:
         done = stop.is_set() or not _alive(parent)
         try:
             moved = syncer.sync_once()
+            failed = False
         except Exception as exc:  # the history refuses now: the journal keeps everything, try again
             log.warning("run %s: shipping failed, retrying: %s", run_id, exc)
-            moved, pause = 0, min(max(pause, IDLE_PAUSE) * 2, 5.0)
-        if done and not moved:
-            return 0
-        if moved:
-            pause = BUSY_PAUSE
-        elif not syncer.last_error:
-            pause = min(pause * 2, IDLE_PAUSE)
+            moved, failed = 0, True
+        if done and not moved and not failed:
+            return 0  # everything is shipped
+        if done and failed and time.monotonic() > give_up:
+            log.error("run %s: the history refused the last values for %.0f s; they stay in the journal and "
+                      "are shipped the next time the run is read", run_id, FINAL_RETRY_SECONDS)
+            return 1
+        if not done:
+            give_up = time.monotonic() + FINAL_RETRY_SECONDS
+        pause = BUSY_PAUSE if moved else min(max(pause, IDLE_PAUSE) * 2, 5.0) if failed else min(pause * 2, IDLE_PAUSE)
         stop.wait(pause)
-
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import rundock
 from rundock.agent.runlock import AgentLock, agent_alive
 from rundock.context import rundir
-from rundock.context.journal import JournalWriter, ScalarFormatter
+from rundock.context.journal import JournalWriter, ScalarFormatter, last_seq
 from rundock.history.sync import Syncer
 from rundock.submitter.run import Run
 
@@ -108,6 +108,7 @@ class InteractiveRun(Run):
             time.sleep(pause)
             pause = min(pause * 2, 0.02)
         self._syncer.sync_once()  # no shipper (it could not start, or it died): ship from here
+        self._shipper = None
 
     def get_metrics(self, name: str | None = None, recursive: bool = False, run_type: str | None = None,
                     populate: bool = False) -> dict[str, Any]:
@@ -128,12 +129,11 @@ class InteractiveRun(Run):
 
     def _close(self) -> None:
         """Ship everything and stop the syncer thread (the run can still be read and tagged afterwards)."""
-        self.flush()
+        self.flush()  # every value is in the history when it returns (through the shipper or from here)
         if self._shipper is not None:
             self._shipper.terminate()
             self._shipper.wait()
             self._shipper = None
-        self._syncer.sync_once()
         self._lock.release()
         with _OPEN_LOCK:
             _OPEN.discard(self)
@@ -156,10 +156,21 @@ def _start_shipper(run_dir: str, run_id: str, store_uri: str, artifacts_root: st
 def ship_orphaned(workspace: Workspace, run: RunRecord) -> RunRecord:
     """An interactive run whose process ended without shipping everything: ship its journal now."""
     if run.run_type != INTERACTIVE_TYPE or not run.run_dir or not os.path.isdir(run.run_dir) \
-            or agent_alive(run.run_dir):
+            or agent_alive(run.run_dir) or not _behind(workspace, run):
         return run
     Syncer(run.run_dir, run.run_id, workspace.store, workspace.artifacts).sync_once()
     return workspace.store.get_run(run.run_id)
+
+
+def _behind(workspace: Workspace, run: RunRecord) -> bool:
+    """Whether a journal of the run holds records the history lacks (each file's tail against its mark)."""
+    folder = os.path.join(run.run_dir or "", rundir.JOURNAL_DIR)
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        source = name[: -len(".jsonl")]
+        if name.endswith(".jsonl") and last_seq(os.path.join(folder, name)) > \
+                workspace.store.journal_mark(run.run_id, 0, source):
+            return True
+    return False
 
 
 @atexit.register

@@ -60,3 +60,37 @@ def test_only_the_agent_journal_speaks_for_the_agent(tmp_path: Path) -> None:
     (tmp_path / "journal" / "notes.jsonl").write_text('{"seq": 1, "type": "state", "status": "Completed"}\n')
     batches = JournalReader(str(tmp_path)).read_new()
     assert [(s, [r["seq"] for r in recs]) for s, recs in batches] == [("agent", [1])]
+
+
+def test_a_record_too_large_to_read_back_is_refused_when_written(tmp_path: Path) -> None:
+    import pytest
+
+    writer = JournalWriter(str(tmp_path), "job-1")
+    with pytest.raises(ValueError, match="larger than the limit"):
+        writer.append("metric", name="big", kind="list", value=list(range(400_000)))
+    assert writer.append("metric", name="ok", value=1) == 1  # the refused record took no sequence number
+
+
+def test_a_short_write_is_cut_off_and_the_next_record_is_whole(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, signal
+from rundock.context.journal import JournalWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+w = JournalWriter({str(tmp_path)!r}, "job-1")
+w.append("metric", name="a", value=1)
+resource.setrlimit(resource.RLIMIT_FSIZE, (len(open(w.path, "rb").read()) + 20, resource.RLIM_INFINITY))
+try:
+    w.append("metric", name="b", value="x" * 100)
+except OSError as exc:
+    print("refused", exc.errno)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+print("seq", w.append("metric", name="c", value=3))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
+    assert "refused 28" in out and "seq 2" in out
+    reader = JournalReader(str(tmp_path))
+    ((_, records),) = reader.read_new()
+    assert [(r["seq"], r["name"]) for r in records] == [(1, "a"), (2, "c")]

@@ -18,6 +18,7 @@ import pytest
 from rundock import Environment, Experiment, Run, RunConfiguration, ScriptRunConfig
 from rundock.submitter.workspace import Workspace
 from tests.conftest import processes_of_run, wait_until
+from tests.integration.test_docker import _env as docker_env
 
 MARKER = "CANARY-8f1d2c-NOT-FOR-RUNS"
 
@@ -25,15 +26,6 @@ MARKER = "CANARY-8f1d2c-NOT-FOR-RUNS"
 def _submit(workspace: Workspace, src: Path, env: Environment | None = None) -> Run:
     config = RunConfiguration(environment=env) if env is not None else None
     return Experiment(workspace, "hostile").submit(ScriptRunConfig(str(src), "train.py", run_config=config))
-
-
-def _docker(image: str) -> Environment:
-    env = Environment("hostile-docker")
-    env.docker.enabled = True
-    env.docker.base_image = image
-    env.docker.arguments = ["--network", "none"]
-    env.python.user_managed_dependencies = True
-    return env
 
 
 def _canary(tmp_path: Path) -> Path:
@@ -69,7 +61,7 @@ def test_a_container_cannot_make_the_agent_copy_host_files(workspace: Workspace,
         os.symlink({str(tmp_path / 'created-by-job')!r}, "/rundock/run/requests/cancel")
         run.log("after", 2)
     """})
-    run = _submit(workspace, src, _docker(docker_base_image))
+    run = _submit(workspace, src, docker_env(docker_base_image))
     run.wait_for_completion(raise_on_error=False)
     assert run.get_status() in ("Failed", "Canceled", "Completed")
     assert run.get_metrics().get("before") == 1 and run.get_metrics().get("after") == 2

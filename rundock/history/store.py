@@ -1,16 +1,20 @@
-"""The run history interface: a small abstract core plus conveniences built on it.
+"""The run history interface: a few narrow abstract interfaces, conveniences built on them, and the registry of
+backends.
 
-Backends are chosen by URI scheme (``sqlite:///path``) through ``open_store``;
-every backend passes the same contract tests (tests/contract).
+``RunsStore`` (runs and states), ``MetricsStore`` (journal batches, metrics, tags), ``FilesStore`` (file records,
+live logs, snapshots) and ``ModelsStore`` (models, environments) are what callers use; ``RunStore`` is all of them
+plus housekeeping (``StoreAdmin``), which every backend provides. Backends are chosen by URI scheme through
+``open_store``; every backend passes the same contract tests (tests/contract).
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
 import secrets
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from rundock.errors import ConfigError
 from rundock.history.records import FileRecord, JournalPlan, MetricRecord, ModelRecord, RunRecord, StatusChange
@@ -66,10 +70,9 @@ class StoreAdmin(abc.ABC):
         ``skip_snapshots``), the files of every run (archived ones too) and the files of every model version."""
 
 
-class RunStore(abc.ABC):
-    """Runs, their states, metrics, tags, properties, files, logs and snapshots."""
+class RunsStore(abc.ABC):
+    """Runs and their states: what listing, showing and the state machine need."""
 
-    # -- runs -----------------------------------------------------------------
     @abc.abstractmethod
     def create_run(self, experiment: str, *, run_id: str | None = None, parent_id: str | None = None,
                    run_type: str = "rundock.scriptrun", display_name: str | None = None,
@@ -104,7 +107,38 @@ class RunStore(abc.ABC):
     def status_history(self, run_id: str) -> list[StatusChange]:
         """Every status the run went through, with times and details, oldest first."""
 
-    # -- run data ---------------------------------------------------------------
+    def find_runs(self, *, tags: Filter = None, properties: Filter = None, status: str | None = None,
+                  archived: bool | None = None, **filters: Any) -> list[RunRecord]:
+        """``list_runs`` plus tag/property filters (``"key"`` or ``{"key": "value"}``) and ``archived``
+        (None: archived or not; False: only runs that are not archived; True: only archived ones)."""
+        runs = self.list_runs(statuses=[status] if status else None, **filters)
+        return [r for r in runs if matches(r, tags, properties) and (archived is None or r.archived == archived)]
+
+    def family(self, run_ids: Iterable[str]) -> list[RunRecord]:
+        """The runs and all their descendants, each once, every run before its children.
+
+        An unknown id raises RunNotFoundError.
+        """
+        found: dict[str, RunRecord] = {}
+        frontier = [self.get_run(run_id) for run_id in run_ids]
+        while frontier:
+            fresh = [r for r in frontier if r.run_id not in found]
+            found.update((r.run_id, r) for r in fresh)
+            frontier = [c for r in fresh for c in self.list_runs(parent_id=r.run_id)]
+        return list(found.values())
+
+    def end_open_children(self, run_id: str, status: RunStatus | str) -> None:
+        """Children a job created and left open end with their parent's final status."""
+        final = RunStatus(status)
+        for child in self.list_runs(parent_id=run_id, run_type="rundock.childrun"):
+            if not child.status.is_terminal:
+                self.transition(child.run_id, final, detail=f"its parent run ended {final.value} while it was "
+                                                            "still open")
+
+
+class MetricsStore(abc.ABC):
+    """What a run logs: journal batches (metrics, tags, properties, files, states) applied exactly once."""
+
     @abc.abstractmethod
     def apply_journal(self, run_id: str, attempt: int, source: str, records: list[dict[str, Any]]) -> int:
         """Apply the records with a sequence number above the stored mark, atomically.
@@ -132,6 +166,23 @@ class RunStore(abc.ABC):
     def remove_tags(self, run_id: str, keys: Iterable[str]) -> None:
         """Remove tags (missing keys are ignored)."""
 
+    def log_metrics(self, run_id: str, metrics: list[MetricRecord]) -> None:
+        """Log a batch of values from outside a job."""
+        self.apply_plan(run_id, JournalPlan(metrics=metrics))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str | None]) -> None:
+        self.apply_plan(run_id, JournalPlan(tags=dict(tags)))
+
+    def add_file(self, run_id: str, name: str, digest: str, size: int) -> None:
+        self.apply_plan(run_id, JournalPlan(files=[FileRecord(name, digest, size, time.time())]))
+
+    def heartbeat(self, run_id: str, interval: float, at: float | None = None) -> None:
+        self.apply_plan(run_id, JournalPlan(heartbeat=(at or time.time(), interval)))
+
+
+class FilesStore(abc.ABC):
+    """A run's file records and live logs, and the source snapshots runs start from."""
+
     @abc.abstractmethod
     def list_files(self, run_id: str) -> dict[str, FileRecord]:
         """The run's files by name (latest version of each)."""
@@ -148,7 +199,6 @@ class RunStore(abc.ABC):
     def log_names(self, run_id: str) -> list[str]:
         """Names of the live logs of a run."""
 
-    # -- snapshots --------------------------------------------------------------
     @abc.abstractmethod
     def put_snapshot(self, snapshot_id: str, manifest: list[dict[str, Any]]) -> bool:
         """Record a snapshot manifest; False if it was already known. Either way it counts as stored now: gc
@@ -158,7 +208,10 @@ class RunStore(abc.ABC):
     def get_snapshot(self, snapshot_id: str) -> list[dict[str, Any]]:
         """A snapshot's manifest (path, digest, size, mode per file)."""
 
-    # -- models --------------------------------------------------------------------------
+
+class ModelsStore(abc.ABC):
+    """Registered models and environments, by name and version."""
+
     @abc.abstractmethod
     def register_model(self, name: str, *, run_id: str | None, path: str, files: list[dict[str, Any]],
                        tags: Mapping[str, str | None] | None = None, properties: Mapping[str, str] | None = None,
@@ -174,7 +227,6 @@ class RunStore(abc.ABC):
     def list_models(self, name: str | None = None) -> list[ModelRecord]:
         """Model versions, newest first."""
 
-    # -- environments --------------------------------------------------------------------------
     @abc.abstractmethod
     def register_environment(self, name: str, definition: dict[str, Any]) -> int:
         """Store the next version of environment ``name``; return its version."""
@@ -187,6 +239,18 @@ class RunStore(abc.ABC):
     def environment_names(self) -> list[str]:
         """Names of the registered environments."""
 
+    def find_models(self, name: str | None = None, tags: Filter = None, properties: Filter = None,
+                    run_id: str | None = None) -> list[ModelRecord]:
+        """``list_models`` with tag, property and run filters."""
+        return [m for m in self.list_models(name) if _matches(m.tags, tags) and _matches(m.properties, properties)
+                and (run_id is None or m.run_id == run_id)]
+
+
+class RunStore(RunsStore, MetricsStore, FilesStore, ModelsStore):
+    """A whole run history: every narrow interface plus housekeeping. Code that needs only part of it takes
+    the narrow interface (``RunsStore``, ``MetricsStore``, ``FilesStore``, ``ModelsStore``), so a stand-in for a
+    unit test implements only what that code calls."""
+
     @abc.abstractmethod
     def admin(self) -> StoreAdmin:
         """This backend's housekeeping primitives (archive, delete, snapshot pruning, blob references)."""
@@ -194,14 +258,6 @@ class RunStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
-
-    # -- conveniences built on the primitives ----------------------------------------
-    def log_metrics(self, run_id: str, metrics: list[MetricRecord]) -> None:
-        """Log a batch of values from outside a job."""
-        self.apply_plan(run_id, JournalPlan(metrics=metrics))
-
-    def set_tags(self, run_id: str, tags: Mapping[str, str | None]) -> None:
-        self.apply_plan(run_id, JournalPlan(tags=dict(tags)))
 
     def add_properties(self, run_id: str, properties: Mapping[str, str]) -> None:
         """Add immutable properties; a key that exists with another value raises ValueError."""
@@ -211,46 +267,6 @@ class RunStore(abc.ABC):
                 raise ValueError(f"property {key!r} of run {run_id} is already {current[key]!r}; "
                                  "properties are immutable (use tags for values that change)")
         self.apply_plan(run_id, JournalPlan(properties={k: str(v) for k, v in properties.items()}))
-
-    def add_file(self, run_id: str, name: str, digest: str, size: int) -> None:
-        self.apply_plan(run_id, JournalPlan(files=[FileRecord(name, digest, size, time.time())]))
-
-    def heartbeat(self, run_id: str, interval: float, at: float | None = None) -> None:
-        self.apply_plan(run_id, JournalPlan(heartbeat=(at or time.time(), interval)))
-
-    def find_runs(self, *, tags: Filter = None, properties: Filter = None, status: str | None = None,
-                  archived: bool | None = None, **filters: Any) -> list[RunRecord]:
-        """``list_runs`` plus tag/property filters (``"key"`` or ``{"key": "value"}``) and ``archived``
-        (None: archived or not; False: only runs that are not archived; True: only archived ones)."""
-        runs = self.list_runs(statuses=[status] if status else None, **filters)
-        return [r for r in runs if matches(r, tags, properties) and (archived is None or r.archived == archived)]
-
-    def family(self, run_ids: Iterable[str]) -> list[RunRecord]:
-        """The runs and all their descendants, each once, every run before its children.
-
-        An unknown id raises RunNotFoundError.
-        """
-        found: dict[str, RunRecord] = {}
-        frontier = [self.get_run(run_id) for run_id in run_ids]
-        while frontier:
-            fresh = [r for r in frontier if r.run_id not in found]
-            found.update((r.run_id, r) for r in fresh)
-            frontier = [c for r in fresh for c in self.list_runs(parent_id=r.run_id)]
-        return list(found.values())
-
-    def find_models(self, name: str | None = None, tags: Filter = None, properties: Filter = None,
-                    run_id: str | None = None) -> list[ModelRecord]:
-        """``list_models`` with tag, property and run filters."""
-        return [m for m in self.list_models(name) if _matches(m.tags, tags) and _matches(m.properties, properties)
-                and (run_id is None or m.run_id == run_id)]
-
-    def end_open_children(self, run_id: str, status: RunStatus | str) -> None:
-        """Children a job created and left open end with their parent's final status."""
-        final = RunStatus(status)
-        for child in self.list_runs(parent_id=run_id, run_type="rundock.childrun"):
-            if not child.status.is_terminal:
-                self.transition(child.run_id, final, detail=f"its parent run ended {final.value} while it was "
-                                                            "still open")
 
     def __enter__(self) -> RunStore:
         return self
@@ -272,21 +288,44 @@ def _matches(values: Mapping[str, Any], wanted: Filter) -> bool:
     return all(k in values and (v is None or values[k] == str(v)) for k, v in wanted.items())
 
 
-_BACKENDS: dict[str, Callable[[str], RunStore]] = {}
+Factory = Callable[[str, Optional[str]], RunStore]
+
+# Each scheme names the module that implements it; the module is imported when a URI of that scheme is opened
+# (so that opening an SQLite history never imports psycopg or requests), and registers its factory then.
+_BACKEND_MODULES = {
+    "sqlite": "rundock.history.backends.sqlite",
+    "postgresql": "rundock.history.backends.postgres",
+    "postgres": "rundock.history.backends.postgres",
+    "http": "rundock.history.backends.http",
+    "https": "rundock.history.backends.http",
+    "memory": "rundock.history.backends.memory",
+}
+_BACKENDS: dict[str, Factory] = {}
 
 
-def register_backend(scheme: str, factory: Callable[[str], RunStore]) -> None:
-    """Make ``open_store`` build ``factory(uri)`` for URIs of ``scheme``."""
-    _BACKENDS[scheme] = factory
+def register_backend(scheme: str, factory: Callable[..., RunStore], *, takes_artifacts: bool = False) -> None:
+    """Make ``open_store`` build ``factory(uri)`` for URIs of ``scheme`` (``factory(uri, artifacts_root)`` when
+    ``takes_artifacts``: a backend that keeps blobs elsewhere, using the local artifact store as its cache)."""
+    if takes_artifacts:
+        _BACKENDS[scheme] = factory
+    else:
+        _BACKENDS[scheme] = lambda uri, _artifacts_root: factory(uri)
 
 
-def open_store(uri: str) -> RunStore:
-    """Open the run history at ``uri`` (e.g. ``sqlite:////home/me/.rundock/history.db``)."""
-    scheme = uri.split(":", 1)[0] if ":" in uri else ""
-    if not _BACKENDS:
-        from rundock.history.backends import sqlite  # noqa: F401  (registers itself)
+def open_store(uri: str, *, artifacts_root: str | None = None) -> RunStore:
+    """Open the run history at ``uri`` (e.g. ``sqlite:////home/me/.rundock/history.db``,
+    ``postgresql://rundock@db/rundock``, ``https://runs.lab:8765``). ``artifacts_root``: this machine's artifact
+    store, which a server-backed history uses as its cache of blobs."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme not in _BACKENDS and scheme in _BACKEND_MODULES:
+        try:
+            importlib.import_module(_BACKEND_MODULES[scheme])  # registers itself
+        except ImportError as exc:
+            raise ConfigError(f"the {scheme}:// run history needs a package that is not installed ({exc}); "
+                              "reinstall rundock with its dependencies (pip install rundock)",
+                              field="history") from None
     factory = _BACKENDS.get(scheme)
     if factory is None:
-        known = ", ".join(f"{s}://" for s in sorted(_BACKENDS))
+        known = ", ".join(f"{s}://" for s in sorted(set(_BACKEND_MODULES) | set(_BACKENDS)))
         raise ConfigError(f"unknown run history URI {uri!r}; expected one of: {known}", field="history")
-    return factory(uri)
+    return factory(uri, artifacts_root)

@@ -21,6 +21,7 @@ from rundock.states import RunStatus
 
 BACKENDS: dict[str, Callable[[Path], RunStore]] = {
     "sqlite": lambda tmp: open_store(f"sqlite:///{tmp / 'history.db'}"),
+    "memory": lambda tmp: open_store("memory://"),
 }
 
 

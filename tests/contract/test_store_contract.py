@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rundock.errors import RunNotFoundError
+from rundock.errors import RunNotFoundError, StoreError
 from rundock.history.backends.sqlite import SqliteRunStore
 from rundock.history.records import MetricRecord
 from rundock.history.store import RunStore, open_store
@@ -287,3 +287,99 @@ def test_several_processes_write_at_once_without_lock_errors(tmp_path: Path) -> 
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]  # a "database is locked" error would exit 1
     assert len(store.get_metric_records(run)) == 600
     assert store.get_run(run).tags == {f"w{w}": "149" for w in range(4)}
+
+
+# -- what crosses a process or network boundary must come back exactly ------------------------------------------
+def test_metric_values_of_every_kind_come_back_exactly(store: RunStore) -> None:
+    run = store.create_run("e").run_id
+    values: list[tuple[str, str, object]] = [
+        ("loss", "scalar", float("nan")), ("loss", "scalar", float("inf")), ("loss", "scalar", -float("inf")),
+        ("loss", "scalar", 2**53 + 1), ("loss", "scalar", 0.1), ("loss", "scalar", True),
+        ("acc ü 精度", "scalar", -0.0), ("hist", "list", [1, 2.5, None]), ("row", "row", {"a": 1, "b": "x"}),
+        ("table", "table", {"col": [1, 2], "other": ["a", "b"]}), ("note", "scalar", "text value"),
+    ]
+    store.log_metrics(run, [MetricRecord(name, kind, value, step=i, description="d", at=1.5 + i)
+                            for i, (name, kind, value) in enumerate(values)])
+    got = store.get_metric_records(run)
+    assert [(m.name, m.kind, m.step, m.description, m.at) for m in got] == \
+        [(name, kind, i, "d", 1.5 + i) for i, (name, kind, _) in enumerate(values)]
+    nan, inf, minus_inf, big, tenth, flag = (m.value for m in got[:6])
+    assert nan != nan and inf == float("inf") and minus_inf == -float("inf")
+    assert big == 2**53 + 1 and type(big) is int and tenth == 0.1 and flag is True
+    assert [m.value for m in got[7:]] == [v for _, _, v in values[7:]]
+    assert [m.value for m in store.get_metric_records(run, "acc ü 精度")] == [-0.0]
+
+
+def test_unknown_runs_are_reported_and_change_nothing(store: RunStore) -> None:
+    for call in (lambda: store.get_run("nope"), lambda: store.transition("nope", RunStatus.RUNNING),
+                 lambda: store.update_run("nope", description="x"),
+                 lambda: store.log_metrics("nope", [MetricRecord("m", "scalar", 1)]),
+                 lambda: store.apply_journal("nope", 0, "job-1", [_metric(1)])):
+        with pytest.raises(RunNotFoundError):
+            call()
+    assert store.journal_mark("nope", 0, "job-1") == 0
+    assert store.list_runs() == []
+    with pytest.raises(StoreError):
+        store.get_snapshot("no-such-snapshot")
+
+
+def test_a_run_id_is_taken_once(store: RunStore) -> None:
+    store.create_run("e", run_id="e_1_00000000")
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_run("e", run_id="e_1_00000000")
+    assert len(store.list_runs()) == 1
+
+
+def test_run_attributes_come_back_as_given(store: RunStore) -> None:
+    definition = {"script": "train.py", "arguments": ["--lr", 0.1, None], "nested": {"a": [1, {"b": "ü"}]}}
+    run = store.create_run("exp with spaces", display_name="名前", description="line1\nline2", target="gpu-box",
+                           run_definition=definition, snapshot_id="snap", submitted_by="alice", run_dir="/x/y",
+                           tags={"k": "v", "empty": "", "none": None, "<b>": "&amp;"},
+                           properties={"p": "1"}, run_type="azureml.scriptrun")
+    got = store.get_run(run.run_id)
+    assert (got.experiment, got.display_name, got.description, got.target, got.snapshot_id, got.submitted_by,
+            got.run_dir, got.run_type) == ("exp with spaces", "名前", "line1\nline2", "gpu-box", "snap", "alice",
+                                           "/x/y", "azureml.scriptrun")
+    assert got.run_definition == definition
+    assert got.tags == {"k": "v", "empty": "", "none": None, "<b>": "&amp;"} and got.properties == {"p": "1"}
+    store.update_run(run.run_id, display_name="new", run_dir="/z")
+    got = store.get_run(run.run_id)
+    assert (got.display_name, got.description, got.run_dir) == ("new", "line1\nline2", "/z")
+    store.transition(run.run_id, RunStatus.FAILED, detail="boom", error={"code": "X", "details": [{"a": 1}]})
+    assert store.get_run(run.run_id).error == {"code": "X", "details": [{"a": 1}]}
+
+
+def test_children_created_by_a_job_inherit_experiment_and_target(store: RunStore) -> None:
+    parent = store.create_run("e", target="gpu-box").run_id
+    child = f"{parent}_child_1"
+    mark = store.apply_journal(child, 0, "job-1", [
+        {"seq": 1, "t": 5.0, "type": "child", "parent": parent, "name": "fold 1", "tags": {"fold": "1"}},
+        _metric(2, value=0.5)])
+    assert mark == 2
+    record = store.get_run(child)
+    assert (record.parent_id, record.experiment, record.target, record.run_type, record.display_name) == \
+        (parent, "e", "gpu-box", "rundock.childrun", "fold 1")
+    assert record.status == RunStatus.RUNNING and record.tags == {"fold": "1"}
+    assert [m.value for m in store.get_metric_records(child)] == [0.5]
+    store.end_open_children(parent, RunStatus.CANCELED)
+    assert store.get_run(child).status == RunStatus.CANCELED
+
+
+def test_list_filters(store: RunStore) -> None:
+    a = store.create_run("e", target="t1").run_id
+    b = store.create_run("e", target="t2", run_type="rundock.sweep").run_id
+    c = store.create_run("f", target="t1").run_id
+    store.transition(b, RunStatus.RUNNING)
+    assert [r.run_id for r in store.list_runs(target="t1")] == [c, a]
+    assert [r.run_id for r in store.list_runs(run_type="rundock.sweep")] == [b]
+    assert [r.run_id for r in store.list_runs(experiment="e", statuses=["Running", "NotStarted"])] == [b, a]
+    assert store.list_runs(statuses=[]) == []
+    assert [r.run_id for r in store.list_runs(statuses=["NotStarted"])] == [c, a]
+
+
+def test_many_values_in_one_journal_batch(store: RunStore) -> None:
+    run = store.create_run("e").run_id
+    batch = [_metric(i, value=float(i)) for i in range(1, 20_001)]
+    assert store.apply_journal(run, 0, "job-1", batch) == 20_000
+    values = [m.value for m in store.get_metric_records(run, "loss")]
+    assert values == [float(i) for i in range(1, 20_001)]

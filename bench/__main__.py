@@ -12,7 +12,7 @@ from pathlib import Path
 
 import docker
 
-from bench import files, interactive, latency, metrics, processes
+from bench import files, interactive, latency, metrics, processes, server
 from bench.common import Figure, log, render
 from tests.hosts import has_sshd, start_ssh_host
 
@@ -58,6 +58,7 @@ def main() -> int:
             measure("10", lambda: processes.cancel(root))
             measure("11", lambda: processes.idle_agent(root))
             measure("12-13", lambda: interactive.interactive(root))
+            measure("14-17", lambda: server.server_figures(root))
         finally:
             if host is not None:
                 client.containers.get(host.container).remove(force=True)

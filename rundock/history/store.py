@@ -13,6 +13,7 @@ import abc
 import importlib
 import secrets
 import time
+import typing
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Optional, Union
 
@@ -20,7 +21,7 @@ from rundock.errors import ConfigError
 from rundock.history.records import FileRecord, JournalPlan, MetricRecord, ModelRecord, RunRecord, StatusChange
 from rundock.states import RunStatus
 
-Filter = Union[str, Mapping[str, Any], None]  # evaluated at run time: Python 3.8 syntax
+Filter = Union[str, typing.Mapping[str, Any], None]  # evaluated at run time: typing.Mapping for Python 3.8
 
 
 def new_run_id(experiment: str, now: float | None = None) -> str:
@@ -288,7 +289,7 @@ def _matches(values: Mapping[str, Any], wanted: Filter) -> bool:
     return all(k in values and (v is None or values[k] == str(v)) for k, v in wanted.items())
 
 
-Factory = Callable[[str, Optional[str]], RunStore]
+Factory = typing.Callable[[str, Optional[str]], RunStore]  # evaluated at run time: typing for Python 3.8
 
 # Each scheme names the module that implements it; the module is imported when a URI of that scheme is opened
 # (so that opening an SQLite history never imports psycopg or requests), and registers its factory then.

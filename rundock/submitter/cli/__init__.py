@@ -11,6 +11,7 @@ from rundock.submitter.cli import (  # noqa: F401  (each registers its commands)
     secrets,
     submit,
     targets,
+    transfer,
 )
 from rundock.submitter.cli.base import cli, main
 

@@ -33,3 +33,31 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   rm -rf "$ROOTFS"
 fi
 echo "[services] docker $(docker version --format '{{.Server.Version}}'), base image $BASE_IMAGE"
+
+# PostgreSQL for the PostgreSQL run history tests: the distribution's cluster, with a superuser role for the
+# user running the tests (tests connect over the local socket: postgresql:///postgres).
+PG_VERSION="${RUNDOCK_PG_VERSION:-15}"
+PG_CLUSTER="${RUNDOCK_PG_CLUSTER:-main}"
+PG_ROLE="$(id -un)"
+if ! command -v pg_ctlcluster >/dev/null || [ ! -x "/usr/lib/postgresql/$PG_VERSION/bin/postgres" ]; then
+  echo "[services] installing postgresql"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+if ! pg_lsclusters -h | awk -v v="$PG_VERSION" -v c="$PG_CLUSTER" '$1 == v && $2 == c {found=1} END {exit !found}'; then
+  echo "[services] creating the PostgreSQL cluster $PG_VERSION/$PG_CLUSTER"
+  pg_createcluster "$PG_VERSION" "$PG_CLUSTER" >/dev/null
+fi
+if ! pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" status >/dev/null 2>&1; then
+  echo "[services] starting PostgreSQL $PG_VERSION/$PG_CLUSTER"
+  pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start
+fi
+PG_PORT="$(pg_conftool -s "$PG_VERSION" "$PG_CLUSTER" show port 2>/dev/null || echo 5432)"
+for _ in $(seq 1 30); do pg_isready -q -p "$PG_PORT" && break; sleep 1; done
+pg_isready -q -p "$PG_PORT" || { echo "PostgreSQL $PG_VERSION/$PG_CLUSTER did not start:"; pg_lsclusters; exit 1; }
+as_postgres() { su postgres -s /bin/sh -c "$1"; }
+if [ "$(as_postgres "psql -p $PG_PORT -tAc \"SELECT 1 FROM pg_roles WHERE rolname = '$PG_ROLE'\"")" != 1 ]; then
+  echo "[services] creating the PostgreSQL superuser role $PG_ROLE"
+  as_postgres "createuser -p $PG_PORT --superuser '$PG_ROLE'"
+fi
+echo "[services] postgresql $(psql -p "$PG_PORT" -d postgres -tAc 'SHOW server_version'), role $PG_ROLE"

@@ -18,10 +18,12 @@ from rundock.history.backends.sqlite import SqliteRunStore
 from rundock.history.records import MetricRecord
 from rundock.history.store import RunStore, open_store
 from rundock.states import RunStatus
+from tests import pg
 
 BACKENDS: dict[str, Callable[[Path], RunStore]] = {
     "sqlite": lambda tmp: open_store(f"sqlite:///{tmp / 'history.db'}"),
     "memory": lambda tmp: open_store("memory://"),
+    "postgresql": pg.throwaway_store,
 }
 
 

@@ -25,18 +25,9 @@ from typing import Any
 
 from rundock.context.names import artifact_name
 from rundock.errors import RunNotFoundError, StoreError, StoreReplacedError
+from rundock.history.backends.sql_common import MODEL_COLUMNS, RUN_COLUMNS, model_record, run_record
 from rundock.history.backends.sqlite_admin import SqliteAdmin
-from rundock.history.backends.sqlite_file import (
-    MODEL_COLUMNS,
-    RUN_COLUMNS,
-    ensure_schema,
-    file_identity,
-    history_path,
-    model_record,
-    rollback,
-    run_record,
-    store_error,
-)
+from rundock.history.backends.sqlite_file import ensure_schema, file_identity, history_path, rollback, store_error
 from rundock.history.records import (
     FileRecord,
     JournalPlan,

@@ -91,7 +91,8 @@ class Agent:
         self.artifacts = ArtifactStore(self.spec.artifacts_root)
         self.journal = JournalWriter(self.run_dir, "agent")
         # Without a history (a remote host), everything stays in the run directory for the submitter to pull.
-        self.store = open_store(self.spec.store_uri) if self.spec.mode == MODE_STORE else None
+        self.store = open_store(self.spec.store_uri, artifacts_root=self.spec.artifacts_root) \
+            if self.spec.mode == MODE_STORE else None
         self.syncer: Syncer | JournalOnly = JournalOnly() if self.store is None else \
             Syncer(self.run_dir, self.spec.run_id, self.store, self.artifacts, self.spec.attempt)
         self.heartbeat = Heartbeat(self.journal, self.spec.heartbeat_seconds, on_beat=self.syncer.poke,

@@ -17,6 +17,11 @@ replaced by a new pack of their live blobs, written before the old pair goes.
 Readers in other processes notice new and removed index files through the
 packs folder's mtime, and a read whose pack went away looks the blob up again.
 
+A store may have a remote source (``remote``: the team server, for a workspace whose history is one): a
+blob missing here is then fetched from it into this store by ``open``, ``read``, ``copy_to``, ``file_path``
+and ``size``, streamed to a temporary file whose SHA-256 is checked before it is installed. ``has`` and
+``keep`` answer for this store alone.
+
 A writer that finds a blob already stored and reuses it calls ``keep``, which
 stamps the blob's file (or its pack) with the current time: gc spares what was
 used within its grace period, so a blob that nothing referred to a moment ago
@@ -35,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from typing import IO, BinaryIO, NamedTuple
+from typing import IO, BinaryIO, NamedTuple, Protocol
 
 _CHUNK = 1 << 20
 PACK_MAX_BLOB = 1 << 20  # larger blobs are stored loose
@@ -74,6 +79,13 @@ def _stamp(path: str) -> bool:
     return True
 
 
+class RemoteBlobs(Protocol):
+    """Where a store fetches the blobs it lacks (``ArtifactStore.remote``)."""
+
+    def fetch_blob(self, digest: str, target: str) -> None:
+        """Write the blob's bytes to the new file ``target``; FileNotFoundError when the source lacks it."""
+
+
 class _Packed(NamedTuple):
     pack: str
     offset: int
@@ -92,6 +104,7 @@ class ArtifactStore:
         self._indexes: set[str] = set()
         self._seen: tuple[int, float] | None = None  # (packs folder mtime, when it was read)
         self._lock = threading.Lock()
+        self.remote: RemoteBlobs | None = None  # consulted on a miss (see the module docstring)
 
     # -- where a blob is --------------------------------------------------------------------------
     def path(self, digest: str) -> str:
@@ -106,6 +119,7 @@ class ArtifactStore:
 
     def file_path(self, digest: str) -> str:
         """A file holding the blob's bytes (a packed blob gets its own loose copy first)."""
+        self._fetch_missing(digest)
         path = self.path(digest)
         if not os.path.exists(path):
             data = self.read(digest)
@@ -196,6 +210,7 @@ class ArtifactStore:
                 or self._find_packed(digest, refresh) is not None)
 
     def size(self, digest: str) -> int:
+        self._fetch_missing(digest)
         packed = self._find_packed(digest)
         return packed.size if packed is not None else os.path.getsize(self.path(digest))
 
@@ -223,6 +238,7 @@ class ArtifactStore:
         return None if packed is None else self._read_packed(digest, packed)
 
     def read(self, digest: str) -> bytes:
+        self._fetch_missing(digest)
         data = self._packed_bytes(digest)
         if data is not None:
             return data
@@ -231,6 +247,7 @@ class ArtifactStore:
 
     def open(self, digest: str) -> BinaryIO:
         """A readable binary stream of the blob."""
+        self._fetch_missing(digest)
         data = self._packed_bytes(digest)
         if data is not None:
             return io.BytesIO(data)  # packed blobs are small
@@ -238,6 +255,7 @@ class ArtifactStore:
 
     def copy_to(self, digest: str, target: str) -> None:
         """Write the blob to ``target`` (a new, writable file)."""
+        self._fetch_missing(digest)
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         tmp = target + ".rundock-partial"
         data = self._packed_bytes(digest)
@@ -248,6 +266,22 @@ class ArtifactStore:
             shutil.copyfile(self.path(digest), tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
+
+    def _fetch_missing(self, digest: str) -> None:
+        """Bring a blob this store lacks from its remote source, if it has one; its SHA-256 is checked first."""
+        if self.remote is None or self.has(digest):
+            return
+        final = self.path(digest)
+        tmp = self._incoming(final)
+        try:
+            self.remote.fetch_blob(digest, tmp)
+            got, _ = sha256_file(tmp)
+            if got != digest:
+                raise OSError(f"blob {digest} fetched from {self.remote!r} has SHA-256 {got}: not kept")
+            self._install(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     # -- writing ----------------------------------------------------------------------------------
     def put_file(self, source: str, digest: str | None = None) -> tuple[str, int, bool]:

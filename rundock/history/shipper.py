@@ -36,7 +36,7 @@ def _alive(pid: int) -> bool:
 def ship(run_dir: str, run_id: str, store_uri: str, artifacts_root: str, parent: int) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    store = open_store(store_uri)
+    store = open_store(store_uri, artifacts_root=artifacts_root)
     syncer = Syncer(run_dir, run_id, store, ArtifactStore(artifacts_root))
     give_up = time.monotonic() + FINAL_RETRY_SECONDS
     pause = BUSY_PAUSE

@@ -81,8 +81,9 @@ class RunsStore(abc.ABC):
                    run_definition: dict[str, Any] | None = None, snapshot_id: str | None = None,
                    submitted_by: str | None = None, run_dir: str | None = None,
                    tags: Mapping[str, str | None] | None = None,
-                   properties: Mapping[str, str] | None = None) -> RunRecord:
-        """Create a NotStarted run with the next number of its experiment."""
+                   properties: Mapping[str, str] | None = None, created_at: float | None = None) -> RunRecord:
+        """Create a NotStarted run with the next number of its experiment (``created_at``: now, unless a run
+        moved from another history keeps its own)."""
 
     @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRecord:
@@ -217,8 +218,8 @@ class ModelsStore(abc.ABC):
     def register_model(self, name: str, *, run_id: str | None, path: str, files: list[dict[str, Any]],
                        tags: Mapping[str, str | None] | None = None, properties: Mapping[str, str] | None = None,
                        framework: str | None = None, framework_version: str | None = None,
-                       description: str | None = None) -> ModelRecord:
-        """Add the next version (1, 2, 3...) of model ``name``."""
+                       description: str | None = None, created_at: float | None = None) -> ModelRecord:
+        """Add the next version (1, 2, 3...) of model ``name`` (``created_at``: now unless given)."""
 
     @abc.abstractmethod
     def get_model(self, name: str, version: int | None = None) -> ModelRecord:

@@ -41,6 +41,7 @@ MAX_METRIC_LINE = 2 << 20  # a journal record is at most 1 MiB; its metric line 
 IMPORT_SOURCE = "import"  # the journal source of imported runs: its mark makes an import resumable
 PROP_NUMBER = "rundock.import.number"  # the run's number in the history it came from
 PROP_SOURCE = "rundock.import.source"  # that history (see ``export_runs``'s ``source``)
+PROP_SUBMITTED_BY = "rundock.import.submitted_by"  # who submitted it there
 PROP_VERSION = "rundock.import.version"  # a model version's number in the history it came from
 
 _SNAPSHOT_FIELDS = frozenset({"path", "digest", "size", "mode"})

@@ -111,7 +111,7 @@ class _Target:
         made = self.store.register_model(
             model.name, run_id=model.run_id, path=model.path, files=model.files, tags=model.tags,
             properties={**model.properties, fmt.PROP_VERSION: str(model.version)}, framework=model.framework,
-            framework_version=model.framework_version, description=model.description)
+            framework_version=model.framework_version, description=model.description, created_at=model.created_at)
         self.report.models_imported.append((made.name, made.version))
 
     def begin(self, doc: RunDoc) -> None:
@@ -120,6 +120,8 @@ class _Target:
         if self.todo[run.run_id] > 0 or self._exists(run.run_id):
             return
         properties = {**run.properties, fmt.PROP_NUMBER: str(run.number), fmt.PROP_SOURCE: self.report.source}
+        if run.submitted_by:  # a team server records the importing token's name as the submitter
+            properties[fmt.PROP_SUBMITTED_BY] = run.submitted_by
         parent = run.parent_id
         if parent is not None and not self._exists(parent):
             properties[PROP_PARENT] = parent  # a run never points at a run its history does not hold
@@ -128,7 +130,8 @@ class _Target:
             self.store.create_run(run.experiment, run_id=run.run_id, parent_id=parent, run_type=run.run_type,
                                   display_name=run.display_name, description=run.description, target=run.target,
                                   run_definition=run.run_definition, snapshot_id=run.snapshot_id,
-                                  submitted_by=run.submitted_by, tags=run.tags, properties=properties)
+                                  submitted_by=run.submitted_by, tags=run.tags, properties=properties,
+                                  created_at=run.created_at)
         except (StoreError, ValueError):
             if not self._exists(run.run_id):
                 raise  # else another import of the same archive created it just now: the marks keep both apart

@@ -17,6 +17,12 @@ else the project folder's name), ``location``, ``subscription_id`` and ``sku``
 (``"local"``), ``resource_group`` (the project folder: the one holding
 ``.rundock``, or the workspace folder itself when it has another name) and
 ``tags`` (empty).
+
+A workspace whose ``history:`` is a team server (``https://runs.lab:8765``, written by ``rundock login``)
+keeps its run history there: the store is the server's (``rundock.history.backends.http``), the local
+``artifacts/`` folder is its cache of blobs (what is sent from here is stored there first; what other
+machines produced is fetched into it on first read), and ``ws.secrets`` are the server's
+(``rundock.submitter.server_secrets``: set and listed from here, read only by runs).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import math
 import os
 import stat
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -37,13 +43,17 @@ from rundock.runconfig.schema import from_mapping, positive
 from rundock.submitter.secrets import SecretStore
 from rundock.submitter.snapshot import SnapshotLimits
 
+if TYPE_CHECKING:
+    from rundock.submitter.server_secrets import ServerSecrets
+
 WORKSPACE_DIR = ".rundock"
 CONFIG_FILE = "config.yaml"
 GITIGNORE = ".gitignore"
 ENV_HOME = "RUNDOCK_HOME"
 # Files rundock writes directly in the workspace folder: only their owner may read them.
 PRIVATE_FILES = (CONFIG_FILE, "secrets.json", "history.db", "history.db-wal", "history.db-shm", "known_hosts",
-                 "targets.yaml")
+                 "targets.yaml", "credentials.json")
+SERVER_SCHEMES = ("http", "https")
 
 
 @dataclasses.dataclass
@@ -178,7 +188,19 @@ class Workspace:
         return cls(folder)
 
     @property
+    def is_server(self) -> bool:
+        """Whether the run history is a team server's (an ``http(s)://`` history URI)."""
+        return self.history_uri.split(":", 1)[0].lower() in SERVER_SCHEMES
+
+    @property
     def store(self) -> RunStore:
+        if self._store is None and self.is_server:
+            try:
+                self._store = open_store(self.history_uri, artifacts_root=os.path.join(self.path, "artifacts"))
+            except ValueError as exc:  # a URL that is not one, a damaged credentials file
+                raise ConfigError(str(exc), source=os.path.join(self.path, CONFIG_FILE), field="history") from None
+            if self._artifacts is not None:
+                self._artifacts.remote = self._remote_blobs(self._store)
         if self._store is None:
             if self.config.history is None:  # the default history file: created private before SQLite opens it
                 db = os.path.join(self.path, "history.db")
@@ -195,14 +217,29 @@ class Workspace:
     def artifacts(self) -> ArtifactStore:
         if self._artifacts is None:
             self._artifacts = ArtifactStore(os.path.join(self.path, "artifacts"))
+            if self.is_server:  # blobs other machines sent are fetched from the server on first read
+                self._artifacts.remote = self._remote_blobs(self.store)
         return self._artifacts
 
+    @staticmethod
+    def _remote_blobs(store: RunStore) -> Any:
+        from rundock.history.backends.http import HttpRunStore
+
+        return store.remote_blobs() if isinstance(store, HttpRunStore) else None
+
     @property
-    def secrets(self) -> SecretStore:
-        """The workspace's secrets (Azure ML: its key vault)."""
+    def secrets(self) -> SecretStore | ServerSecrets:
+        """The workspace's secrets (Azure ML: its key vault); a team server's for a server workspace."""
+        if self.is_server:
+            from rundock.history.backends.http import HttpRunStore
+            from rundock.submitter.server_secrets import ServerSecrets
+
+            store = self.store
+            if isinstance(store, HttpRunStore):
+                return ServerSecrets(store)
         return SecretStore(os.path.join(self.path, "secrets.json"))
 
-    def get_default_keyvault(self) -> SecretStore:
+    def get_default_keyvault(self) -> SecretStore | ServerSecrets:
         """Azure ML's name for the workspace's secrets."""
         return self.secrets
 

@@ -18,12 +18,14 @@ from rundock.history.backends.sqlite import SqliteRunStore
 from rundock.history.records import MetricRecord
 from rundock.history.store import RunStore, open_store
 from rundock.states import RunStatus
-from tests import pg
+from tests import http_backends, pg
 
 BACKENDS: dict[str, Callable[[Path], RunStore]] = {
     "sqlite": lambda tmp: open_store(f"sqlite:///{tmp / 'history.db'}"),
     "memory": lambda tmp: open_store("memory://"),
     "postgresql": pg.throwaway_store,
+    "http": http_backends.http_over_sqlite,
+    "http-postgresql": http_backends.http_over_postgres,
 }
 
 
@@ -385,3 +387,12 @@ def test_many_values_in_one_journal_batch(store: RunStore) -> None:
     assert store.apply_journal(run, 0, "job-1", batch) == 20_000
     values = [m.value for m in store.get_metric_records(run, "loss")]
     assert values == [float(i) for i in range(1, 20_001)]
+
+
+def test_runs_and_models_moved_from_another_history_keep_their_times(store: RunStore) -> None:
+    run = store.create_run("e", run_id="e_1000_0000abcd", created_at=1000.25)
+    assert run.created_at == 1000.25 and store.status_history(run.run_id)[0].at == 1000.25
+    newer = store.create_run("e")
+    assert [r.run_id for r in store.list_runs()] == [newer.run_id, run.run_id]  # listed by creation time
+    model = store.register_model("m", run_id=run.run_id, path="outputs", files=[], created_at=2000.5)
+    assert model.created_at == 2000.5 and store.get_model("m").created_at == 2000.5

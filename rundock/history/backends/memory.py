@@ -77,8 +77,8 @@ class MemoryRunStore(RunStore):
                    run_definition: dict[str, Any] | None = None, snapshot_id: str | None = None,
                    submitted_by: str | None = None, run_dir: str | None = None,
                    tags: Mapping[str, str | None] | None = None,
-                   properties: Mapping[str, str] | None = None) -> RunRecord:
-        now = time.time()
+                   properties: Mapping[str, str] | None = None, created_at: float | None = None) -> RunRecord:
+        now = time.time() if created_at is None else created_at
         run_id = run_id or new_run_id(experiment, now)
         with self._h.lock:
             self._insert(run_id, experiment, now, parent_id=parent_id, run_type=run_type,
@@ -239,10 +239,11 @@ class MemoryRunStore(RunStore):
     def register_model(self, name: str, *, run_id: str | None, path: str, files: list[dict[str, Any]],
                        tags: Mapping[str, str | None] | None = None, properties: Mapping[str, str] | None = None,
                        framework: str | None = None, framework_version: str | None = None,
-                       description: str | None = None) -> ModelRecord:
+                       description: str | None = None, created_at: float | None = None) -> ModelRecord:
         with self._h.lock:
             versions = self._h.models.setdefault(name, [])
-            model = ModelRecord(name, len(versions) + 1, run_id, path, copy.deepcopy(files), time.time(),
+            model = ModelRecord(name, len(versions) + 1, run_id, path, copy.deepcopy(files),
+                                time.time() if created_at is None else created_at,
                                 dict(tags or {}), {k: str(v) for k, v in (properties or {}).items()}, framework,
                                 framework_version, description)
             versions.append(model)

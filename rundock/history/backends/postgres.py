@@ -74,8 +74,8 @@ class PostgresRunStore(RunStore):
                    run_definition: dict[str, Any] | None = None, snapshot_id: str | None = None,
                    submitted_by: str | None = None, run_dir: str | None = None,
                    tags: Mapping[str, str | None] | None = None,
-                   properties: Mapping[str, str] | None = None) -> RunRecord:
-        now = time.time()
+                   properties: Mapping[str, str] | None = None, created_at: float | None = None) -> RunRecord:
+        now = time.time() if created_at is None else created_at
         new_id = run_id or new_run_id(experiment, now)
 
         def body(cur: Cursor) -> None:
@@ -205,11 +205,12 @@ class PostgresRunStore(RunStore):
     def register_model(self, name: str, *, run_id: str | None, path: str, files: list[dict[str, Any]],
                        tags: Mapping[str, str | None] | None = None, properties: Mapping[str, str] | None = None,
                        framework: str | None = None, framework_version: str | None = None,
-                       description: str | None = None) -> ModelRecord:
+                       description: str | None = None, created_at: float | None = None) -> ModelRecord:
         def body(cur: Cursor) -> int:
             version = _next_version(cur, "models", _LOCK_MODEL, name)
             cur.execute(f"INSERT INTO models ({MODEL_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})", (
-                name, version, run_id, path, json.dumps(files), time.time(), json.dumps(dict(tags or {})),
+                name, version, run_id, path, json.dumps(files), time.time() if created_at is None else created_at,
+                json.dumps(dict(tags or {})),
                 json.dumps({k: str(v) for k, v in (properties or {}).items()}), framework, framework_version,
                 description))
             return version

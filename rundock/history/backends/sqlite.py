@@ -108,8 +108,8 @@ class SqliteRunStore(RunStore):
                    run_definition: dict[str, Any] | None = None, snapshot_id: str | None = None,
                    submitted_by: str | None = None, run_dir: str | None = None,
                    tags: Mapping[str, str | None] | None = None,
-                   properties: Mapping[str, str] | None = None) -> RunRecord:
-        now = time.time()
+                   properties: Mapping[str, str] | None = None, created_at: float | None = None) -> RunRecord:
+        now = time.time() if created_at is None else created_at
         run_id = run_id or new_run_id(experiment, now)
         with self._write() as db:
             self._insert_run(db, run_id, experiment, now, parent_id=parent_id, run_type=run_type,
@@ -320,11 +320,12 @@ class SqliteRunStore(RunStore):
     def register_model(self, name: str, *, run_id: str | None, path: str, files: list[dict[str, Any]],
                        tags: Mapping[str, str | None] | None = None, properties: Mapping[str, str] | None = None,
                        framework: str | None = None, framework_version: str | None = None,
-                       description: str | None = None) -> ModelRecord:
+                       description: str | None = None, created_at: float | None = None) -> ModelRecord:
         with self._write() as db:
             (latest,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM models WHERE name = ?", (name,)).fetchone()
             db.execute(f"INSERT INTO models ({MODEL_COLUMNS}) VALUES ({', '.join('?' * 11)})", (
-                name, latest + 1, run_id, path, json.dumps(files), time.time(), json.dumps(dict(tags or {})),
+                name, latest + 1, run_id, path, json.dumps(files), time.time() if created_at is None else created_at,
+                json.dumps(dict(tags or {})),
                 json.dumps({k: str(v) for k, v in (properties or {}).items()}), framework, framework_version,
                 description))
         return self.get_model(name, latest + 1)

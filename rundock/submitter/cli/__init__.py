@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from rundock.server import command as _server_command  # noqa: F401  (adds `rundock server`)
 from rundock.submitter.cli import (  # noqa: F401  (each registers its commands)
     admin,
     control,
     listing,
+    login,
     manage,
     runs,
     secrets,

@@ -26,6 +26,8 @@ from rundock.runconfig.environment import Environment
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.states import RunStatus
 from rundock.submitter.gitinfo import git_properties
+from rundock.submitter.mlflow_env import mlflow_environment
+from rundock.submitter.secrets import SecretStore
 from rundock.submitter.snapshot import Progress, take_snapshot
 from rundock.submitter.workspace import Workspace
 
@@ -61,12 +63,13 @@ class LocalTarget:
             os.makedirs(run_dir, mode=0o700)
             write_heartbeat(run_dir, 0, ws.heartbeat_seconds)  # readers measure a start that never comes from here
             ws.store.update_run(record.run_id, run_dir=run_dir)
-            secrets_file = self._write_secrets(run_dir, getattr(config.run_config, "secrets", None))
+            secrets_file = self._write_secrets(run_dir, record.run_id, getattr(config.run_config, "secrets", None))
+            job_env = {**mlflow_environment(ws, record.run_id, experiment), **env.environment_variables}
             JobSpec(run_id=record.run_id, experiment=experiment, mode=MODE_STORE, store_uri=ws.history_uri,
                     artifacts_root=ws.artifacts.root, snapshot_id=snapshot.snapshot_id,
                     script=config.run_config.script or "", interpreter=env.python.interpreter_path,
                     arguments=[str(a) for a in config.run_config.arguments],
-                    environment_variables=dict(env.environment_variables), display_name=display_name,
+                    environment_variables=job_env, display_name=display_name,
                     max_run_duration_seconds=config.run_config.max_run_duration_seconds,
                     cancel_grace_seconds=config.run_config.cancel_grace_seconds,
                     heartbeat_seconds=ws.heartbeat_seconds, slots_dir=os.path.join(ws.local_root, "slots"),
@@ -84,10 +87,14 @@ class LocalTarget:
             raise RundockError(f"could not start the local agent for run {record.run_id}: {exc}") from exc
         return ws.store.get_run(record.run_id)
 
-    def _write_secrets(self, run_dir: str, names: list[str] | None) -> str | None:
-        """The secrets this run may read, in a private file of its run directory (the agent removes it)."""
+    def _write_secrets(self, run_dir: str, run_id: str, names: list[str] | None) -> str | None:
+        """The secrets this run may read, in a private file of its run directory (the agent removes it); a team
+        server's come from the server, for this run."""
         store = self.workspace.secrets
-        values = store.for_run(names, remote=False)
+        if isinstance(store, SecretStore):
+            values = store.for_run(names, remote=False)
+        else:  # a team server's
+            values = store.for_run(names, remote=False, run_id=run_id)
         if not values:
             return None
         path = os.path.join(run_dir, rundir.SECRETS_FILE)

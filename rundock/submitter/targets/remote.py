@@ -50,6 +50,7 @@ from rundock.states import RunStatus
 from rundock.submitter.bundle import UNPACK, agent_bundle
 from rundock.submitter.compute import ComputeTarget, RemoteCompute
 from rundock.submitter.gitinfo import git_properties
+from rundock.submitter.secrets import SecretStore
 from rundock.submitter.snapshot import Progress, take_snapshot
 from rundock.submitter.ssh import SshConnection, SshError, SshTarget, retrying
 from rundock.submitter.targets import live, remote_sync
@@ -223,7 +224,10 @@ class RemoteTarget:
         config.validate()
         env = config.environment or Environment(name="rundock-remote-python", python=PythonSection(
             user_managed_dependencies=True, interpreter_path="python3"))
-        secrets = ws.secrets.for_run(getattr(config.run_config, "secrets", None), remote=True)
+        names = getattr(config.run_config, "secrets", None)
+        vault = ws.secrets
+        # This workspace's own secrets are checked before anything is made; a team server's exist for a run only.
+        secrets = vault.for_run(names, remote=True) if isinstance(vault, SecretStore) else {}
         snapshot = take_snapshot(config.source_directory, ws.store, ws.artifacts, ws.snapshot_limits)
         conn = self.connect()
         host, lacking = self._prepare_host(list(dict.fromkeys(e["digest"] for e in snapshot.manifest)))
@@ -237,6 +241,8 @@ class RemoteTarget:
             tags={k: None if v is None else str(v) for k, v in (tags or {}).items()},
             properties={"ContentSnapshotId": snapshot.snapshot_id, **git_properties(config.source_directory)})
         try:
+            if not isinstance(vault, SecretStore):
+                secrets = vault.for_run(names, remote=True, run_id=record.run_id)
             root = self._retrying(self.root)
             run_dir = f"{root}/runs/{record.run_id}"
             job = JobSpec(

@@ -1,0 +1,5 @@
+"""``python -m rundock.server``: the same as ``rundock server``."""
+
+from rundock.server.cli import main
+
+main()

@@ -318,6 +318,17 @@ class ArtifactStore:
     def put_bytes(self, data: bytes) -> tuple[str, int, bool]:
         return self.put_stream(io.BytesIO(data))
 
+    def install_hashed(self, path: str, digest: str) -> bool:
+        """Move ``path`` (a finished temporary file on this store's filesystem, whose SHA-256 the caller has just
+        computed as it wrote it) into place as blob ``digest``, without copying it; False (and ``path`` removed)
+        if the blob was already stored."""
+        _check_digest(digest)
+        if self.keep(digest):
+            os.unlink(path)
+            return False
+        self._install(path, self.path(digest))
+        return True
+
     def adopt(self, source: str, digest: str, size: int, mtime_ns: int) -> bool:
         """Store ``source`` loose under a digest just computed from it, copying without hashing again.
 

@@ -120,8 +120,6 @@ class Uploads:
             os.unlink(path)
             raise ApiError(400, f"digest mismatch: the bytes uploaded for blob {digest} have the SHA-256 "
                                 f"{hashed.hexdigest()}; the partial upload was discarded, send the blob again")
-        st = os.stat(path)
-        self.artifacts.adopt(path, digest, st.st_size, st.st_mtime_ns)
-        os.unlink(path)
+        self.artifacts.install_hashed(path, digest)  # a rename: the partial lives inside the artifact store
         return {"complete": True}
 

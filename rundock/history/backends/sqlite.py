@@ -59,13 +59,29 @@ class SqliteRunStore(RunStore):
         try:
             self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._db.execute("PRAGMA synchronous = NORMAL")
-            ensure_schema(self._db, self.path)
+            self._ensure_schema()
             self._identity = file_identity(self.path)
         except BaseException as exc:
             self._db.close()
             if isinstance(exc, sqlite3.Error):
                 raise store_error(exc, self.path, "open") from exc
             raise
+
+    def _ensure_schema(self) -> None:
+        """``ensure_schema``, waiting (up to the busy timeout) while other processes create the same new file: a
+        brand-new file's switch to WAL can answer "locked" at once, without SQLite's busy handler."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        pause = 0.01
+        while True:
+            try:
+                ensure_schema(self._db, self.path)
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                rollback(self._db)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
 
     @classmethod
     def from_uri(cls, uri: str) -> SqliteRunStore:

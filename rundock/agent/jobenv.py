@@ -37,7 +37,10 @@ reads (heartbeat interval, lost-after limit, idle time of the warm agent, the
 user's PYTHONPATH), the Docker client's settings (``DOCKER_HOST``,
 ``DOCKER_TLS_VERIFY``, ``DOCKER_CERT_PATH``, ``DOCKER_CONFIG``,
 ``DOCKER_CONTEXT``) and pip's (``PIP_*``, for building environments) — never
-the SSH credentials. ``job_base_environment(agent_environment(env))`` is
+the SSH credentials. The one credential it gets is ``RUNDOCK_TOKEN``, the team
+server token its run history needs when the submitter has it in its
+environment (rather than in the credentials file ``rundock login`` writes); the
+job never gets it. ``job_base_environment(agent_environment(env))`` is
 ``job_base_environment(env)``, so an agent computes its job's base from its
 own ``os.environ``.
 """
@@ -67,6 +70,7 @@ AGENT_NAMES = frozenset((
     "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONFIG", "DOCKER_CONTEXT",
 ))
 AGENT_PREFIXES = ("PIP_",)
+AGENT_CREDENTIALS = frozenset(("RUNDOCK_TOKEN",))  # the agent's own: it writes the run to a team server's history
 
 _SECRET = re.compile(r"PASSWORD|PASSPHRASE|SECRET|TOKEN|CREDENTIAL|APIKEY|ACCESSKEY|PRIVATEKEY", re.IGNORECASE)
 # Words of a name (split at "_") that mark a credential: NVIDIA_API_KEY, HF_HUB_ACCESS, CONDA_AUTH, AWS_SESSION...
@@ -109,4 +113,4 @@ def job_base_environment(env: Mapping[str, str]) -> dict[str, str]:
 
 def agent_environment(env: Mapping[str, str]) -> dict[str, str]:
     """What the submitter sends to an agent from its environment ``env``: the job's base plus the agent's settings."""
-    return {k: v for k, v in env.items() if _for_agents(k) and not is_secret_name(k)}
+    return {k: v for k, v in env.items() if (_for_agents(k) and not is_secret_name(k)) or k in AGENT_CREDENTIALS}

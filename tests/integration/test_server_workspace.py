@@ -317,3 +317,23 @@ def test_logout_forgets_the_token_and_the_workspace_goes_back_to_its_own_history
     assert "history" not in config
     assert creds.server_key(server.url) not in (laptop.home / "credentials.json").read_text()
     assert laptop.rundock("whoami", check=False).returncode == 2
+
+
+def test_a_token_in_the_environment_is_enough_for_a_local_run(server: ServerHandle, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `rundock login`: `history:` in the config and RUNDOCK_TOKEN in the environment. The run's agent needs the
+    token too (it writes the run to the server); the job never sees it."""
+    laptop = Laptop.make(tmp_path / "ci")
+    (laptop.project / ".rundock" / "config.yaml").write_text(f"history: {server.url}\n")
+    (laptop.project / "env.py").write_text(
+        "import os\nfrom rundock.context import Run\n"
+        "Run.get_context().log('token_seen', 'RUNDOCK_TOKEN' in os.environ)\n")
+    token = server.make_token("ci-bot")
+    done = laptop.rundock("submit", ".", "-s", "env.py", "-e", "env-token", RUNDOCK_TOKEN=token)
+    assert "Status: Completed" in done.stdout, done.stdout + done.stderr
+    monkeypatch.setenv("RUNDOCK_TOKEN", token)
+    ws = Workspace(str(laptop.project / ".rundock"))
+    (run,) = ws.store.list_runs(experiment="env-token")
+    assert run.submitted_by == "ci-bot"
+    assert [m.value for m in ws.store.get_metric_records(run.run_id, "token_seen")] == [False]
+    ws.close()

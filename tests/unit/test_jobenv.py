@@ -11,7 +11,8 @@ SUBMITTER = {
     "CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": "4", "NCCL_DEBUG": "INFO", "CONDA_PREFIX": "/opt/conda",
     "VIRTUAL_ENV": "/venv", "PYTHONHASHSEED": "0", "PYTHONPATH": "/my/libs", "HTTPS_PROXY": "http://proxy:3128",
     "RUNDOCK_SSH_PASSWORD": "hunter2", "RUNDOCK_SSH_KEY_PASSPHRASE": "open", "RUNDOCK_SERVER_TOKEN": "t",
-    "MY_API_TOKEN": "tok", "HF_TOKEN": "hf", "AWS_SECRET_ACCESS_KEY": "aws", "DB_PASSWORD": "db",
+    "RUNDOCK_TOKEN": "rdk_team", "MY_API_TOKEN": "tok", "HF_TOKEN": "hf", "AWS_SECRET_ACCESS_KEY": "aws",
+    "DB_PASSWORD": "db",
     "GOOGLE_APPLICATION_CREDENTIALS": "/key.json", "CUDA_passphrase": "x", "db_password": "y",
     "RUNDOCK_HEARTBEAT_SECONDS": "0.5", "RUNDOCK_AGENT_LOST_AFTER_SECONDS": "60", "DOCKER_HOST": "unix:///d.sock",
     "PIP_INDEX_URL": "https://pypi.example/simple", "SSH_AUTH_SOCK": "/tmp/agent.sock", "EDITOR": "vim",
@@ -35,6 +36,8 @@ def test_the_agent_gets_its_settings_but_never_credentials() -> None:
                  "PIP_INDEX_URL", "CUDA_VISIBLE_DEVICES"):
         assert agent[name] == SUBMITTER[name]
     assert "SSH_AUTH_SOCK" not in agent and "EDITOR" not in agent and "UNRELATED" not in agent
+    assert agent["RUNDOCK_TOKEN"] == "rdk_team"  # its run history's (a team server's) token: the agent's own
+    assert "RUNDOCK_TOKEN" not in job_base_environment(agent) and "RUNDOCK_TOKEN" not in job_base_environment(SUBMITTER)
 
 
 def test_the_agents_own_environment_gives_the_same_job_base() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import docker
 
-from bench import files, interactive, latency, metrics, processes, server
+from bench import files, interactive, latency, metrics, pools, processes, server
 from bench.common import Figure, log, render
 from tests.hosts import has_sshd, start_ssh_host
 
@@ -59,6 +59,7 @@ def main() -> int:
             measure("11", lambda: processes.idle_agent(root))
             measure("12-13", lambda: interactive.interactive(root))
             measure("14-17", lambda: server.server_figures(root))
+            measure("18", lambda: pools.pickup_latency(root))
         finally:
             if host is not None:
                 client.containers.get(host.container).remove(force=True)

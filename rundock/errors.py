@@ -59,3 +59,8 @@ class StoreVersionError(StoreError):
 
 class StoreReplacedError(StoreError):
     """The run history file was deleted or replaced while open; reopen the store to use the new file."""
+
+
+class AttemptFencedError(StoreError):
+    """The team server no longer takes writes from this attempt of a pool run (its lease ran out, or the run was
+    given to another agent): whoever gets it stops the run's job at once and writes nothing more for it."""

@@ -49,7 +49,7 @@ from rundock.agent.slots import Slot, Ticket, try_acquire
 from rundock.context import run as ctx
 from rundock.context import rundir
 from rundock.context.journal import JournalWriter
-from rundock.errors import RunNotFoundError, StoreReplacedError
+from rundock.errors import AttemptFencedError, RunNotFoundError, StoreReplacedError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import open_store
 from rundock.history.sync import SYSTEM_LOGS_DIR, JournalOnly, Syncer
@@ -121,7 +121,8 @@ class Agent:
             fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}\n")
 
     def canceled(self) -> bool:
-        return cancel_requested(self.run_dir)
+        """Whether to stop: a cancel request, or a team server that fenced this attempt of a pool run."""
+        return cancel_requested(self.run_dir) or isinstance(self.syncer.last_error, AttemptFencedError)
 
     # -- phases -------------------------------------------------------------------------
     def prepare(self) -> Plan:
@@ -337,6 +338,9 @@ class Agent:
         while True:
             try:
                 action()
+                return
+            except AttemptFencedError as exc:  # the server gave the run up (or to another agent): never retried
+                log.error("run %s: could not %s: %s; this attempt writes nothing more", self.spec.run_id, what, exc)
                 return
             except Exception as exc:
                 log.error("run %s: could not %s in the run history: %s: %s; retrying in %.1f s",

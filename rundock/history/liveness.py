@@ -126,6 +126,16 @@ def shown_status(run: RunRecord, clock: Callable[[], float] = time.monotonic) ->
     return run.status
 
 
+def _attempt_of(run_dir: str) -> int:
+    """The attempt the run directory's journal marks belong to (0 but for a pool run's; see its job file)."""
+    try:
+        with open(os.path.join(run_dir, rundir.JOB_FILE), encoding="utf-8") as fh:
+            attempt = json.load(fh).get("attempt", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 0
+
+
 class Liveness:
     """Judges runs of this host and carries out the lost-run policy (see the module docstring)."""
 
@@ -202,7 +212,7 @@ class Liveness:
         from rundock.history.sync import Syncer  # the policy ships with the same syncer as agents
 
         assert run.run_dir is not None
-        return Syncer(run.run_dir, run.run_id, self.store, self.artifacts)
+        return Syncer(run.run_dir, run.run_id, self.store, self.artifacts, _attempt_of(run.run_dir))
 
     def _ship(self, run: RunRecord, syncer: Syncer | None) -> None:
         if syncer is None:

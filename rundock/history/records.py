@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import math
+import re
 from typing import Any, NamedTuple
 
 from rundock.states import RunStatus
@@ -111,6 +113,10 @@ def plan_journal(records: list[dict[str, Any]], after_seq: int) -> JournalPlan:
     another run (``"run"``: a child created by the job) to that run.
     File records must already carry ``digest`` and ``size`` (the syncer
     ingests staged paths into the artifact store before planning).
+
+    ValueError for what no history can hold: a digest that is not a SHA-256
+    in lowercase hex, a sequence number, step or size beyond 64 bits, a time
+    that is not a finite number.
     """
     plan = JournalPlan(last_seq=after_seq)
     metrics = plan.metrics
@@ -127,13 +133,15 @@ def plan_journal(records: list[dict[str, Any]], after_seq: int) -> JournalPlan:
                                         rec.get("description") or "", rec.get("t", 0.0)))
             continue
         at = float(rec.get("t", 0.0))
+        if not math.isfinite(at):
+            raise ValueError(f"record {seq}: its time 't' must be a finite number, got {at!r}")
         if kind == "tags":
             plan.tags.update(rec["values"])
         elif kind == "properties":
             for key, val in rec["values"].items():
                 plan.properties.setdefault(key, val)
         elif kind == "file":
-            plan.files.append(FileRecord(rec["name"], rec["digest"], int(rec["size"]), at))
+            plan.files.append(_file_record(rec, seq, at))
         elif kind == "state":
             plan.states.append((RunStatus(rec["status"]), at, rec.get("detail", ""), rec.get("error")))
         elif kind == "heartbeat":
@@ -142,8 +150,26 @@ def plan_journal(records: list[dict[str, Any]], after_seq: int) -> JournalPlan:
             plan.create = {"parent": rec["parent"], "name": rec.get("name"), "at": at}
             plan.tags.update(rec.get("tags") or {})
             plan.states.append((RunStatus.RUNNING, at, "child run started by its job", None))
+    if last > _INT64_MAX:
+        raise ValueError(f"sequence number {last} is beyond what the history holds (64 bits)")
+    for m in metrics:
+        if type(m.step) is int and not -_INT64_MAX - 1 <= m.step <= _INT64_MAX:
+            raise ValueError(f"metric {m.name!r}: step {m.step} is beyond what the history holds (64 bits)")
     plan.last_seq = last
     return plan
+
+
+_INT64_MAX = (1 << 63) - 1
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _file_record(rec: dict[str, Any], seq: Any, at: float) -> FileRecord:
+    digest, size = rec["digest"], int(rec["size"])
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise ValueError(f"record {seq}: file digest {digest!r} is not a SHA-256 in lowercase hex (64 characters)")
+    if not 0 <= size <= _INT64_MAX:
+        raise ValueError(f"record {seq}: file size {size} is not a size the history can hold")
+    return FileRecord(rec["name"], digest, size, at)
 
 
 _INF = float("inf")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import re
 import secrets
 import time
 import typing
@@ -24,9 +25,14 @@ from rundock.states import RunStatus
 Filter = Union[str, typing.Mapping[str, Any], None]  # evaluated at run time: typing.Mapping for Python 3.8
 
 
+_NOT_IN_RUN_IDS = re.compile(r"[^A-Za-z0-9_.-]+|\.\.+")
+
+
 def new_run_id(experiment: str, now: float | None = None) -> str:
-    """``<experiment>_<unix seconds>_<8 hex>``."""
-    return f"{experiment}_{int(time.time() if now is None else now)}_{secrets.token_hex(4)}"
+    """``<experiment>_<unix seconds>_<8 hex>``, a valid run id whatever the experiment's name: characters a run id
+    may not hold (it names a folder on compute hosts: ``context.records.check_run_id``) become ``-``."""
+    stem = _NOT_IN_RUN_IDS.sub("-", experiment)[:200].lstrip("-_.") or "run"
+    return f"{stem}_{int(time.time() if now is None else now)}_{secrets.token_hex(4)}"
 
 
 class StoreAdmin(abc.ABC):

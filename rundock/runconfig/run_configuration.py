@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 import yaml
@@ -21,6 +22,31 @@ from rundock.runconfig.schema import check_numbers, from_mapping, positive, to_m
 
 DEFAULT_MAX_RUN_DURATION = 30 * 24 * 3600
 RUNCONFIG_SUFFIX = ".runconfig.yml"
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclasses.dataclass
+class Resources:
+    """What a run needs from the agent that takes it, for a run submitted to a team server's pool.
+
+    ``gpu_count`` GPUs (0: the run's ``environment.docker.gpu_count``), each with at least ``gpu_memory_mb``
+    MiB; an agent with at least ``cpus`` CPUs, ``memory_mb`` MiB of memory and every label in ``labels``.
+    Among queued runs of a pool, a higher ``priority`` is started first. 0 means "no requirement".
+    """
+
+    gpu_count: int = 0
+    gpu_memory_mb: int = 0
+    cpus: int = 0
+    memory_mb: int = 0
+    labels: list[str] = dataclasses.field(default_factory=list)
+    priority: int = 0
+
+    def validate(self, source: str | None = None) -> None:
+        check_numbers(self, source=source, prefix="resources.")
+        for i, label in enumerate(self.labels):
+            if not isinstance(label, str) or not _LABEL.match(label):
+                raise ConfigError(f"expected a label (letters, digits, '.', '_' or '-', at most 64), got {label!r}",
+                                  source=source, field=f"resources.labels[{i}]")
 
 
 @dataclasses.dataclass
@@ -38,6 +64,7 @@ class RunConfiguration:
     max_run_duration_seconds: int = positive(DEFAULT_MAX_RUN_DURATION)
     cancel_grace_seconds: float = 10.0
     secrets: list[str] | None = None
+    resources: Resources = dataclasses.field(default_factory=Resources)
 
     def to_mapping(self) -> dict[str, Any]:
         return dict(to_mapping(self))
@@ -54,6 +81,10 @@ class RunConfiguration:
     def validate(self, source: str | None = None) -> None:
         """Check values that types alone do not catch (every number: finite, and not below zero)."""
         check_numbers(self, source=source)
+        if not isinstance(self.resources, Resources):
+            raise ConfigError(f"expected a Resources (gpu_count, gpu_memory_mb, cpus, memory_mb, labels, priority), "
+                              f"got {type(self.resources).__name__}", source=source, field="resources")
+        self.resources.validate(source)
         if self.secrets is not None:
             if not isinstance(self.secrets, list):
                 raise ConfigError(f"expected a list of secret names, got {type(self.secrets).__name__}",

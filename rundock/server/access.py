@@ -5,8 +5,11 @@
   A child run created by its job records no submitter of its own: it belongs to whoever submitted the
   nearest ancestor that does.
 - An agent reads a snapshot only when a run of its pools uses it, and a blob only when it is a file of such a
-  run or in the snapshot of one. Finding that out means reading the runs of the agent's pools, so the answer
-  for its live runs is kept for ``LIVE_SECONDS``; a blob of a finished run costs a look at all of them.
+  run or in the snapshot of one, or when the agent uploaded the blob's bytes itself; it names in its runs'
+  files only blobs it may read (``BlobAccess``). Finding that out means reading the runs of the agent's pools,
+  so the answer for its live runs is kept for ``LIVE_SECONDS``; a blob of a finished run costs a look at all
+  of them.
+- An agent never moves a run to another snapshot (it would read that snapshot then).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from rundock.history.records import RunRecord
 from rundock.history.store import RunStore
 from rundock.server.auth import Principal
 from rundock.server.errors import ApiError
+from rundock.server.uploads import Uploads
 from rundock.states import RunStatus
 
 LIVE_SECONDS = 5.0
@@ -87,38 +91,58 @@ def check_snapshot(store: RunStore, principal: Principal, snapshot_id: str) -> N
 
 
 class BlobAccess:
-    """Which blobs each agent token may read (admins and users read every blob)."""
+    """Which blobs each agent token may read (admins and users read every blob).
 
-    def __init__(self, store: RunStore) -> None:
+    An agent reads a blob that a file or the snapshot of a run of its pools names, or one whose bytes it sent
+    itself (``Uploads.held``). What an agent may name in its runs' files is held to the same rule (the run-data
+    routes ask ``readable`` first), so every blob a pool's runs name was put there by a user or an admin, or sent
+    by an agent that had its bytes: knowing a digest (every agent sees some in ``GET /models``) opens nothing.
+    """
+
+    def __init__(self, store: RunStore, uploads: Uploads) -> None:
         self.store = store
+        self.uploads = uploads
         self._live: dict[str, tuple[frozenset[str], float]] = {}  # token id -> digests of its live runs, when
         self._granted: dict[tuple[str, str], float] = {}  # (token id, digest) found in a finished run, when
         self._lock = threading.Lock()
 
     def check(self, principal: Principal, digest: str) -> None:
         """Return if ``principal`` may read blob ``digest``; 403 otherwise."""
+        if digest not in self.readable(principal, [digest]):
+            raise ApiError(403, f"{principal.describe()} may not read blob {digest}: it is neither a file nor in the "
+                                "snapshot of a run of its pools, and this token did not upload it")
+
+    def readable(self, principal: Principal, digests: Iterable[str]) -> set[str]:
+        """Those of ``digests`` (well-formed digests) that ``principal`` may read; the runs of an agent's pools
+        are looked through at most once per call."""
+        wanted = list(dict.fromkeys(digests))
         if principal.role != "agent":
-            return
+            return set(wanted)
         now = time.monotonic()
         live = self._live.get(principal.token_id)
         if live is None or now - live[1] > LIVE_SECONDS:
             live = (self._digests(_pool_runs(self.store, principal.pools, live_only=True)), now)
             with self._lock:
                 self._live[principal.token_id] = live
-        if digest in live[0]:
-            return
-        key = (principal.token_id, digest)
-        granted = self._granted.get(key)
-        if granted is not None and now - granted < 3600:
-            return
-        if digest in self._digests(_pool_runs(self.store, principal.pools, live_only=False)):
+        found: set[str] = set()
+        rest: list[str] = []
+        for digest in wanted:
+            granted = self._granted.get((principal.token_id, digest))
+            if digest in live[0] or (granted is not None and now - granted < 3600) or \
+                    self.uploads.held(principal.token_id, digest):
+                found.add(digest)
+            else:
+                rest.append(digest)
+        if rest:
+            every = self._digests(_pool_runs(self.store, principal.pools, live_only=False))
             with self._lock:
                 if len(self._granted) > 100_000:
                     self._granted.clear()
-                self._granted[key] = now
-            return
-        raise ApiError(403, f"{principal.describe()} may not read blob {digest}: it is neither a file nor in the "
-                            "snapshot of a run of its pools")
+                for digest in rest:
+                    if digest in every:
+                        self._granted[(principal.token_id, digest)] = now
+                        found.add(digest)
+        return found
 
     def _digests(self, runs: list[RunRecord]) -> frozenset[str]:
         found: set[str] = set()

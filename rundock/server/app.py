@@ -8,6 +8,7 @@ OpenAPI document needs a token, and the interactive docs pages are off (they wou
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,6 +23,7 @@ from rundock.server import (
     mlflow_api,
     routes_admin,
     routes_blobs,
+    routes_pools,
     routes_registry,
     routes_rundata,
     routes_runs,
@@ -32,10 +34,14 @@ from rundock.server.auth import ANY_ROLE, Principal, TokenCache
 from rundock.server.crypto import SecretBox
 from rundock.server.limits import BodyLimit
 from rundock.server.logging import AccessLog
+from rundock.server.pools import Pools
+from rundock.server.pools_state import PoolsState
+from rundock.server.pools_sweeper import Sweeper
 from rundock.server.responses import json_response
 from rundock.server.services import Services, services
 from rundock.server.settings import ServerSettings
 from rundock.server.state import open_state
+from rundock.server.timeouts import ReadTimeout
 from rundock.server.uploads import Uploads
 
 HEALTH_PATHS = ("/healthz", "/readyz")
@@ -60,8 +66,9 @@ def open_services(settings: ServerSettings) -> Services:
             uploads = Uploads(artifacts)
             uploads.remove_stale()
             return Services(settings=settings, store=store, artifacts=artifacts, state=state, box=box,
-                            tokens=TokenCache(state), blob_access=BlobAccess(store), uploads=uploads,
-                            history_id=state.history_id())
+                            tokens=TokenCache(state), blob_access=BlobAccess(store, uploads), uploads=uploads,
+                            history_id=state.history_id(),
+                            pools=Pools(PoolsState(state), store, settings.lease_seconds))
         except BaseException:
             state.close()
             raise
@@ -76,15 +83,22 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        svc.close()
+        stop = asyncio.Event()
+        sweeping = asyncio.create_task(Sweeper(svc.pools).run(stop))  # pool leases (``pools_sweeper``)
+        try:
+            yield
+        finally:
+            stop.set()
+            await sweeping
+            svc.close()
 
     app = FastAPI(title="rundock team server", version=server_version(), openapi_url=None, docs_url=None,
                   redoc_url=None, lifespan=lifespan,
                   description="The run history of a team: runs, their data, blobs, tokens and secrets.")
     app.state.services = svc
     errors.install(app)
-    for module in (routes_runs, routes_rundata, routes_registry, routes_blobs, routes_secrets, routes_admin):
+    for module in (routes_runs, routes_rundata, routes_registry, routes_blobs, routes_secrets, routes_admin,
+                   routes_pools):
         app.include_router(module.router)
     app.include_router(mlflow_api.router)  # MLflow's tracking API (/api/2.0/mlflow) and run tokens
 
@@ -128,5 +142,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return json_response(app.openapi())
 
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
-    app.add_middleware(AccessLog)  # outermost: it sees every answer, the body limit's too
+    app.add_middleware(ReadTimeout, seconds=settings.request_timeout_seconds)  # a stalled body: 408, closed
+    app.add_middleware(AccessLog)  # outermost: it sees every answer, the body limit's and the timeout's too
     return app

@@ -77,10 +77,31 @@ class TokenCache:
             self._entries[token_hash] = (record, time.monotonic())
         return record
 
+    def by_id(self, token_id: str) -> TokenRecord | None:
+        """The token with id ``token_id`` (a run token's minter), looked up at most once per ``ttl``."""
+        found, record = self.cached("id:" + token_id)
+        if found:
+            return record
+        record = self.state.token_by_id(token_id)
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries["id:" + token_id] = (record, time.monotonic())
+        return record
+
     def forget(self) -> None:
         """Drop every entry (a token was revoked here)."""
         with self._lock:
             self._entries.clear()
+
+
+def token_problem(record: TokenRecord, now: float | None = None) -> str | None:
+    """Why ``record`` is no longer good (revoked, expired), or None."""
+    if record.revoked_at is not None:
+        return f"token {record.name!r} ({record.token_id}) was revoked"
+    if record.expires_at is not None and (time.time() if now is None else now) >= record.expires_at:
+        return f"token {record.name!r} ({record.token_id}) has expired"
+    return None
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -107,10 +128,9 @@ async def authenticated(request: Request) -> Principal:
         record = await run_in_threadpool(cache.load, token_hash)
     if record is None:
         raise _unauthorized("unknown token: it was never issued by this server (or its tables were replaced)")
-    if record.revoked_at is not None:
-        raise _unauthorized(f"token {record.name!r} ({record.token_id}) was revoked; ask an admin for a new one")
-    if record.expires_at is not None and time.time() >= record.expires_at:
-        raise _unauthorized(f"token {record.name!r} ({record.token_id}) has expired; ask an admin for a new one")
+    problem = token_problem(record)
+    if problem:
+        raise _unauthorized(f"{problem}; ask an admin for a new one")
     principal = Principal(record.token_id, record.name, record.role, record.pools, record.expires_at)
     request.state.principal = principal  # for the access log
     return principal

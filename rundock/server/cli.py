@@ -34,6 +34,13 @@ _SERVE_OPTIONS = [
     click.option("--max-metrics-per-batch", help="Most records per journal request (default 100000)."),
     click.option("--shutdown-grace-seconds", help="How long requests in flight may take once asked to stop "
                                                    "(default 30; 0: as long as they need)."),
+    click.option("--request-timeout-seconds", help="How long a client may send nothing in the middle of a request "
+                                                    "(headers, or the next part of a body) before it is cut off "
+                                                    "(default 60)."),
+    click.option("--max-connections", help="Open connections served at once; more are answered 503 (default "
+                                            "1000)."),
+    click.option("--lease-seconds", help="How long a pool agent may go without polling before its runs are "
+                                          "taken from it (default 30)."),
 ]
 
 
@@ -70,12 +77,15 @@ def serve(settings: ServerSettings) -> None:
 
     from rundock.server.app import create_app
     from rundock.server.logging import configure, server_log
+    from rundock.server.timeouts import protocol_class
 
     configure()
     app = create_app(settings)
+    _allow_open_files(settings.max_connections + 256)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, ssl_certfile=settings.tls_cert,
-                            ssl_keyfile=settings.tls_key, loop="uvloop", http="httptools", access_log=False,
-                            log_level="warning", server_header=False,
+                            ssl_keyfile=settings.tls_key, loop="uvloop",
+                            http=protocol_class(settings.request_timeout_seconds), access_log=False,
+                            log_level="warning", server_header=False, limit_concurrency=settings.max_connections,
                             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None)
     # uvicorn raises the stop signal again once it has shut down; a handler of our own makes that a plain exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,6 +95,18 @@ def serve(settings: ServerSettings) -> None:
                     settings.port, _shown_store(settings.store))
     uvicorn.Server(config).run()
     server_log.info("rundock server stopped")
+
+
+def _allow_open_files(wanted: int) -> None:
+    """Raise this process's limit of open files towards ``wanted`` (up to the hard limit), so that the connection
+    limit is reached before the descriptors run out."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _shown_store(uri: str) -> str:

@@ -11,8 +11,10 @@
 | 503    | unavailable     | the run history cannot be used now; clients retry                       |
 | 500    | internal        | a bug: the message carries an id to look for in the server's log        |
 
-Store exceptions map onto these in ``install``: RunNotFoundError and KeyError -> 404, ValueError -> 400,
-StoreError -> 503 with a short message (the details, which may name server paths, go to the server log).
+Store exceptions map onto these in ``install``: RunNotFoundError and KeyError -> 404, ValueError (and a number
+too large or a value nested too deeply for the history: OverflowError, RecursionError) -> 400, StoreError -> 503
+with a short message (the details, which may name server paths, go to the server log). Messages that come from
+a store are ``scrub``-bed of the server's paths and database address.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 from typing import Any
 
@@ -59,8 +62,14 @@ def new_error_id() -> str:
     return secrets.token_hex(6)
 
 
+_POSTGRES_URI = re.compile(r"\b(the run history |the model registry |in )?postgres(?:ql)?://(?:[^\s'\"]*[^\s'\",.:;)])?")
+_URI_SHOWN_AS = {"the run history ": "the server's run history", "the model registry ": "the server's model registry",
+                 "in ": "on the server"}
+
+
 def scrub(request: Request, message: str) -> str:
-    """``message`` without the server's own file paths (a store names its history file in its errors)."""
+    """``message`` without the server's own file paths (a store names its history file in its errors) or the
+    address of its database."""
     settings = getattr(getattr(request.app.state, "services", None), "settings", None)
     store = getattr(settings, "store", "")
     if store.startswith("sqlite:"):
@@ -71,7 +80,7 @@ def scrub(request: Request, message: str) -> str:
             message = message.replace(f"the run history {shown}", "the server's run history")
             message = message.replace(f"the model registry {shown}", "the server's model registry")
             message = message.replace(f"in {shown}", "on the server").replace(shown, "the server's run history")
-    return message
+    return _POSTGRES_URI.sub(lambda m: _URI_SHOWN_AS.get(m.group(1) or "", "the server's run history"), message)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -86,6 +95,17 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 async def _bad_input(request: Request, exc: Exception) -> Response:
     return error_response(400, scrub(request, str(exc) or type(exc).__name__))
+
+
+def limits_message(exc: Exception) -> str:
+    """What to tell a client whose request held a number or a nesting the run history cannot take."""
+    if isinstance(exc, RecursionError):
+        return "the request holds values nested too deeply for the run history"
+    return "the request holds a number too large for the run history (whole numbers are kept in 64 bits)"
+
+
+async def _beyond_limits(request: Request, exc: Exception) -> Response:
+    return error_response(400, limits_message(exc))
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
@@ -128,6 +148,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RunNotFoundError, _not_found)
     app.add_exception_handler(KeyError, _not_found)
     app.add_exception_handler(ValueError, _bad_input)
+    app.add_exception_handler(OverflowError, _beyond_limits)
+    app.add_exception_handler(RecursionError, _beyond_limits)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http_error)

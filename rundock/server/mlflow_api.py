@@ -39,7 +39,7 @@ from rundock.server import access
 from rundock.server import mlflow_experiments as experiments
 from rundock.server import mlflow_runs as runs
 from rundock.server.auth import ANY_ROLE, Principal
-from rundock.server.errors import ApiError, new_error_id
+from rundock.server.errors import ApiError, limits_message, new_error_id, scrub
 from rundock.server.mlflow_auth import Call, Caller, caller, request_fields
 from rundock.server.mlflow_map import MlflowError
 from rundock.server.mlflow_tokens import mint_token, signing_key
@@ -79,7 +79,7 @@ def as_mlflow_error(exc: Exception, request: Request) -> MlflowError | None:
     if isinstance(exc, MlflowError):
         return exc
     if isinstance(exc, RunNotFoundError):
-        return MlflowError("RESOURCE_DOES_NOT_EXIST", str(exc))
+        return MlflowError("RESOURCE_DOES_NOT_EXIST", scrub(request, str(exc)))
     if isinstance(exc, StoreError):
         error_id = new_error_id()
         log.warning("run history error %s on %s %s: %s: %s", error_id, request.method, request.url.path,
@@ -93,9 +93,12 @@ def as_mlflow_error(exc: Exception, request: Request) -> MlflowError | None:
         status, message = exc.status_code, str(exc.detail)
     elif isinstance(exc, (ValueError, RequestValidationError)):
         status = 400
+    elif isinstance(exc, (OverflowError, RecursionError)):
+        status, message = 400, limits_message(exc)
     if status is None:
         return None
-    error = MlflowError(_BY_STATUS.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"), message)
+    error = MlflowError(_BY_STATUS.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"),
+                        scrub(request, message))
     error.status = status
     return error
 
@@ -152,7 +155,8 @@ def mlflow_router() -> APIRouter:
 
 
 def run_token_router() -> APIRouter:
-    """``POST /api/v1/runs/{run_id}/run-token``: a run token for a run the caller may write and that has not ended."""
+    """``POST /api/v1/runs/{run_id}/run-token``: a run token for a run the caller may write and that has not ended;
+    it is good for as long as the caller's own token is (neither revoked nor expired), 30 days at most."""
     router = APIRouter(prefix="/api/v1", tags=["runs"])
 
     @router.post("/runs/{run_id}/run-token")
@@ -162,7 +166,8 @@ def run_token_router() -> APIRouter:
         if run.status.is_terminal:
             raise ApiError(409, f"run {run_id} ended {run.status.value}; a run token is only good while its run is "
                                 "not finished")
-        token, expires_at = mint_token(signing_key(found.settings.key_text()), run_id)
+        token, expires_at = mint_token(signing_key(found.settings.key_text()), run_id, principal.token_id,
+                                       not_after=principal.expires_at)
         return {"token": token, "expires_at": expires_at}
 
     return router

@@ -3,9 +3,9 @@
 - A server token (``rdk_…``) is checked by the server's own ``authenticated``; then the team API's rules hold
   (``access``): admins and users read every run, agents the runs of their pools; admins write every run, users
   the runs they submitted, agents the runs of their pools. Only admins and users create runs and experiments.
-- A run token (``rdkrun_…``, see ``mlflow_tokens``) reads and writes its own run while that run is not final,
-  and reads its run's experiment; anything else is PERMISSION_DENIED, and once its run has ended it is
-  UNAUTHENTICATED.
+- A run token (``rdkrun_…``, see ``mlflow_tokens``) reads and writes its own run while that run is not final
+  and the server token that minted it is neither revoked nor expired, and reads its run's experiment; anything
+  else is PERMISSION_DENIED, and once its run has ended or its minter is void it is UNAUTHENTICATED.
 
 Errors are MLflow's (``MlflowError``): the route class of ``mlflow_api`` turns them into MLflow's JSON shape.
 """
@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from rundock.history.records import RunRecord
 from rundock.history.store import RunStore
 from rundock.server import access
-from rundock.server.auth import Principal, authenticated
+from rundock.server.auth import Principal, authenticated, token_problem
 from rundock.server.mlflow_map import MlflowError, invalid
 from rundock.server.mlflow_tokens import RunToken, RunTokenError, is_run_token, signing_key, verify
 from rundock.server.services import Services
@@ -117,6 +117,11 @@ async def caller(request: Request) -> Caller:
             run_token = verify(key, token)
         except RunTokenError as exc:
             raise MlflowError("UNAUTHENTICATED", str(exc)) from None
+        minter = await run_in_threadpool(services.tokens.by_id, run_token.minted_by)
+        problem = "the token that minted it is gone" if minter is None else token_problem(minter)
+        if problem:
+            raise MlflowError("UNAUTHENTICATED", f"the run token of run {run_token.run_id} is no longer valid: "
+                                                 f"{problem}; submit the run again with a valid token")
         request.state.principal = Principal("run-token", f"run:{run_token.run_id}", "run")  # for the access log
         return Caller(run_token=run_token)
     return Caller(principal=await authenticated(request))
@@ -133,6 +138,8 @@ async def request_fields(request: Request) -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError:
         raise invalid("the request body is not valid JSON") from None
+    except RecursionError:
+        raise invalid("the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise invalid(f"the request body must be a JSON object, not {type(data).__name__}")
     return data

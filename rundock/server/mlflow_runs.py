@@ -38,8 +38,8 @@ def create_run(call: Call) -> dict[str, Any]:
     if run_name:
         tags[mm.RUN_NAME_TAG] = run_name
     parent_id = tags.get(mm.PARENT_TAG) or None
-    if parent_id is not None:
-        parent_id = call.read_run(parent_id).run_id
+    if parent_id is not None:  # a child run is a change to its parent: the caller must be allowed to write that
+        parent_id = call.write_run(parent_id).run_id
     record = call.store.create_run(name, run_type=mm.MLFLOW_RUN_TYPE, target=mm.MLFLOW_TARGET,
                                    display_name=run_name, description=tags.get(mm.NOTE_TAG) or None,
                                    parent_id=parent_id, submitted_by=principal.name, tags=tags)

@@ -33,7 +33,7 @@ class RunIds(_Body):
 
 
 class PruneRequest(_Body):
-    stored_before: float
+    stored_before: float = Field(allow_inf_nan=False)
     dry_run: bool = False
 
 
@@ -45,7 +45,7 @@ class NewToken(_Body):
     name: str
     role: str
     pools: list[str] = Field(default_factory=list)
-    expires_in_days: float | None = Field(default=None, gt=0)
+    expires_in_days: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 @router.post("/admin/archive")

@@ -1,8 +1,10 @@
 """Blobs (content addressed by SHA-256) and resumable uploads (``/api/v1/blobs``, ``/api/v1/uploads``).
 
 Downloads stream from disk in 1 MiB pieces and honour ``Range: bytes=N-`` (and ``N-M``) with 206. Uploads
-stream to disk (``uploads``). Every role uploads; an agent reads only the blobs of its pools' runs
-(``access.BlobAccess``).
+stream to disk (``uploads``), each uploader's into partials of its own. Every role uploads; an agent reads only
+the blobs of its pools' runs and those it uploaded (``access.BlobAccess``). To an agent, a blob the server has but
+the agent may not read is missing: ``/blobs/missing`` lists it and ``GET /uploads`` answers an offset, so the
+agent's client sends its bytes, which proves it holds them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from rundock.server.auth import ANY_ROLE, Principal
@@ -18,6 +21,7 @@ from rundock.server.errors import ApiError
 from rundock.server.responses import json_response
 from rundock.server.services import Services, services
 from rundock.server.uploads import check_digest
+from rundock.server.validation import MAX_INT
 
 router = APIRouter(prefix="/api/v1", tags=["blobs"])
 _PIECE = 1 << 20
@@ -35,7 +39,10 @@ def missing(body: Digests, principal: Principal = Depends(ANY_ROLE), svc: Servic
     garbage collection running meanwhile spares the blobs a client is about to refer to."""
     for digest in body.digests:
         check_digest(digest)
-    return json_response({"missing": [d for d in dict.fromkeys(body.digests) if not svc.artifacts.keep(d)]})
+    wanted = list(dict.fromkeys(body.digests))
+    stored = [d for d in wanted if svc.artifacts.keep(d)]
+    readable = svc.blob_access.readable(principal, stored)
+    return json_response({"missing": [d for d in wanted if d not in readable]})
 
 
 def _readable_size(svc: Services, principal: Principal, digest: str) -> int:
@@ -103,19 +110,28 @@ def get_blob(digest: str, request: Request, principal: Principal = Depends(ANY_R
 def upload_state(digest: str, principal: Principal = Depends(ANY_ROLE), svc: Services = Depends(services)) -> Response:
     """``{"complete": true}`` when the blob is stored, else ``{"offset": n}``: the bytes already held."""
     check_digest(digest)
-    if svc.artifacts.keep(digest):
+    if _have(svc, principal, digest):
         return json_response({"complete": True})
-    return json_response({"offset": svc.uploads.offset(digest)})
+    return json_response({"offset": svc.uploads.offset(principal.token_id, digest)})
+
+
+def _have(svc: Services, principal: Principal, digest: str) -> bool:
+    """Whether the server has blob ``digest`` as far as ``principal`` can tell (it has it and may read it)."""
+    return svc.artifacts.keep(digest) and bool(svc.blob_access.readable(principal, [digest]))
 
 
 @router.put("/uploads/{digest}")
-async def upload(digest: str, request: Request, offset: int = Query(ge=0), principal: Principal = Depends(ANY_ROLE),
-                 svc: Services = Depends(services)) -> Response:
-    """Append the streamed body at ``offset``; the last request (header ``X-Rundock-Final: 1``, or an empty body)
-    checks the SHA-256 and installs the blob. Answers ``{"offset": n}`` or ``{"complete": true}``; 409 (with the
-    right ``offset``) when ``offset`` is not what the server holds; 400 "digest mismatch" discards the upload."""
+async def upload(digest: str, request: Request, offset: int = Query(ge=0, le=MAX_INT),
+                 principal: Principal = Depends(ANY_ROLE), svc: Services = Depends(services)) -> Response:
+    """Append the streamed body at ``offset`` to this token's partial upload; the last request (header
+    ``X-Rundock-Final: 1``, or an empty body) checks the SHA-256 and installs the blob. Answers ``{"offset": n}``
+    or ``{"complete": true}``; 409 (with the right ``offset``) when ``offset`` is not what the server holds; 400
+    "digest mismatch" discards the upload."""
     check_digest(digest)
     final = request.headers.get("x-rundock-final", "").strip() in ("1", "true")
-    result = await svc.uploads.receive(digest, offset, request.stream(), final)
+    if await run_in_threadpool(_have, svc, principal, digest):
+        return json_response(await svc.uploads.drain(principal.token_id, digest, request.stream()))
+    result = await svc.uploads.receive(principal.token_id, digest, offset, request.stream(), final,
+                                       remember=principal.role == "agent")
     return json_response(result)
 

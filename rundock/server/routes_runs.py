@@ -9,15 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from rundock.history import wire
 from rundock.server.access import check_read, readable_run, writable_run
 from rundock.server.auth import ANY_ROLE, SUBMITTERS, Principal
 from rundock.server.errors import ApiError
+from rundock.server.pools_fence import attempt_header, check_attempt
 from rundock.server.responses import json_response, no_content
 from rundock.server.services import Services, services
+from rundock.server.validation import check_run_id
 from rundock.states import RunStatus
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
@@ -41,7 +43,7 @@ class NewRun(_Body):
     tags: dict[str, str | None] | None = None
     properties: dict[str, str] | None = None
     submitted_by: str | None = None  # accepted for the store's signature; the server sets it from the token
-    created_at: float | None = None  # a run moved from another history keeps its creation time
+    created_at: float | None = Field(None, allow_inf_nan=False)  # a run moved from another history keeps its time
 
 
 class RunChanges(_Body):
@@ -55,7 +57,7 @@ class Transition(_Body):
     status: str
     detail: str = ""
     error: dict[str, Any] | None = None
-    at: float | None = None
+    at: float | None = Field(None, allow_inf_nan=False)
 
 
 @router.post("/runs", status_code=201)
@@ -65,6 +67,8 @@ def create_run(body: NewRun, principal: Principal = Depends(SUBMITTERS),
     store = svc.store
     if not body.experiment.strip():
         raise ApiError(400, "field 'experiment': a run needs an experiment name")
+    if body.run_id is not None:
+        check_run_id(body.run_id)
     if body.parent_id is not None:
         writable_run(store, principal, body.parent_id)
     if body.run_id is not None:
@@ -106,23 +110,31 @@ def get_run(run_id: str, principal: Principal = Depends(ANY_ROLE), svc: Services
 
 @router.patch("/runs/{run_id}", status_code=204)
 def update_run(run_id: str, body: RunChanges, principal: Principal = Depends(ANY_ROLE),
-               svc: Services = Depends(services)) -> Response:
-    """Change a run's mutable attributes (null: unchanged)."""
-    writable_run(svc.store, principal, run_id)
+               svc: Services = Depends(services), attempt: int | None = Depends(attempt_header)) -> Response:
+    """Change a run's mutable attributes (null: unchanged). An agent may not move a run to another snapshot: it
+    reads the snapshots of its pools' runs, so that would open any snapshot to it."""
+    run = writable_run(svc.store, principal, run_id)
+    check_attempt(svc, principal, run_id, attempt)
+    if principal.role == "agent" and body.snapshot_id not in (None, run.snapshot_id):
+        raise ApiError(403, f"{principal.describe()} may not change the snapshot of run {run_id}: a run's snapshot is "
+                            "set by its submitter")
     svc.store.update_run(run_id, **body.model_dump())
     return no_content()
 
 
 @router.post("/runs/{run_id}/transitions")
 def transition(run_id: str, body: Transition, principal: Principal = Depends(ANY_ROLE),
-               svc: Services = Depends(services)) -> Response:
+               svc: Services = Depends(services), attempt: int | None = Depends(attempt_header)) -> Response:
     """Move the run to ``status`` if the transition table allows it: ``{"moved": bool}``."""
     try:
         status = RunStatus(body.status)
     except ValueError:
         raise ApiError(400, f"field 'status': {body.status!r} is not a run status") from None
     writable_run(svc.store, principal, run_id)
+    check_attempt(svc, principal, run_id, attempt)
     moved = svc.store.transition(run_id, status, detail=body.detail, error=body.error, at=body.at)
+    if moved:
+        svc.pools.after_transition(run_id, status)  # a cancel reaches the run's pool agent at once
     return json_response({"moved": moved})
 
 

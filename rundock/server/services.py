@@ -15,6 +15,7 @@ from rundock.history.store import RunStore
 from rundock.server.access import BlobAccess
 from rundock.server.auth import TokenCache
 from rundock.server.crypto import SecretBox
+from rundock.server.pools import Pools
 from rundock.server.settings import ServerSettings
 from rundock.server.state import ServerState
 from rundock.server.uploads import Uploads
@@ -31,6 +32,7 @@ class Services:
     blob_access: BlobAccess
     uploads: Uploads
     history_id: str
+    pools: Pools
 
     def close(self) -> None:
         try:

@@ -43,6 +43,9 @@ class ServerSettings:
     max_request_bytes: int = 64 * MIB
     max_metrics_per_batch: int = 100_000
     shutdown_grace_seconds: float = 30.0
+    request_timeout_seconds: float = 60.0  # a client sending nothing more mid-request is cut off after this
+    max_connections: int = 1000  # open connections (and requests) past this are answered 503
+    lease_seconds: float = 30.0  # a pool attempt not renewed for this long is fenced (``pools_sweeper``)
     config_path: str | None = None
 
     def key_text(self) -> str:
@@ -88,12 +91,20 @@ def _seconds(value: Any) -> float:
     return number
 
 
+def _positive_seconds(value: Any) -> float:
+    number = _seconds(value)
+    if number == 0:
+        raise ValueError("expected a number of seconds above 0")
+    return number
+
+
 # setting -> (parser, whether it is a path resolved against the configuration file's folder)
 _FIELDS: dict[str, tuple[Callable[[Any], Any], bool]] = {
     "store": (_text, False), "artifacts": (_text, True), "host": (_text, False), "port": (_whole(1, 65535), False),
     "tls_cert": (_text, True), "tls_key": (_text, True), "secrets_key_file": (_text, True),
     "max_request_bytes": (_whole(1024), False), "max_metrics_per_batch": (_whole(1), False),
-    "shutdown_grace_seconds": (_seconds, False),
+    "shutdown_grace_seconds": (_seconds, False), "request_timeout_seconds": (_positive_seconds, False),
+    "max_connections": (_whole(1), False), "lease_seconds": (_positive_seconds, False),
 }
 
 

@@ -1,4 +1,4 @@
-"""The server's own tables: API tokens and team secrets, kept in the same database as the run history.
+"""The server's own tables: API tokens, team secrets and agent pools, kept in the same database as the run history.
 
 ``ServerState`` is the interface; ``open_state(store_uri)`` picks its backend by the history's URI scheme:
 
@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from rundock.errors import ConfigError, StoreUnavailableError, StoreVersionError
@@ -41,7 +41,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = ((
     revoked_at DOUBLE PRECISION)""",
     """CREATE TABLE rundock_server_secrets (
     name TEXT PRIMARY KEY, value BYTEA NOT NULL, owner TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
-),)
+), (  # agent pools: the queue, the agents, their attempts (``pools_state`` explains them)
+    """CREATE TABLE rundock_server_queue (
+    run_id TEXT PRIMARY KEY, pool TEXT NOT NULL, priority INTEGER NOT NULL, seq BIGINT NOT NULL,
+    submitted_by TEXT, requirements TEXT NOT NULL, enqueued_at DOUBLE PRECISION NOT NULL, state TEXT NOT NULL)""",
+    """CREATE INDEX rundock_server_queue_waiting ON rundock_server_queue (pool, state, priority, seq)""",
+    """CREATE TABLE rundock_server_agents (
+    agent_id TEXT PRIMARY KEY, name TEXT NOT NULL, token_name TEXT NOT NULL, pool TEXT NOT NULL,
+    labels TEXT NOT NULL, gpus TEXT NOT NULL, cpus INTEGER, memory_mb BIGINT, slots INTEGER NOT NULL,
+    registered_at DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL, version TEXT)""",
+    """CREATE TABLE rundock_server_attempts (
+    run_id TEXT NOT NULL, number INTEGER NOT NULL, agent_id TEXT NOT NULL, gpus TEXT NOT NULL,
+    lease_expires DOUBLE PRECISION NOT NULL, state TEXT NOT NULL, started_at DOUBLE PRECISION NOT NULL,
+    renewed_at DOUBLE PRECISION NOT NULL, silent_since DOUBLE PRECISION, PRIMARY KEY (run_id, number))""",
+    """CREATE INDEX rundock_server_attempts_live ON rundock_server_attempts (state, agent_id)""",
+))
 SCHEMA_VERSION = len(MIGRATIONS)
 VERSION_TABLE = "rundock_server_version"
 _TOKEN_COLUMNS = "token_id, name, role, pools, created_at, expires_at, revoked_at"
@@ -81,6 +95,7 @@ class ServerState(abc.ABC):
     """Tokens and secrets, over ``_query``/``_execute`` that each backend provides."""
 
     where: str  # what messages call this database
+    dialect: str  # "sqlite" or "postgresql": the few statements that differ (row locks) ask
 
     # -- the backend's primitives ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -106,6 +121,15 @@ class ServerState(abc.ABC):
         """Release connections."""
 
     # -- built on them ------------------------------------------------------------------------------------
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read statement (``?`` placeholders), for the modules that keep other tables here."""
+        return self._query(sql, args)
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """One write transaction, for the modules that keep other tables here (``pools_state``): the object it
+        yields has ``execute(sql, args)`` (a row count) and ``query(sql, args)`` (rows)."""
+        return self._transaction()
+
     def check(self) -> None:
         """Raise a clear error unless the tables are there at this code's version."""
         version = self.version()
@@ -151,6 +175,10 @@ class ServerState(abc.ABC):
         rows = self._query(f"SELECT {_TOKEN_COLUMNS} FROM rundock_server_tokens WHERE token_hash = ?", (token_hash,))
         return _token(rows[0]) if rows else None
 
+    def token_by_id(self, token_id: str) -> TokenRecord | None:
+        rows = self._query(f"SELECT {_TOKEN_COLUMNS} FROM rundock_server_tokens WHERE token_id = ?", (token_id,))
+        return _token(rows[0]) if rows else None
+
     def list_tokens(self) -> list[TokenRecord]:
         return [_token(r) for r in self._query(f"SELECT {_TOKEN_COLUMNS} FROM rundock_server_tokens "
                                                "ORDER BY created_at, token_id")]
@@ -190,9 +218,14 @@ class _SqliteTx:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         return self.db.execute(sql, tuple(args)).rowcount
 
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.db.execute(sql, tuple(args))]
+
 
 class SqliteServerState(ServerState):
     """The server's tables in an SQLite file of their own beside the history's."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: str) -> None:
         self.path = self.where = os.path.abspath(path)

@@ -19,7 +19,7 @@ from rundock.errors import StoreVersionError
 from rundock.history.backends.postgres_conn import Connection, Pool, connection_params, redact, store_error
 from rundock.server.state import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE, ServerState
 
-_POOL_SIZE = 4
+_POOL_SIZE = 8  # long-polling agents each take one for a moment every half second
 _LOCK_KEY = 0x72646B5356  # the advisory lock of the server tables' migrations
 
 
@@ -34,9 +34,14 @@ class _Tx:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         return self.conn.execute(_pg(sql), tuple(args)).rowcount
 
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.conn.execute(_pg(sql), tuple(args)).fetchall()]
+
 
 class PostgresServerState(ServerState):
     """The ``rundock_server_*`` tables of one PostgreSQL database."""
+
+    dialect = "postgresql"
 
     def __init__(self, uri: str) -> None:
         self.where = redact(uri)

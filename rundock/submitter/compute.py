@@ -99,6 +99,10 @@ class ComputeTarget:
 
     def __new__(cls, workspace: Workspace, name: str) -> Any:
         data = _load(workspace).get(name)
+        if data is None and workspace.is_server and name not in ("local", "docker", "sdk"):
+            from rundock.submitter.targets.pool import PoolCompute
+
+            return PoolCompute(workspace, name)  # a pool of the team server
         if data is None:
             known = ", ".join(["local", *sorted(_load(workspace))])
             raise ConfigError(f"compute target {name!r} is not attached; attached targets: {known}. Attach it with "

@@ -205,8 +205,14 @@ class Run(RunRecorder):
         return self.refresh().status
 
     def get_detailed_status(self) -> dict[str, str]:
-        """``{'status': ..., 'details': ...}`` explaining the current status."""
-        return run_details.detailed_status(self.refresh()._record, self.status)
+        """``{'status': ..., 'details': ...}`` explaining the current status (a pool run that waits: why)."""
+        from rundock.submitter.targets import waiting_reason
+
+        detailed = run_details.detailed_status(self.refresh()._record, self.status)
+        reason = waiting_reason(self.experiment.workspace, self._record)
+        if reason:
+            detailed["details"] = reason
+        return detailed
 
     def get_details(self) -> dict[str, Any]:
         """runId, target, status, times, properties, runDefinition, logFiles, submittedBy (and error)."""

@@ -18,6 +18,7 @@ from rundock.history.backends.sqlite import SqliteRunStore
 from rundock.history.records import MetricRecord
 from rundock.history.store import RunStore, open_store
 from rundock.states import RunStatus
+from rundock.submitter.snapshot import manifest_id
 from tests import http_backends, pg
 
 BACKENDS: dict[str, Callable[[Path], RunStore]] = {
@@ -143,9 +144,10 @@ def test_live_logs_are_read_from_an_offset(store: RunStore) -> None:
 
 def test_snapshots(store: RunStore) -> None:
     manifest = [{"path": "train.py", "digest": "c" * 64, "size": 3, "mode": 420}]
-    assert store.put_snapshot("s1", manifest) is True
-    assert store.put_snapshot("s1", manifest) is False
-    assert store.get_snapshot("s1") == manifest
+    s1 = manifest_id(manifest)  # a snapshot's id is its manifest's (the team server takes no other)
+    assert store.put_snapshot(s1, manifest) is True
+    assert store.put_snapshot(s1, manifest) is False
+    assert store.get_snapshot(s1) == manifest
 
 
 def test_environment_registry(store: RunStore) -> None:
@@ -237,35 +239,40 @@ def test_delete_removes_the_runs_their_descendants_and_all_they_recorded(store: 
 
 def test_unused_snapshots_are_pruned_once_old(store: RunStore) -> None:
     manifest = [{"path": "a.py", "digest": "a" * 64, "size": 1, "mode": 420}]
-    store.put_snapshot("unused", manifest)
-    store.put_snapshot("used", manifest)
-    store.create_run("e", snapshot_id="used")
+    used_manifest = [{**manifest[0], "path": "b.py"}]
+    unused, used = manifest_id(manifest), manifest_id(used_manifest)
+    store.put_snapshot(unused, manifest)
+    store.put_snapshot(used, used_manifest)
+    store.create_run("e", snapshot_id=used)
     stored = store.admin().list_snapshots()
-    assert set(stored) == {"unused", "used"}
-    assert store.admin().prune_snapshots(stored["unused"]) == []  # not before it was stored
+    assert set(stored) == {unused, used}
+    assert store.admin().prune_snapshots(stored[unused]) == []  # not before it was stored
     later = max(stored.values()) + 1
-    assert store.admin().prune_snapshots(later, dry_run=True) == ["unused"]
-    assert set(store.admin().list_snapshots()) == {"unused", "used"}
+    assert store.admin().prune_snapshots(later, dry_run=True) == [unused]
+    assert set(store.admin().list_snapshots()) == {unused, used}
     time.sleep(0.01)
-    store.put_snapshot("unused", manifest)  # stored again (a submit on its way): young again
-    assert store.admin().list_snapshots()["unused"] > stored["unused"]
-    assert store.admin().prune_snapshots(stored["unused"] + 0.005) == []
-    assert store.admin().prune_snapshots(time.time() + 1) == ["unused"]
-    assert set(store.admin().list_snapshots()) == {"used"}
-    assert store.get_snapshot("used") == manifest
+    store.put_snapshot(unused, manifest)  # stored again (a submit on its way): young again
+    assert store.admin().list_snapshots()[unused] > stored[unused]
+    assert store.admin().prune_snapshots(stored[unused] + 0.005) == []
+    assert store.admin().prune_snapshots(time.time() + 1) == [unused]
+    assert set(store.admin().list_snapshots()) == {used}
+    assert store.get_snapshot(used) == used_manifest
 
 
 def test_referenced_digests_are_snapshots_run_files_and_models(store: RunStore) -> None:
-    store.put_snapshot("s1", [{"path": "a.py", "digest": "1" * 64, "size": 1, "mode": 420}])
-    store.put_snapshot("s2", [{"path": "b.py", "digest": "2" * 64, "size": 1, "mode": 420}])
-    run = store.create_run("e", snapshot_id="s1").run_id
+    first = [{"path": "a.py", "digest": "1" * 64, "size": 1, "mode": 420}]
+    second = [{"path": "b.py", "digest": "2" * 64, "size": 1, "mode": 420}]
+    s1, s2 = manifest_id(first), manifest_id(second)
+    store.put_snapshot(s1, first)
+    store.put_snapshot(s2, second)
+    run = store.create_run("e", snapshot_id=s1).run_id
     store.add_file(run, "outputs/a", "3" * 64, 1)
     archived = store.create_run("e").run_id
     store.add_file(archived, "outputs/b", "4" * 64, 1)
     store.admin().set_archived([archived])
     store.register_model("m", run_id=None, path="m", files=[{"name": "m", "digest": "5" * 64, "size": 1}])
     assert store.admin().referenced_digests() == {c * 64 for c in "12345"}
-    assert store.admin().referenced_digests(skip_snapshots=["s2"]) == {c * 64 for c in "1345"}
+    assert store.admin().referenced_digests(skip_snapshots=[s2]) == {c * 64 for c in "1345"}
     store.admin().delete_runs([run, archived])
     assert store.admin().referenced_digests() == {c * 64 for c in "125"}  # snapshots stay until pruned
 

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from rundock.history import wire
+from rundock.submitter.snapshot import manifest_id
 from tests import server_fixtures
 from tests.server_fixtures import ServerHandle
 
@@ -191,8 +192,10 @@ def test_live_logs_are_stored_by_offset_and_read_back(clients: dict[str, Client]
 
 def test_snapshots_models_and_environments(clients: dict[str, Client]) -> None:
     alice, agent = clients["alice"], clients["agent-gpu"]
-    snapshot_id = f"snap-{secrets.token_hex(4)}"
-    manifest = [{"path": "train.py", "digest": "cd" * 32, "size": 10, "mode": 0o644}]
+    manifest = [{"path": f"train-{secrets.token_hex(4)}.py", "digest": "cd" * 32, "size": 10, "mode": 0o644}]
+    snapshot_id = manifest_id(manifest)
+    assert "id of this manifest" in error_of(agent("PUT", f"/snapshots/snap-{secrets.token_hex(4)}", 400,
+                                                   json={"manifest": manifest}), "bad_request")
     assert agent("PUT", f"/snapshots/{snapshot_id}", 200, json={"manifest": manifest}) == {"new": True}
     assert alice("PUT", f"/snapshots/{snapshot_id}", 200, json={"manifest": manifest}) == {"new": False}
     assert alice("GET", f"/snapshots/{snapshot_id}", 200) == {"manifest": manifest}
@@ -230,8 +233,9 @@ def test_housekeeping_routes(clients: dict[str, Client]) -> None:
     assert alice("GET", f"/runs/{child}", 200)["archived"] is True
     admin("POST", "/admin/archive", 200, json={"run_ids": [parent], "archived": False})
     assert alice("GET", f"/runs/{child}", 200)["archived"] is False
-    snapshot_id = f"unused-{secrets.token_hex(4)}"
-    alice("PUT", f"/snapshots/{snapshot_id}", 200, json={"manifest": [{"path": "a", "digest": "12" * 32}]})
+    unused = [{"path": f"a-{secrets.token_hex(4)}", "digest": "12" * 32}]
+    snapshot_id = manifest_id(unused)
+    alice("PUT", f"/snapshots/{snapshot_id}", 200, json={"manifest": unused})
     assert snapshot_id in admin("GET", "/admin/snapshots", 200)
     later = time.time() + 60
     assert snapshot_id in admin("POST", "/admin/prune-snapshots", 200,

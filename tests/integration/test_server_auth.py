@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from rundock.submitter.snapshot import manifest_id
 from tests import server_fixtures
 from tests.conftest import wait_until
 from tests.server_fixtures import ServerHandle
@@ -58,12 +59,12 @@ def world(server: ServerHandle) -> World:
     with server.session(server.admin_token) as admin:
         assert admin.delete(server.api(f"/tokens/{revoked['id']}")).status_code == 204
     alice = server.session(tokens["alice"])
-    snapshot_id = f"snap-{time.time_ns()}"
+    manifest = [{"path": f"train-{time.time_ns()}.py", "digest": DIGEST, "size": len(BLOB), "mode": 0o644}]
+    snapshot_id = manifest_id(manifest)
     upload = alice.put(server.api(f"/uploads/{DIGEST}"), params={"offset": 0}, data=BLOB,
                        headers={"X-Rundock-Final": "1"})
     assert upload.json() == {"complete": True}, upload.text
-    alice.put(server.api(f"/snapshots/{snapshot_id}"), json={"manifest": [
-        {"path": "train.py", "digest": DIGEST, "size": len(BLOB), "mode": 0o644}]}).raise_for_status()
+    alice.put(server.api(f"/snapshots/{snapshot_id}"), json={"manifest": manifest}).raise_for_status()
     run = alice.post(server.api("/runs"), json={"experiment": "auth", "target": "gpu", "snapshot_id": snapshot_id,
                                                     "run_definition": {"secrets": ["X"]}})
     run.raise_for_status()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -14,6 +13,7 @@ import psutil
 import pytest
 import requests
 
+from rundock.submitter.snapshot import manifest_id
 from tests import server_fixtures
 from tests.conftest import wait_until
 from tests.server_fixtures import ServerHandle
@@ -82,7 +82,7 @@ def test_an_upload_resumes_from_what_the_server_holds(server: ServerHandle, alic
     assert upload(server, alice, data[200_000:], offset=200_000, digest=digest).json() == {"complete": True}
     assert alice.get(server.api(f"/uploads/{digest}")).json() == {"complete": True}
     assert alice.get(server.api(f"/blobs/{digest}")).content == data
-    assert not list((server.artifacts / "uploads").glob(f"{digest}*"))  # the partial is gone
+    assert not list((server.artifacts / "uploads").rglob(f"{digest}*"))  # the partial is gone
 
 
 def test_an_empty_request_finishes_an_upload(server: ServerHandle, alice: requests.Session) -> None:
@@ -173,9 +173,9 @@ def test_an_agent_reads_only_the_blobs_of_its_pools_runs(server: ServerHandle,
     for blob in (source, output):
         assert upload(server, gpu, blob).json() == {"complete": True}  # agents upload too
     assert upload(server, alice, unrelated).json() == {"complete": True}
-    snapshot = f"snap-{time.time_ns()}"
-    alice.put(server.api(f"/snapshots/{snapshot}"), json={"manifest": [
-        {"path": "train.py", "digest": sha(source), "size": 64, "mode": 0o644}]}).raise_for_status()
+    manifest = [{"path": "train.py", "digest": sha(source), "size": 64, "mode": 0o644}]
+    snapshot = manifest_id(manifest)
+    alice.put(server.api(f"/snapshots/{snapshot}"), json={"manifest": manifest}).raise_for_status()
     run = alice.post(server.api("/runs"), json={"experiment": "blobs", "target": "gpu", "snapshot_id": snapshot})
     run_id = run.json()["run_id"]
     gpu.post(server.api(f"/runs/{run_id}/plan"), json={"files": [

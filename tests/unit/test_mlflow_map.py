@@ -60,14 +60,16 @@ def test_a_run_answer_holds_latest_numeric_metrics_params_and_tags() -> None:
 
 def test_run_tokens_name_their_run_and_refuse_forgery_other_keys_and_expiry() -> None:
     key = signing_key("server-secrets-key")
-    token, expires_at = mint_token(key, "exp_1_ab", days=1, now=1000.0)
+    token, expires_at = mint_token(key, "exp_1_ab", "tok_alice", days=1, now=1000.0)
     assert token.startswith("rdkrun_") and expires_at == 1000 + 86400
     assert verify(key, token, now=2000.0).run_id == "exp_1_ab"
+    assert verify(key, token, now=2000.0).minted_by == "tok_alice"  # checked against the token table per request
+    assert mint_token(key, "exp_1_ab", "tok_alice", days=1, now=1000.0, not_after=1500.0)[1] == 1500
     with pytest.raises(RunTokenError, match="expired"):
         verify(key, token, now=expires_at + 1.0)
     with pytest.raises(RunTokenError, match="not minted by this server"):
         verify(signing_key("another-key"), token, now=2000.0)
-    other, _ = mint_token(key, "exp_2_cd", now=1000.0)
+    other, _ = mint_token(key, "exp_2_cd", "tok_alice", now=1000.0)
     forged = token.split(".")[0] + "." + other.split(".")[1]  # another run's signature on this payload
     with pytest.raises(RunTokenError):
         verify(key, forged, now=2000.0)

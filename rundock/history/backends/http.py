@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote
@@ -50,6 +51,8 @@ from rundock.states import RunStatus
 DEFAULT_MAX_RECORDS = 10_000  # per request, when the server does not say
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 _JSON = {"Content-Type": "application/json"}
+# The attempt of a pool run that the per-run agent of a GPU box writes for (set in its environment only).
+ENV_ATTEMPT = "RUNDOCK_ATTEMPT"
 
 
 def _q(name: str) -> str:
@@ -65,10 +68,17 @@ def _store_error(message: str) -> Exception:
 
 
 class HttpRunStore(RunStore):
-    """A team server's run history; ``artifacts_root`` is the local artifact cache blobs are sent from."""
+    """A team server's run history; ``artifacts_root`` is the local artifact cache blobs are sent from.
 
-    def __init__(self, uri: str, *, artifacts_root: str | None = None, token: str | None = None) -> None:
-        self.client = HttpClient(uri, token)
+    ``attempt``: the attempt of a pool run this store writes for (sent as ``X-Rundock-Attempt``); a store opened
+    by URI takes it from ``$RUNDOCK_ATTEMPT``, which only a pool run's agent has. A write the server refuses
+    because the attempt is fenced raises ``AttemptFencedError``.
+    """
+
+    def __init__(self, uri: str, *, artifacts_root: str | None = None, token: str | None = None,
+                 attempt: int | None = None) -> None:
+        self.attempt = attempt
+        self.client = HttpClient(uri, token, attempt=attempt)
         self.url = self.client.url
         self.cache = ArtifactStore(artifacts_root) if artifacts_root else None
         self.blobs = BlobTransfer(self.client, self.cache)
@@ -76,7 +86,7 @@ class HttpRunStore(RunStore):
 
     @classmethod
     def from_uri(cls, uri: str, artifacts_root: str | None = None) -> HttpRunStore:
-        return cls(uri, artifacts_root=artifacts_root)
+        return cls(uri, artifacts_root=artifacts_root, attempt=attempt_from_env())
 
     def __repr__(self) -> str:
         return f"HttpRunStore({self.url!r})"
@@ -303,6 +313,17 @@ class HttpRunStore(RunStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def attempt_from_env() -> int | None:
+    """The pool attempt in ``$RUNDOCK_ATTEMPT`` (None when unset); a value that is not a whole number >= 1 is an
+    error naming the variable."""
+    raw = os.environ.get(ENV_ATTEMPT)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise StoreError(f"{ENV_ATTEMPT} must be a whole number >= 1 (the attempt of a pool run), got {raw!r}")
+    return int(raw)
 
 
 def _positive_int(data: Any, name: str) -> int | None:

@@ -14,10 +14,13 @@ stopped server or a dead network gives a clear error in bounded time (about the 
 connect timeout), never a hang.
 
 Answers map onto the errors a store raises: 400 and 413 → ``ValueError``, 409 → ``ServerConflictError``
-(a ``ValueError`` too); 404 → what the caller
+(a ``ValueError`` too), except 409 ``fenced`` → ``AttemptFencedError``; 404 → what the caller
 says (``RunNotFoundError`` by default); 401 → ``ServerAuthError``; 403 → ``ServerPermissionError``;
 503 after the retries → ``StoreUnavailableError``; other failures → ``StoreError``. The token is sent
 as a bearer header and appears in no message, log line or repr.
+
+A client made for one attempt of a pool run (``attempt``: the per-run agent on a pool's GPU box) sends
+``X-Rundock-Attempt: n`` with every request, so the server can refuse the writes of an attempt it fenced.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError
 
-from rundock.errors import RundockError, RunNotFoundError, StoreError, StoreUnavailableError
+from rundock.errors import AttemptFencedError, RundockError, RunNotFoundError, StoreError, StoreUnavailableError
 from rundock.history.backends import http_credentials as creds
 
 log = logging.getLogger("rundock.http")
 
 API = "/api/v1"
+ATTEMPT_HEADER = "X-Rundock-Attempt"
 HINT = ("Is the server running? Start it with `rundock server` on that host, and check `history:` in "
         ".rundock/config.yaml")
 _RETRY_STATUSES = frozenset((502, 503, 504))
@@ -60,6 +64,27 @@ class ServerConflictError(RundockError, ValueError):
 
 class UntrustedServerError(StoreError):
     """The server's TLS certificate is not trusted (unknown, or changed since it was trusted)."""
+
+
+class PinnedAdapter(HTTPAdapter):
+    """Connections that accept exactly one server certificate: the one whose SHA-256 is ``fingerprint``.
+
+    Used with ``verify=False`` (no certificate authority decides), urllib3 compares the SHA-256 of the certificate
+    the server presents with ``fingerprint`` on every new connection, through a proxy too, and refuses any other
+    (an ``SSLError`` saying the fingerprints differ).
+    """
+
+    def __init__(self, fingerprint: str, **kwargs: Any) -> None:
+        self.fingerprint = fingerprint.replace(":", "").lower()
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        pool_kwargs["assert_fingerprint"] = self.fingerprint
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        proxy_kwargs["assert_fingerprint"] = self.fingerprint
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
 
 
 class Retry(enum.Enum):
@@ -102,7 +127,7 @@ class _Bearer(requests.auth.AuthBase):
 class HttpClient:
     """Requests to one server through one keep-alive connection pool, shared by the store's threads."""
 
-    def __init__(self, url: str, token: str | None = None, *, pool_size: int = 16) -> None:
+    def __init__(self, url: str, token: str | None = None, *, pool_size: int = 16, attempt: int | None = None) -> None:
         creds.split_url(url)  # a clear ValueError for a URL that is not one
         self.url = url.strip().rstrip("/")
         self.key = creds.server_key(self.url)
@@ -111,15 +136,21 @@ class HttpClient:
         self.read_timeout = _env_seconds("RUNDOCK_HTTP_READ_TIMEOUT", 60.0)
         self.retry_seconds = _env_seconds("RUNDOCK_HTTP_RETRY_SECONDS", 30.0)
         self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+        # A server whose certificate the user trusted (``rundock login --trust-cert``) is verified by that
+        # certificate's SHA-256 alone: exactly it, whoever issued it (a private CA, or itself).
+        self._pinned = creds.trusted_fingerprint(self.url) if self.https else None
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0) if self._pinned is None \
+            else PinnedAdapter(self._pinned, pool_connections=2, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self._auth = _Bearer(creds.find_token(self.url, token))
         self.session.auth = self._auth
         self.session.headers["User-Agent"] = "rundock-history-client"
-        self._pinned = creds.trusted_cert(self.url) if self.https else None
-        # Given with each request: a session's own ``verify`` loses to $REQUESTS_CA_BUNDLE in requests.
-        self._verify: str | bool = self._pinned or True
+        if attempt is not None:
+            self.session.headers[ATTEMPT_HEADER] = str(attempt)
+        # Given with each request: a session's own ``verify`` loses to $REQUESTS_CA_BUNDLE in requests. A pinned
+        # server is not verified by certificate authorities (False) but by its fingerprint (``PinnedAdapter``).
+        self._verify: bool = self._pinned is None
 
     @property
     def has_token(self) -> bool:
@@ -194,6 +225,9 @@ class HttpClient:
         code, message = _error_of(resp)
         status = resp.status_code
         resp.close()
+        if status == 409 and code == "fenced":
+            return AttemptFencedError(f"the run history server {self.url} refused a write of a fenced attempt "
+                                      f"({what}): {message}")
         if status == 409:
             return ServerConflictError(message)
         if status in (400, 413):
@@ -222,7 +256,7 @@ class HttpClient:
             presented: str | None = creds.fingerprint(creds.fetch_cert(self.url, self.connect_timeout))
         except (OSError, ValueError, ssl.SSLError):
             presented = None
-        trusted = creds.trusted_fingerprint(self.url) if self._pinned else None
+        trusted = self._pinned
         trust = f"rundock login {self.url} --token TOKEN --trust-cert"
         if trusted is not None and presented is not None and presented != trusted:
             return UntrustedServerError(

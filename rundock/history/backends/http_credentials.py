@@ -9,8 +9,9 @@ never a ``RUNDOCK_TOKEN``):
   "role": ...}}}``, keyed by the server's normalized URL (``server_key``); written by ``rundock login``,
   entries removed by ``rundock logout``;
 - ``trusted_certs/<host>_<port>.pem`` (folder 0700, files 0600): a server certificate the user chose to
-  trust (``rundock login URL --trust-cert``), in the spirit of SSH's ``known_hosts``: the client verifies
-  that server against this certificate only, so a changed certificate is refused until trusted again.
+  trust (``rundock login URL --trust-cert``), in the spirit of SSH's ``known_hosts``: the client accepts from
+  that server exactly this certificate, by its SHA-256 fingerprint (``trusted_fingerprint``), whoever issued
+  it (itself, or a company's own CA), so a changed certificate is refused until trusted again.
 
 A token is found in this order: the one given to the store, ``$RUNDOCK_TOKEN``, then this file.
 Standard library only, Python 3.8+ (the agent uses it on compute hosts).

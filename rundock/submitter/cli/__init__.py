@@ -9,6 +9,7 @@ from rundock.submitter.cli import (  # noqa: F401  (each registers its commands)
     listing,
     login,
     manage,
+    pools,
     runs,
     secrets,
     submit,

@@ -26,8 +26,8 @@ from rundock.submitter.run import Run
 from rundock.submitter.workspace import ENV_HOME, WORKSPACE_DIR, Workspace
 
 # Run ids are never cut: without a terminal, lines are as wide as they need to be.
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+console = Console(stderr=True, soft_wrap=True, emoji=False)  # ":AB:" in a fingerprint stays text
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250, emoji=False)
 
 
 def fallback_path() -> str:

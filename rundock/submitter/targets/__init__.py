@@ -18,20 +18,34 @@ from rundock.submitter.targets import mirror
 from rundock.submitter.targets.local import LocalTarget
 
 if TYPE_CHECKING:
+    from rundock.submitter.targets.pool import PoolTarget
     from rundock.submitter.targets.remote import RemoteTarget
     from rundock.submitter.workspace import Workspace
 
-Target = Union[LocalTarget, "RemoteTarget"]
+Target = Union[LocalTarget, "RemoteTarget", "PoolTarget"]
 log = logging.getLogger(__name__)
 
 
 def get_target(workspace: Workspace, name: str | None) -> Target:
-    """The compute target called ``name`` in ``workspace`` (``local`` or an attached host)."""
+    """The compute target called ``name`` in ``workspace`` (``local``, an attached host, or a team server's pool)."""
     if name in ("local", "", None):
         return LocalTarget(workspace)
+    from rundock.submitter.targets.pool import PoolTarget, is_pool
+
+    if is_pool(workspace, name):
+        return PoolTarget(workspace, name)
     from rundock.submitter.targets.remote import RemoteTarget
 
     return RemoteTarget(workspace, name)
+
+
+def waiting_reason(workspace: Workspace, run: RunRecord) -> str | None:
+    """Why a pool run waits in its queue, as the server says it (None for any other run)."""
+    from rundock.submitter.targets.pool import WAITING, PoolTarget, is_pool
+
+    if run.status not in WAITING or not is_pool(workspace, run.target):
+        return None
+    return PoolTarget(workspace, run.target).waiting_reason(run)
 
 
 def liveness(workspace: Workspace) -> Liveness:
@@ -47,6 +61,10 @@ def check(workspace: Workspace, run: RunRecord) -> RunRecord:
         return run
     if run.target == LocalTarget.name:
         return liveness(workspace).check(run)
+    from rundock.submitter.targets.pool import is_pool
+
+    if is_pool(workspace, run.target):  # the server judges a pool run's liveness
+        return run
     if run.target != "sdk":  # a pull if one is due, shared per process (rundock.submitter.targets.live)
         from rundock.submitter.targets.remote import RemoteTarget
 

@@ -104,7 +104,8 @@ def _environment(environment_file: str | None, docker_image: str | None,
 @click.option("--docker-image", metavar="IMAGE",
               help="Run in a container of IMAGE (with --environment: that environment in IMAGE).")
 @click.option("--target", metavar="NAME", shell_complete=complete.targets,
-              help="Compute target: `local` (default) or one attached with `rundock target attach`.")
+              help="Compute target: `local` (default), one attached with `rundock target attach`, or a pool of "
+                   "the team server (`rundock pools`).")
 @click.option("-e", "--experiment", shell_complete=complete.experiments,
               help="Experiment name (default: SOURCE's folder name).")
 @click.option("-t", "--tag", "tags", multiple=True, help="Tag KEY or KEY=VALUE (repeatable).")

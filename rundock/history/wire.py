@@ -7,6 +7,7 @@ so that a bad answer (or request) is a clear error rather than a stray ``KeyErro
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Mapping
 
 from rundock.history.records import FileRecord, JournalPlan, MetricRecord, ModelRecord, RunRecord, StatusChange
@@ -160,3 +161,15 @@ def runs_to_json(runs: list[RunRecord]) -> list[Json]:
 def optional_str(value: str | None) -> str | None:
     """Query parameters: an empty string means "not given"."""
     return value or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+    """One GPU of a pool's agent, as the agent reports it at register and the server keeps it in its ledger."""
+
+    index: int
+    name: str
+    memory_mb: int
+
+    def to_json(self) -> Json:
+        return {"index": self.index, "name": self.name, "memory_mb": self.memory_mb}

@@ -7,10 +7,10 @@ others stay free for whatever else the box runs. No ``nvidia-smi`` on PATH
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
-from typing import Any
+
+from rundock.history.wire import Gpu
 
 QUERY = ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
 TIMEOUT_SECONDS = 60.0
@@ -20,14 +20,6 @@ class GpuError(ValueError):
     """``nvidia-smi`` failed, answered something unreadable, or ``--gpus`` names a GPU the box does not have."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Gpu:
-    index: int
-    name: str
-    memory_mb: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "memory_mb": self.memory_mb}
 
 
 def parse(output: str) -> list[Gpu]:

@@ -34,9 +34,10 @@ from rundock.agent import runlock
 from rundock.errors import AttemptFencedError, RundockError, RunNotFoundError, StoreError
 from rundock.history.backends.http import HttpRunStore
 from rundock.history.backends.http_client import ServerAuthError, ServerPermissionError
+from rundock.history.wire import Gpu
 from rundock.pool_agent import adopt
 from rundock.pool_agent.client import Assignment, Attempt, PoolClient, Registration
-from rundock.pool_agent.gpus import Gpu, detect
+from rundock.pool_agent.gpus import detect
 from rundock.pool_agent.runner import AssignmentError, Runner, run_dir_of
 
 log = logging.getLogger("rundock.pool_agent")

@@ -16,6 +16,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from rundock.history.wire import Gpu
+
 REQUIREMENT_KEYS = ("gpus", "gpu_memory_mb", "cpus", "memory_mb", "labels")
 
 
@@ -53,14 +55,6 @@ class Requirements:
                 "memory_mb": self.memory_mb, "labels": list(self.labels)}
 
 
-@dataclasses.dataclass(frozen=True)
-class Gpu:
-    index: int
-    name: str
-    memory_mb: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "memory_mb": self.memory_mb}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,8 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from rundock.server.pools_match import Capacity, Gpu, Requirements, capacity, fit
+from rundock.history.wire import Gpu
+from rundock.server.pools_match import Capacity, Requirements, capacity, fit
 from rundock.server.state import ServerState
 
 QUEUE, AGENTS, ATTEMPTS = "rundock_server_queue", "rundock_server_agents", "rundock_server_attempts"

@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from rundock.history.wire import Gpu
 from rundock.server.access import readable_run, writable_run
 from rundock.server.auth import ANY_ROLE, SUBMITTERS, Principal, allow
 from rundock.server.errors import ApiError
-from rundock.server.pools_match import Gpu, Requirements
+from rundock.server.pools_match import Requirements
 from rundock.server.pools_state import AgentRecord, agent_id_for
 from rundock.server.responses import json_response
 from rundock.server.services import Services, services

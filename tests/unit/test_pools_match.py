@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from rundock.history.wire import Gpu
 from rundock.server.pools_match import (
     AgentView,
     Capacity,
-    Gpu,
     Requirements,
     capacity,
     fit,

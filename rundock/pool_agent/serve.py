@@ -12,15 +12,20 @@ Outbound connections only. The loop:
    the per-run agent carries out (grace period, then every process of the run; the run ends Canceled).
 3. When a per-run agent exits, its attempt is ended (``/attempts/{run}/{n}/end``: the GPUs are free again);
    if it exited without finishing its run (killed, crashed), the run is first ended Failed by the lost-run
-   policy (``rundock.history.liveness``: ship the journal, reap every process, store the outputs).
+   policy (``rundock.history.liveness``: ship the journal, reap every process, store the outputs), unless its
+   definition allows another try (``max_retries``: the attempt's processes are killed and the server queues the
+   run again) or the server already took the run from this attempt (fenced: only this attempt's processes are
+   killed, never by run id, as a later attempt of the run may be running on this box).
 
 Stopping ``agent serve`` (SIGTERM, Ctrl-C, or ``kill -9``) leaves running jobs alone; restart it within the
-lease (30 s by default) and it adopts them. A server that cannot be reached is retried with backoff; a token
+lease (30 s by default) and it adopts them. A server that cannot be reached is retried with backoff (while runs
+are live, at most a tenth of the lease apart, so a link back within the lease renews it in time); a token
 the server refuses stops the daemon with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -28,9 +33,14 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from typing import Any
+from urllib.parse import quote
+
+import psutil
 
 from rundock.agent import runlock
+from rundock.context import rundir
 from rundock.errors import AttemptFencedError, RundockError, RunNotFoundError, StoreError
 from rundock.history.backends.http import HttpRunStore
 from rundock.history.backends.http_client import ServerAuthError, ServerPermissionError
@@ -169,7 +179,10 @@ class PoolAgent:
             except (ServerAuthError, ServerPermissionError):
                 raise
             except (StoreError, OSError, ValueError) as exc:
-                log.warning("polling %s failed: %s; retrying in %.0f s", self.store.url, exc, pause)
+                # While runs are live a link that comes back within their lease must find a poll soon enough to
+                # renew it: back off at most a tenth of the lease then (a third of it goes by between polls).
+                pause = min(pause, registration.lease_seconds / 10) if running else pause
+                log.warning("polling %s failed: %s; retrying in %.1f s", self.store.url, exc, pause)
                 self._pause(pause)
                 pause = min(pause * 2, RETRY_MAX_SECONDS)
                 continue
@@ -247,7 +260,19 @@ class PoolAgent:
                              attempt=attempt.attempt)
         try:
             record = store.get_run(attempt.run_id)
-            if not record.status.is_terminal:
+            if record.status.is_terminal:
+                pass
+            elif not self._current(attempt):
+                # The server took the run from this attempt (and may have handed it to another one on this very
+                # box): stop only this attempt's processes and leave the run alone.
+                log.info("run %s (attempt %d) is no longer this attempt's (fenced): stopping what is left of it",
+                         attempt.run_id, attempt.attempt)
+                kill_attempt_processes(handle.run_dir)
+            elif may_retry(record.run_definition, attempt.attempt):
+                log.warning("run %s (attempt %d): its agent ended without finishing it; the run may be tried "
+                            "again, so the server queues it again", attempt.run_id, attempt.attempt)
+                kill_attempt_processes(handle.run_dir)
+            else:
                 from rundock.history.liveness import Liveness
 
                 log.warning("run %s (attempt %d): its agent ended without finishing it; ending it Failed",
@@ -262,6 +287,13 @@ class PoolAgent:
         finally:
             store.close()
         self._end(handle)
+
+    def _current(self, attempt: Attempt) -> bool:
+        """Whether the server still counts ``attempt`` as the one that holds its run."""
+        answer = self.store.client.get_json(f"/runs/{quote(attempt.run_id, safe='')}/queue",
+                                            what=f"reading the queue of run {attempt.run_id}")
+        return isinstance(answer, dict) and answer.get("state") == "assigned" and \
+            answer.get("attempt") == attempt.attempt
 
     def _end(self, handle: Handle) -> None:
         """Tell the server the attempt ended (its GPUs are free), retrying until it hears it."""
@@ -293,6 +325,35 @@ class PoolAgent:
     def _pause(self, seconds: float) -> None:
         if self.stopping.wait(seconds):
             raise Stopping()
+
+
+def may_retry(run_definition: Any, number: int) -> bool:
+    """Whether a run whose attempt ``number`` was lost goes back to the queue: its definition's
+    ``max_retries`` allows another try (the server's rule, ``rundock.server.pools.Pools.may_retry``)."""
+    retries = run_definition.get("max_retries") if isinstance(run_definition, dict) else None
+    return isinstance(retries, int) and not isinstance(retries, bool) and retries >= number
+
+
+def kill_attempt_processes(run_dir: str, timeout: float = 10.0) -> list[int]:
+    """SIGKILL the processes of one attempt: those holding its run directory's members file open. Never by
+    run id, as the lost-run policy does: another attempt of the same run may be running on this box.
+    Returns the pids that would not die."""
+    members = os.path.realpath(os.path.join(run_dir, rundir.MEMBERS_FILE))
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid != os.getpid() and any(f.path == members for f in proc.open_files()):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        if not found or time.monotonic() >= deadline:
+            return [p.pid for p in found]
+        for proc in found:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        time.sleep(0.05)
 
 
 def _gpu_list(gpus: list[int]) -> str:

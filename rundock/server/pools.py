@@ -300,7 +300,11 @@ class Pools:
         return True
 
     def end(self, agent: AgentRecord, run_id: str, number: int) -> bool:
-        ended = self.state.end(agent.agent_id, run_id, number)
+        """The agent ended an attempt. One that ends before its run did (its per-run agent died) puts the run
+        back in the queue when the run's definition allows another try, as an expired lease does."""
+        held = next((a for a in self.state.attempts(run_id) if a.number == number), None)
+        requeue = held is not None and held.state == "running" and self.may_retry(held)
+        ended = self.state.end(agent.agent_id, run_id, number, requeue=requeue)
         if ended:
             self.wakeups.notify(agent.pool)
         return ended

@@ -310,14 +310,17 @@ class PoolsState:
             return entry, gpus
         return None
 
-    def end(self, agent_id: str, run_id: str, number: int) -> bool:
+    def end(self, agent_id: str, run_id: str, number: int, *, requeue: bool = False) -> bool:
         """The agent is done with an attempt: its GPUs are free and the run leaves the queue (False: it was not
-        running on that agent, e.g. already fenced)."""
+        running on that agent, e.g. already fenced). ``requeue``: the attempt was lost and its run may be tried
+        again: the attempt is fenced (its late writes are refused) and the run goes back to the queue."""
         with self.state.transaction() as tx:
-            if not tx.execute(f"UPDATE {ATTEMPTS} SET state = 'ended' WHERE run_id = ? AND number = ? AND "
-                              "agent_id = ? AND state = 'running'", (run_id, number, agent_id)):
+            if not tx.execute(f"UPDATE {ATTEMPTS} SET state = ? WHERE run_id = ? AND number = ? AND "
+                              "agent_id = ? AND state = 'running'",
+                              ("fenced" if requeue else "ended", run_id, number, agent_id)):
                 return False
-            tx.execute(f"UPDATE {QUEUE} SET state = 'done' WHERE run_id = ? AND state = 'assigned'", (run_id,))
+            tx.execute(f"UPDATE {QUEUE} SET state = ? WHERE run_id = ? AND state = 'assigned'",
+                       ("queued" if requeue else "done", run_id))
             return True
 
     # -- leases (the sweeper) ------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ the server every ``interval`` seconds until stopped. Each pass, in this order:
 
 1. an attempt not renewed for half its lease is marked silent: ``GET /runs/{id}/queue`` shows its run as
    NotResponding (a renewal clears the mark);
-2. an attempt whose lease has expired is **fenced**: from then on every write of that attempt is refused
-   (409 ``fenced``) and its agent is told to kill it. Its run goes back to the queue in the same transaction
-   when its definition allows another try (``max_retries``), else
+2. an attempt whose lease has expired is **fenced** (not during the first lease after the server started: a
+   server that was down longer than a lease gives its agents one lease to reach it again): from then on every
+   write of that attempt is refused (409 ``fenced``) and its agent is told to kill it. Its run goes back to
+   the queue in the same transaction when its definition allows another try (``max_retries``), else
 3. the run ends Failed "agent lost: agent <name> stopped reporting" and leaves the queue. This step also
    finishes what a server that stopped between 2 and 3 left undone, so no lost run stays Running.
 
@@ -45,12 +46,15 @@ class Sweeper:
     def __init__(self, pools: Pools, interval: float | None = None) -> None:
         self.pools = pools
         self.interval = interval if interval is not None else min(2.0, max(0.1, pools.lease_seconds / 8))
+        # Leases that ran out while this server was down are not the agents' fault: they get one lease from
+        # now to reach the server again before anything is fenced.
+        self.fence_from = pools.clock() + pools.lease_seconds
 
     def sweep(self, now: float) -> SweepReport:
         """One pass at time ``now`` (the server's ``time.time()`` scale)."""
         state, lease = self.pools.state, self.pools.lease_seconds
         report = SweepReport(silent=state.mark_silent(now, lease / 2))
-        for attempt in state.expired(now):
+        for attempt in state.expired(now) if now >= self.fence_from else []:
             requeue = self.pools.may_retry(attempt)
             if state.fence(attempt, now, requeue) and requeue:
                 report.requeued.append(attempt)

@@ -51,8 +51,9 @@ _VERSION_1: Migration = (
     "CREATE INDEX status_history_by_run ON status_history (run_id, ord)",
     "CREATE TABLE tags (run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT, PRIMARY KEY (run_id, key))",
     "CREATE TABLE properties (run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (run_id, key))",
+    # No primary key: rows are found by run (and name) through metrics_by_run; one index less to update per value.
     """CREATE TABLE metrics (
-    ord BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, run_id TEXT NOT NULL, name TEXT NOT NULL,
+    ord BIGINT GENERATED ALWAYS AS IDENTITY, run_id TEXT NOT NULL, name TEXT NOT NULL,
     kind TEXT NOT NULL, value TEXT, step BIGINT, description TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)""",
     "CREATE INDEX metrics_by_run ON metrics (run_id, name, ord)",
     """CREATE TABLE files (

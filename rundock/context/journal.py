@@ -82,7 +82,7 @@ class ScalarFormatter:
     def body(self, name: str, value: Any) -> str:
         head = self._heads.get(name)
         if head is None:
-            head = self._heads[name] = f'"name":{json.dumps(name)},"kind":"scalar","value":'
+            head = self._heads[name] = f'"name":{json.dumps(name)},"value":'  # kind: scalar, the default
         kind = type(value)
         if kind is int:
             return head + str(value)
@@ -144,6 +144,13 @@ class JournalWriter:
                 self._fd = -1
 
 
+class ReadBatch(list):  # type: ignore[type-arg]
+    """Records read from one journal file, with ``lines``: their JSON text exactly as read, one line per record, so
+    that a batch shipped on unchanged can be sent without encoding it again."""
+
+    lines: list[bytes]
+
+
 class JournalReader:
     """Reads the records that appeared since the last committed position, for every source.
 
@@ -201,6 +208,9 @@ class JournalReader:
                     records = json.loads(b"[" + b",".join(lines) + b"]")
                     if len(records) != len(lines):  # a line that was not one value (e.g. "1,2"): parse each
                         records = []
+                    else:
+                        records = ReadBatch(records)
+                        records.lines = lines
                 except (ValueError, RecursionError):
                     records = []
             if not records:

@@ -6,7 +6,7 @@ record about a child run the job created carries ``run`` (the child's id).
 
 | type       | fields                                              | written by                          |
 |------------|-----------------------------------------------------|-------------------------------------|
-| metric     | name, kind, value, step?, description?              | job (own run or its children)       |
+| metric     | name, kind? (scalar), value, step?, description?    | job (own run or its children)       |
 | tags       | values {str: str or null}                           | job                                 |
 | properties | values {str: str}                                   | job                                 |
 | file       | name + path (a file in ``uploads/``)                | job                                 |

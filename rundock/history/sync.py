@@ -118,6 +118,10 @@ class Syncer:
                 groups.setdefault((source, self.run_id), []).extend(good)
             return
         plain_metric = rec_types.is_plain_metric
+        key = (source, self.run_id)
+        if key not in groups and all(plain_metric(rec) for rec in recs):  # run.log() only: shipped as read
+            groups[key] = recs
+            return
         for rec in recs:
             if plain_metric(rec):  # run.log(): the bulk of every journal
                 groups.setdefault((source, self.run_id), []).append(rec)

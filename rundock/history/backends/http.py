@@ -38,6 +38,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote
 
+from rundock.context.journal import ReadBatch
 from rundock.errors import RunNotFoundError, StoreError, StoreUnavailableError
 from rundock.history import wire
 from rundock.history.artifacts import ArtifactStore
@@ -187,8 +188,14 @@ class HttpRunStore(RunStore):
         self.blobs.ensure(r["digest"] for r in records if r.get("type") == "file" and isinstance(r.get("digest"), str))
         max_records, max_bytes = self.limits()
         mark = 0
-        for body in json_chunks(records, max_records, max_bytes,
-                            lambda part: {"attempt": attempt, "source": source, "records": part}):
+        lines = records.lines if isinstance(records, ReadBatch) else None
+        if lines is not None and len(lines) == len(records):  # as read from the journal: sent without re-encoding
+            head = json.dumps({"attempt": attempt, "source": source}, separators=(",", ":"))[:-1].encode("utf-8")
+            bodies: Iterable[bytes] = raw_chunks(lines, max_records, max_bytes, head + b',"records":[', b"]}")
+        else:
+            bodies = json_chunks(records, max_records, max_bytes,
+                                 lambda part: {"attempt": attempt, "source": source, "records": part})
+        for body in bodies:
             answer = self.client.json(self.client.call("POST", f"/runs/{_q(run_id)}/journal", data=body, headers=_JSON,
                                                        what=f"sending {source}'s journal of run {run_id}"), "journal")
             mark = int(answer["mark"])
@@ -329,6 +336,21 @@ def attempt_from_env() -> int | None:
 def _positive_int(data: Any, name: str) -> int | None:
     value = data.get(name) if isinstance(data, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def raw_chunks(lines: list[bytes], max_items: int, max_bytes: int, head: bytes, tail: bytes) -> Iterator[bytes]:
+    """Bodies ``head + lines joined by commas + tail`` of consecutive lines (each a JSON value), in order, each
+    within both limits (one line over the byte limit goes alone: the server then says it is too large)."""
+    start = 0
+    while start < len(lines):
+        end, size = start, len(head) + len(tail)
+        while end < len(lines) and end - start < max_items:
+            if end > start and size + len(lines[end]) + 1 > max_bytes:
+                break
+            size += len(lines[end]) + 1
+            end += 1
+        yield head + b",".join(lines[start:end]) + tail
+        start = end
 
 
 def json_chunks(items: list[Any], max_items: int, max_bytes: int, wrap: Callable[[list[Any]], Any]) -> Iterator[bytes]:

@@ -38,6 +38,7 @@ from rundock.history.artifacts import ArtifactStore
 from rundock.history.backends.http import ENV_ATTEMPT, HttpRunStore
 from rundock.pool_agent.client import Assignment, Attempt
 from rundock.states import RunStatus
+from rundock.submitter.mlflow_env import pool_job_environment
 
 log = logging.getLogger("rundock.pool_agent")
 
@@ -93,6 +94,7 @@ class Runner:
             artifacts_root=self.artifacts.root, snapshot_id=run.snapshot_id, script=str(definition.get("script") or ""),
             interpreter=interpreter, arguments=[str(a) for a in definition.get("arguments") or []],
             display_name=run.display_name, attempt=assignment.attempt.attempt,
+            environment_variables=pool_job_environment(self.store, run.run_id, run.experiment),
             max_run_duration_seconds=float(definition.get("max_run_duration_seconds") or DEFAULT_MAX_RUN_DURATION),
             cancel_grace_seconds=float(definition.get("cancel_grace_seconds", 10.0)),
             heartbeat_seconds=_heartbeat_seconds(), slots_dir=os.path.join(self.work_dir, "slots"),

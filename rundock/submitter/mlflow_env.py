@@ -19,11 +19,15 @@ its MLflow calls are then refused with a clear 401 rather than sent somewhere el
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from rundock.errors import RundockError, StoreError
 from rundock.history.backends import http_credentials as creds
 from rundock.submitter.workspace import Workspace
+
+if TYPE_CHECKING:
+    from rundock.history.backends.http import HttpRunStore
 
 SERVER_SCHEMES = ("http", "https")
 
@@ -52,6 +56,22 @@ def mint_run_token(ws: Workspace, run_id: str) -> str:
     store = ws.store
     if not isinstance(store, HttpRunStore):
         raise StoreError(f"the run history of workspace {ws.name!r} is not a team server's")
+    return mint_run_token_from(store, run_id)
+
+
+def pool_job_environment(store: HttpRunStore, run_id: str, experiment: str) -> dict[str, str]:
+    """The MLflow variables for a pool job, made by its agent (whose token may write the run)."""
+    env = {"MLFLOW_TRACKING_URI": store.url.rstrip("/"), "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_NAME": experiment}
+    try:
+        env["MLFLOW_TRACKING_TOKEN"] = mint_run_token_from(store, run_id)
+    except (RundockError, ValueError) as exc:
+        print(f"rundock: warning: run {run_id}: no MLflow run token ({exc}); the job's MLflow calls will be refused",
+              file=sys.stderr)
+    return env
+
+
+def mint_run_token_from(store: HttpRunStore, run_id: str) -> str:
+    """A run token for ``run_id`` from ``store``'s server."""
     what = f"mint an MLflow run token for run {run_id}"
     answer = store.client.json(store.client.call("POST", f"/runs/{quote(run_id, safe='')}/run-token", what=what),
                                what)

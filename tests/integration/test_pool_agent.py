@@ -48,6 +48,7 @@ with open(sys.argv[3], "a") as fh:
     fh.write(f"{os.getpid()}\\n")
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 run.tag("cuda", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
+run.tag("mlflow", os.environ.get("MLFLOW_RUN_ID", "") + " " + os.environ.get("MLFLOW_TRACKING_TOKEN", "")[:7])
 run.tag("pids", f"{os.getpid()},{child.pid}")
 for i in range(int(sys.argv[1])):
     run.log("step", i)
@@ -195,6 +196,7 @@ def test_a_pool_run_completes_with_its_records_on_its_gpus(team: Team) -> None:
         run.get_detailed_status()
     assert run.get_metrics() == {"step": [0, 1, 2, 3, 4]}
     assert "outputs/model.bin" in run.get_file_names()
+    assert run.get_tags()["mlflow"] == f"{run.id} rdkrun_"  # MLflow's variables, with a run token, as on local runs
     cuda = run.get_tags()["cuda"]
     assert cuda is not None and len(cuda.split(",")) == 2 and set(cuda.split(",")) <= {"0", "1", "2", "3"}
     assert b"GPUs for this run: " + ", ".join(cuda.split(",")).encode() in \

@@ -191,12 +191,13 @@ def test_a_run_on_an_ssh_host_lands_on_the_server(server: ServerHandle, tmp_path
         # A team secret the run configuration lists reaches the job on the host, fetched for that run.
         ws.set_secret("BOX_TOKEN", "s3cr3t")
         (laptop.project / "peek.py").write_text(
-            "from rundock.context import Run\nrun = Run.get_context()\n"
-            "run.log('secret_ok', run.get_secret('BOX_TOKEN') == 's3cr3t')\n")
+            "import os\nfrom rundock.context import Run\nrun = Run.get_context()\n"
+            "run.log('secret_ok', run.get_secret('BOX_TOKEN') == 's3cr3t')\n"
+            "run.log('mlflow_run', os.environ.get('MLFLOW_RUN_ID') == run.id)\n")
         peek = Experiment(ws, "remote").submit(ScriptRunConfig(str(laptop.project), "peek.py", run_config=(
             RunConfiguration(target="box", secrets=["BOX_TOKEN"]))))
         peek.wait_for_completion()
-        assert peek.get_metrics() == {"secret_ok": True}
+        assert peek.get_metrics() == {"secret_ok": True, "mlflow_run": True}  # MLflow's variables reach the host
         ws.close()
     other = Run.get(reader.workspace(monkeypatch), run.id)  # the host is gone: everything is on the server
     assert other.get_status() == "Completed" and other.get_metrics() == {"step": [0, 1, 2]}

@@ -50,6 +50,7 @@ from rundock.states import RunStatus
 from rundock.submitter.bundle import UNPACK, agent_bundle
 from rundock.submitter.compute import ComputeTarget, RemoteCompute
 from rundock.submitter.gitinfo import git_properties
+from rundock.submitter.mlflow_env import mlflow_environment
 from rundock.submitter.secrets import SecretStore
 from rundock.submitter.snapshot import Progress, take_snapshot
 from rundock.submitter.ssh import SshConnection, SshError, SshTarget, retrying
@@ -245,12 +246,15 @@ class RemoteTarget:
                 secrets = vault.for_run(names, remote=True, run_id=record.run_id)
             root = self._retrying(self.root)
             run_dir = f"{root}/runs/{record.run_id}"
+            # A team server's MLflow variables, as for a local run (a certificate file of this machine stays here).
+            mlflow_env = {k: v for k, v in mlflow_environment(ws, record.run_id, experiment).items()
+                          if k != "MLFLOW_TRACKING_SERVER_CERT_PATH"}
             job = JobSpec(
                 run_id=record.run_id, experiment=experiment, mode=MODE_JOURNAL, store_uri="",
                 artifacts_root=f"{root}/artifacts", snapshot_id=snapshot.snapshot_id,
                 script=config.run_config.script or "", interpreter=env.python.interpreter_path,
                 arguments=[str(a) for a in config.run_config.arguments], display_name=display_name,
-                max_run_duration_seconds=config.run_config.max_run_duration_seconds,
+                environment_variables=mlflow_env, max_run_duration_seconds=config.run_config.max_run_duration_seconds,
                 cancel_grace_seconds=config.run_config.cancel_grace_seconds,
                 heartbeat_seconds=ws.heartbeat_seconds, slots_dir=f"{root}/slots",
                 max_concurrent_runs=self.config.max_concurrent_runs or host["cpus"], target=self.name,

@@ -100,7 +100,10 @@ def host_gpus() -> list[str]:
         return []
     proc = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
                           text=True, timeout=60)
-    return [line.strip() for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
+    if proc.returncode != 0:
+        return []
+    fields = (line.split(",", 1)[0].strip() for line in proc.stdout.splitlines())
+    return [index for index in fields if index.isdigit()]
 
 
 def pick_gpus(count: int, device_ids: list[str], available: list[str]) -> list[str]:

@@ -146,6 +146,10 @@ class Pools:
     def _waiting_reason(self, entry: QueueEntry, ahead: int) -> str:
         views = [AgentView(a.gpus, a.cpus, a.memory_mb, frozenset(a.labels), a.slots, self.state.capacity(a, None))
                  for a in self.online(entry.pool)]
+        if not views and not self.state.agents(entry.pool):  # a misspelt pool waits for ever: say so
+            known = [p for p in self.state.pools() if p != entry.pool and self.state.agents(p)]
+            return (f"no agent of pool {entry.pool} has ever joined the server (is the name right? pools with "
+                    f"agents: {', '.join(known) if known else 'none yet'})")
         return never_fits(entry.pool, entry.requirements, views) or \
             waiting_reason(entry.pool, entry.requirements, views, ahead)
 

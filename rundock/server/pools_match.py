@@ -108,8 +108,8 @@ def fit(requirements: Requirements, cap: Capacity) -> tuple[int, ...] | None:
 
 
 def shown_memory(mb: int) -> str:
-    """``81920`` -> ``80 GB``; below a gigabyte, in MB."""
-    return f"{round(mb / 1024)} GB" if mb >= 1024 else f"{mb} MB"
+    """``81920`` -> ``80 GB`` (a whole number of GB); otherwise in MB as asked for: ``80000`` -> ``80,000 MB``."""
+    return f"{mb // 1024} GB" if mb >= 1024 and mb % 1024 == 0 else f"{mb:,} MB"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,6 +49,7 @@ def test_gpu_memory_picks_the_gpus_big_enough() -> None:
     (Requirements(gpus=5, gpu_memory_mb=81920), "no agent of pool a100 has 5 GPUs of 80 GB"),
     (Requirements(cpus=64), "no agent of pool a100 has 64 CPUs"),
     (Requirements(memory_mb=512 * 1024), "no agent of pool a100 has 512 GB of memory"),
+    (Requirements(gpus=1, gpu_memory_mb=100000), "no agent of pool a100 has 100,000 MB GPUs"),
     (Requirements(gpus=4, labels=("ib",)), "no agent of pool a100 has all it asks for at once (4 GPUs, label ib)"),
     (Requirements(gpus=2, labels=("ib",)), None),
 ])

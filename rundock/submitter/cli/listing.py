@@ -157,6 +157,11 @@ def show(run_id: str, as_json: bool) -> None:
 
     out.print(f"[bold]{escape(run.id)}[/] ({escape(run.experiment.name)} #{run.number}) on "
               f"{escape(str(details['target']))}", highlight=False)
+    record = run._record
+    if record.display_name or record.submitted_by:
+        plain("  ".join(part for part in (f"Name: {record.display_name}" if record.display_name else "",
+                                          f"Submitted by: {record.submitted_by}" if record.submitted_by else "")
+                        if part))
     out.print(f"Status: [bold]{escape(str(detailed['status']))}[/]  {escape(str(detailed['details']))}",
               highlight=False)
     for change in changes:

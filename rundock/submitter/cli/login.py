@@ -49,8 +49,15 @@ def login(url: str, token: str | None, trust_cert: bool, yes: bool) -> None:
         console.print(f"rundock: warning: {url} is plain http: the token and everything else cross the network "
                       "unencrypted; use https:// (rundock server --tls-cert/--tls-key) beyond this machine",
                       markup=False, highlight=False)
+    from rundock.history.backends import http_credentials
+
+    before = http_credentials.saved_login(credentials.normalize_url(url))
     who = credentials.login(ws, url, token or "", trust_cert=trust_cert, confirm=confirm)
     out.print(f"Logged in to {credentials.normalize_url(url)} as {_describe(who)}", markup=False, highlight=False)
+    if before and before.get("token") != (token or "").strip():  # one token per server, for all workspaces
+        console.print(f"rundock: this token replaces the one saved for {credentials.normalize_url(url)} "
+                      f"(was: {before.get('name') or 'another token'}) in {http_credentials.credentials_path()}, "
+                      "for every workspace of yours that uses this server", markup=False, highlight=False)
     console.print(f"history: {credentials.normalize_url(url)} written to {ws.path}/config.yaml", markup=False,
                   highlight=False)
 

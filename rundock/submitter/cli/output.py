@@ -91,7 +91,7 @@ def run_json(record: RunRecord, status: RunStatus, now: float | None = None) -> 
     return {
         "run_id": record.run_id, "experiment": record.experiment, "number": record.number,
         "status": status.value, "parent_id": record.parent_id, "display_name": record.display_name,
-        "target": record.target, "type": record.run_type,
+        "target": record.target, "type": record.run_type, "submitted_by": record.submitted_by,
         "script": record.run_definition.get("script"), "arguments": record.run_definition.get("arguments") or [],
         "created": iso_utc(record.created_at), "started": iso_utc(record.start_at), "ended": iso_utc(end),
         "duration_seconds": ((end or (time.time() if now is None else now)) - record.start_at

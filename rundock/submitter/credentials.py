@@ -21,12 +21,14 @@ from typing import Any
 
 import yaml
 
-from rundock.errors import ConfigError, RundockError
+from rundock.errors import ConfigError, RundockError, StoreUnavailableError
 from rundock.history.backends import http_credentials as creds
 from rundock.history.backends.http import HttpRunStore
+from rundock.history.backends.http_client import HINT
 from rundock.submitter.workspace import CONFIG_FILE, Workspace, write_private
 
 Confirm = Callable[[str], bool]
+LOGIN_RETRY_SECONDS = 2.0
 
 
 class LoginAborted(RundockError):
@@ -84,8 +86,13 @@ def login(workspace: Workspace, url: str, token: str, *, trust_cert: bool = Fals
     if trust_cert:
         trust_server(url, confirm)
     store = HttpRunStore(url, token=token.strip())
+    store.client.retry_seconds = LOGIN_RETRY_SECONDS  # someone is waiting at the prompt: a wrong URL shows at once
     try:
         who = store.whoami()
+    except StoreUnavailableError as exc:
+        detail = str(exc).replace(f". {HINT}", "")  # the hint about config.yaml is not for a URL typed just now
+        raise StoreUnavailableError(f"cannot log in: {detail}. Check the URL and the port, and that `rundock server` "
+                                    "runs there") from None
     finally:
         store.close()
     creds.save_login(url, token.strip(), name=who.get("name"), role=who.get("role"))

@@ -387,3 +387,13 @@ def test_ctrl_c_stops_following_not_the_run(workspace: Workspace, source: Callab
     assert code == 130 and f"Stopped following {second}; the run goes on." in screen, screen
     assert f"rundock cancel {second}" in screen
     assert ended(workspace, second) == RunStatus.COMPLETED
+
+
+def test_logs_of_a_finished_run_that_printed_nothing_say_so(workspace: Workspace, source: Callable[..., Path]) -> None:
+    project = Path(workspace.path).parent
+    src = source(**{"quiet.py": "x = 1\n"})
+    run_id = rundock(project, "submit", str(src / "quiet.py"), "-e", "quiet", "--detach").stdout.strip()
+    assert ended(workspace, run_id) == RunStatus.COMPLETED
+    shown = rundock(project, "logs", run_id)
+    assert shown.returncode == 0 and shown.stdout == ""
+    assert "is empty: its job printed nothing" in shown.stderr and "(yet)" not in shown.stderr

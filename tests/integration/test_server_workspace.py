@@ -338,3 +338,15 @@ def test_a_token_in_the_environment_is_enough_for_a_local_run(server: ServerHand
     assert run.submitted_by == "ci-bot"
     assert [m.value for m in ws.store.get_metric_records(run.run_id, "token_seen")] == [False]
     ws.close()
+
+
+def test_login_to_a_url_where_no_server_answers_fails_fast_and_says_what_to_check(tmp_path: Path) -> None:
+    from tests.server_fixtures import free_port
+
+    laptop = Laptop.make(tmp_path / "typo")
+    began = time.monotonic()
+    done = laptop.rundock("login", f"http://127.0.0.1:{free_port()}", "--token", "rdk_x", check=False)
+    assert done.returncode == 2 and time.monotonic() - began < 20
+    assert "cannot log in" in done.stderr and "Check the URL and the port" in done.stderr
+    assert "config.yaml" not in done.stderr  # the URL was typed just now: nothing to check in a file
+    assert "history:" not in (laptop.project / ".rundock" / "config.yaml").read_text()

@@ -42,11 +42,15 @@ def logs(run_id: str, follow_: bool, name: str) -> None:
     ws = run.experiment.workspace
     store = ws.store
     if not follow_:
-        check(ws, store.get_run(run.id))  # a remote run: pull what its agent wrote since
+        record = check(ws, store.get_run(run.id))  # a remote run: pull what its agent wrote since
         data = store.read_log(run.id, name)
         sys.stdout.buffer.write(data)
-        if not data:
-            nothing_in(f"{name} for run {run.id} (yet)", history_label(ws))
+        if not data and record.status.is_terminal and name in store.list_files(run.id):
+            console.print(f"({name} of run {run.id} is empty: its job printed nothing)", markup=False,
+                          highlight=False)
+        elif not data:
+            nothing_in(f"{name} for run {run.id}" + ("" if record.status.is_terminal else " (yet)"),
+                       history_label(ws))
         return
     with following(run.id):
         for _record, _status, data in follow.follow(store, run.id, log_names=(name,),

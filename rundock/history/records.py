@@ -7,7 +7,7 @@ import datetime as _dt
 import json
 import math
 import re
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 from rundock.states import RunStatus
 
@@ -157,6 +157,21 @@ def plan_journal(records: list[dict[str, Any]], after_seq: int) -> JournalPlan:
             raise ValueError(f"metric {m.name!r}: step {m.step} is beyond what the history holds (64 bits)")
     plan.last_seq = last
     return plan
+
+
+def join_log_chunks(chunks: Iterable[tuple[int, bytes]], offset: int) -> bytes:
+    """The contiguous bytes of a live log from ``offset`` on, from its stored chunks ``(pos, data)`` in order of
+    ``pos``: chunks may overlap (a log shipped again with other boundaries); a gap ends the answer (the rest
+    arrives later). Every backend's ``read_log``."""
+    out, at = bytearray(), offset
+    for pos, data in chunks:
+        if pos + len(data) <= at:
+            continue
+        if pos > at:
+            break
+        out += data[at - pos:]
+        at = pos + len(data)
+    return bytes(out)
 
 
 _INT64_MAX = (1 << 63) - 1

@@ -25,6 +25,7 @@ from rundock.history.records import (
     ModelRecord,
     RunRecord,
     StatusChange,
+    join_log_chunks,
     plan_journal,
     value_json,
 )
@@ -221,15 +222,7 @@ class MemoryRunStore(RunStore):
     def read_log(self, run_id: str, name: str, offset: int = 0) -> bytes:
         with self._h.lock:
             chunks = sorted(self._h.logs.get((run_id, name), {}).items())
-        out, at = bytearray(), offset
-        for pos, data in chunks:
-            if pos + len(data) <= at:
-                continue
-            if pos > at:
-                break  # a gap: the rest arrives later
-            out += data[at - pos:]
-            at = pos + len(data)
-        return bytes(out)
+        return join_log_chunks(chunks, offset)
 
     def log_names(self, run_id: str) -> list[str]:
         with self._h.lock:

@@ -32,7 +32,15 @@ from rundock.history.backends.postgres_conn import connect, connection_params, r
 from rundock.history.backends.postgres_tx import POOL_SIZE, READ, STATEMENT, Cursor, Database
 from rundock.history.backends.postgres_writes import missing
 from rundock.history.backends.sql_common import MODEL_COLUMNS, RUN_COLUMNS, model_record, run_record
-from rundock.history.records import FileRecord, JournalPlan, MetricRecord, ModelRecord, RunRecord, StatusChange
+from rundock.history.records import (
+    FileRecord,
+    JournalPlan,
+    MetricRecord,
+    ModelRecord,
+    RunRecord,
+    StatusChange,
+    join_log_chunks,
+)
 from rundock.history.store import RunStore, new_run_id, register_backend
 from rundock.states import RunStatus
 
@@ -188,14 +196,7 @@ class PostgresRunStore(RunStore):
     def read_log(self, run_id: str, name: str, offset: int = 0) -> bytes:
         rows = self.db.read("SELECT pos, data FROM log_chunks WHERE run_id = %s AND name = %s "
                             "AND pos + length(data) > %s ORDER BY pos", (run_id, name, offset))
-        out, at = bytearray(), offset
-        for pos, data in rows:  # chunks may overlap when a log was shipped again with other boundaries
-            if pos > at:
-                break  # a gap: the rest arrives later
-            if pos + len(data) > at:
-                out += data[at - pos:]
-                at = pos + len(data)
-        return bytes(out)
+        return join_log_chunks(((int(pos), bytes(data)) for pos, data in rows), offset)
 
     def log_names(self, run_id: str) -> list[str]:
         return [r[0] for r in self.db.read("SELECT DISTINCT name FROM log_chunks WHERE run_id = %s ORDER BY name",

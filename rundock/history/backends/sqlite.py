@@ -35,6 +35,7 @@ from rundock.history.records import (
     ModelRecord,
     RunRecord,
     StatusChange,
+    join_log_chunks,
     plan_journal,
     value_json,
 )
@@ -319,14 +320,7 @@ class SqliteRunStore(RunStore):
     def read_log(self, run_id: str, name: str, offset: int = 0) -> bytes:
         rows = self._read("SELECT pos, data FROM log_chunks WHERE run_id = ? AND name = ? "
                           "AND pos + length(data) > ? ORDER BY pos", (run_id, name, offset))
-        out, at = bytearray(), offset
-        for pos, data in rows:  # chunks may overlap when a log was shipped again with other boundaries
-            if pos > at:
-                break  # a gap: the rest arrives later
-            if pos + len(data) > at:
-                out += data[at - pos:]
-                at = pos + len(data)
-        return bytes(out)
+        return join_log_chunks(((int(pos), bytes(data)) for pos, data in rows), offset)
 
     def log_names(self, run_id: str) -> list[str]:
         return [r[0] for r in self._read("SELECT DISTINCT name FROM log_chunks WHERE run_id = ? ORDER BY name",

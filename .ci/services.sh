@@ -61,3 +61,12 @@ if [ "$(as_postgres "psql -p $PG_PORT -tAc \"SELECT 1 FROM pg_roles WHERE rolnam
   as_postgres "createuser -p $PG_PORT --superuser '$PG_ROLE'"
 fi
 echo "[services] postgresql $(psql -p "$PG_PORT" -d postgres -tAc 'SHOW server_version'), role $PG_ROLE"
+
+# Headless Chromium for the UI tests: Debian's build (Playwright's own browser
+# download is not reachable); the playwright Python package is a test extra.
+if ! command -v chromium >/dev/null; then
+  echo "[services] installing chromium"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+echo "[services] $(chromium --version 2>/dev/null | head -1)"

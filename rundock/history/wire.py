@@ -173,3 +173,14 @@ class Gpu:
 
     def to_json(self) -> Json:
         return {"index": self.index, "name": self.name, "memory_mb": self.memory_mb}
+
+
+def max_retries(run_definition: Any) -> int:
+    """How many times a pool run whose agent was lost may go back to the queue: the run configuration's
+    ``resources.max_retries`` (or a top-level ``max_retries``); 0 when absent or not a whole number.
+    The server's sweeper and the pool agent both decide with this one rule."""
+    if not isinstance(run_definition, Mapping):
+        return 0
+    resources = run_definition.get("resources")
+    value = run_definition.get("max_retries", resources.get("max_retries") if isinstance(resources, Mapping) else None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -17,10 +17,13 @@ Outbound connections only. The loop:
    run again) or the server already took the run from this attempt (fenced: only this attempt's processes are
    killed, never by run id, as a later attempt of the run may be running on this box).
 
-Stopping ``agent serve`` (SIGTERM, Ctrl-C, or ``kill -9``) leaves running jobs alone; restart it within the
-lease (30 s by default) and it adopts them. A server that cannot be reached is retried with backoff (while runs
-are live, at most a tenth of the lease apart, so a link back within the lease renews it in time); a token
-the server refuses stops the daemon with the reason.
+With ``--docker``, a run whose environment enables Docker runs in a container (``docker_runner``); when its
+per-run agent is gone, a container of its attempt still there is removed first.
+
+Stopping ``agent serve`` (SIGTERM, Ctrl-C, or ``kill -9``) leaves running jobs (and their containers) alone;
+restart it within the lease (30 s by default) and it adopts them. A server that cannot be reached is retried
+with backoff (while runs are live, at most a tenth of the lease apart, so a link back within the lease renews it
+in time); a token the server refuses stops the daemon with the reason.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from rundock.context import rundir
 from rundock.errors import AttemptFencedError, RundockError, RunNotFoundError, StoreError
 from rundock.history.backends.http import HttpRunStore
 from rundock.history.backends.http_client import ServerAuthError, ServerPermissionError
-from rundock.history.wire import Gpu
-from rundock.pool_agent import adopt
+from rundock.history.wire import Gpu, max_retries
+from rundock.pool_agent import adopt, docker_runner
 from rundock.pool_agent.client import Assignment, Attempt, PoolClient, Registration
 from rundock.pool_agent.gpus import detect
 from rundock.pool_agent.runner import AssignmentError, Runner, run_dir_of
@@ -103,6 +106,7 @@ class PoolAgent:
         self.work_dir = os.path.abspath(os.path.expanduser(options.work_dir))
         os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
         self.gpus: list[Gpu] = detect(options.gpus)
+        self.docker: Any = docker_runner.connect() if options.docker else None  # fails early without an engine
         self.slots = options.slots or max(1, len(self.gpus))
         self.host = socket.gethostname()
         self.store = HttpRunStore(options.server, artifacts_root=os.path.join(self.work_dir, "artifacts"),
@@ -133,8 +137,9 @@ class PoolAgent:
             with self.lock:
                 self.handles[found.attempt] = handle
             if found.alive:
-                log.info("adopted run %s (attempt %d, GPUs %s): its agent still runs", found.attempt.run_id,
-                         found.attempt.attempt, _gpu_list(found.gpus))
+                container = f"; {docker_runner.describe(self.docker, found.attempt)}" if self.docker else ""
+                log.info("adopted run %s (attempt %d, GPUs %s): its agent still runs%s", found.attempt.run_id,
+                         found.attempt.attempt, _gpu_list(found.gpus), container)
             self._thread(self._watch_adopted, handle)
 
     def register(self) -> Registration:
@@ -256,6 +261,8 @@ class PoolAgent:
             return  # the next ``agent serve`` finds it ended and reports it
         handle.ending = True
         attempt = handle.attempt
+        if self.docker is not None:  # its agent removes the container it made; one left over is an orphan
+            docker_runner.remove_attempt_containers(attempt)
         store = HttpRunStore(self.store.url, artifacts_root=self.runner.artifacts.root, token=self.options.token,
                              attempt=attempt.attempt)
         try:
@@ -330,8 +337,7 @@ class PoolAgent:
 def may_retry(run_definition: Any, number: int) -> bool:
     """Whether a run whose attempt ``number`` was lost goes back to the queue: its definition's
     ``max_retries`` allows another try (the server's rule, ``rundock.server.pools.Pools.may_retry``)."""
-    retries = run_definition.get("max_retries") if isinstance(run_definition, dict) else None
-    return isinstance(retries, int) and not isinstance(retries, bool) and retries >= number
+    return max_retries(run_definition) >= number
 
 
 def kill_attempt_processes(run_dir: str, timeout: float = 10.0) -> list[int]:

@@ -32,6 +32,8 @@ class Resources:
     ``gpu_count`` GPUs (0: the run's ``environment.docker.gpu_count``), each with at least ``gpu_memory_mb``
     MiB; an agent with at least ``cpus`` CPUs, ``memory_mb`` MiB of memory and every label in ``labels``.
     Among queued runs of a pool, a higher ``priority`` is started first. 0 means "no requirement".
+    ``max_retries``: how many times the run goes back to its pool's queue when the agent running it is lost
+    (0: it fails "agent lost"). A retried run starts over; values the lost attempt already stored stay.
     """
 
     gpu_count: int = 0
@@ -40,6 +42,7 @@ class Resources:
     memory_mb: int = 0
     labels: list[str] = dataclasses.field(default_factory=list)
     priority: int = 0
+    max_retries: int = 0
 
     def validate(self, source: str | None = None) -> None:
         check_numbers(self, source=source, prefix="resources.")
@@ -65,6 +68,7 @@ class RunConfiguration:
     cancel_grace_seconds: float = 10.0
     secrets: list[str] | None = None
     resources: Resources = dataclasses.field(default_factory=Resources)
+    distributed: dict[str, Any] = dataclasses.field(default_factory=dict)  # ``runconfig.distributed``
 
     def to_mapping(self) -> dict[str, Any]:
         return dict(to_mapping(self))
@@ -82,8 +86,8 @@ class RunConfiguration:
         """Check values that types alone do not catch (every number: finite, and not below zero)."""
         check_numbers(self, source=source)
         if not isinstance(self.resources, Resources):
-            raise ConfigError(f"expected a Resources (gpu_count, gpu_memory_mb, cpus, memory_mb, labels, priority), "
-                              f"got {type(self.resources).__name__}", source=source, field="resources")
+            raise ConfigError("expected a Resources (gpu_count, gpu_memory_mb, cpus, memory_mb, labels, priority, "
+                              f"max_retries), got {type(self.resources).__name__}", source=source, field="resources")
         self.resources.validate(source)
         if self.secrets is not None:
             if not isinstance(self.secrets, list):

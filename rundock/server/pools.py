@@ -34,6 +34,7 @@ from rundock.errors import RunNotFoundError
 from rundock.history import wire
 from rundock.history.records import RunRecord
 from rundock.history.store import RunStore
+from rundock.server import pools_gang
 from rundock.server.errors import ApiError
 from rundock.server.pools_match import AgentView, Requirements, never_fits, waiting_reason
 from rundock.server.pools_state import AgentRecord, AttemptRecord, PoolsState, QueueEntry, RunAttempt
@@ -150,6 +151,8 @@ class Pools:
             known = [p for p in self.state.pools() if p != entry.pool and self.state.agents(p)]
             return (f"no agent of pool {entry.pool} has ever joined the server (is the name right? pools with "
                     f"agents: {', '.join(known) if known else 'none yet'})")
+        if entry.requirements.nodes > 1:
+            return pools_gang.reason(entry.pool, entry.requirements, views, ahead)
         return never_fits(entry.pool, entry.requirements, views) or \
             waiting_reason(entry.pool, entry.requirements, views, ahead)
 
@@ -236,9 +239,8 @@ class Pools:
             run = self.store.get_run(attempt.run_id)
         except RunNotFoundError:
             return False
-        retries = run.run_definition.get("max_retries") if isinstance(run.run_definition, dict) else None
         live = not run.status.is_terminal and run.status != RunStatus.CANCEL_REQUESTED
-        return live and isinstance(retries, int) and not isinstance(retries, bool) and retries >= attempt.number
+        return live and wire.max_retries(run.run_definition) >= attempt.number
 
     def agent_for(self, principal_name: str, pools: Sequence[str], agent_id: str) -> AgentRecord:
         """The agent ``agent_id`` if the calling agent token is the one it registered with; 403/404 otherwise."""
@@ -278,13 +280,27 @@ class Pools:
             if status == RunStatus.CANCEL_REQUESTED or status.is_terminal:
                 cancel.append((attempt.run_id, attempt.number))
         found: dict[str, RunRecord] = {}
-        taken = self.state.claim(agent.agent_id, free_gpus, self.lease_seconds, self.clock(),
-                                 lambda entry: self._accept(entry, found))
+        taken = pools_gang.claim(self.state, agent.agent_id, free_gpus, self.lease_seconds, self.clock(),
+                                 self.clock() - self.lease_seconds, lambda entry: self._accept(entry, found))
+        if taken:
+            self.wakeups.notify(agent.pool)  # the other nodes' agents: their assignments wait for them
+        taken += self.state.claim(agent.agent_id, free_gpus, self.lease_seconds, self.clock(),
+                                  lambda entry: self._accept(entry, found))
+        listed = set(running) | {(e.run_id, a.number) for e, a in taken}
+        for attempt in pools_gang.pending(self.state, agent.agent_id, listed):
+            entry = self.state.entry(attempt.run_id)
+            try:
+                found.setdefault(attempt.run_id, self.store.get_run(attempt.run_id))
+            except RunNotFoundError:
+                continue
+            if entry is not None:
+                taken.append((entry, attempt))
         notices = frozenset([("cancel", r, n) for r, n in cancel] + [("fenced", r, n) for r, n in fenced])
         news = bool(taken) or bool(notices - self._told.get(agent.agent_id, frozenset()))
         self._told[agent.agent_id] = notices
         return {"assignments": [{"run_id": e.run_id, "attempt": a.number, "gpus": list(a.gpus),
-                                 "run": wire.run_to_json(found[e.run_id]), "enqueued": e.to_json()}
+                                 "run": wire.run_to_json(found[e.run_id]), "enqueued": e.to_json(),
+                                 **({"node": pools_gang.node_info(self.state, a)} if a.nodes > 1 else {})}
                                 for e, a in taken],
                 "cancel": [{"run_id": r, "attempt": n} for r, n in cancel],
                 "fenced": [{"run_id": r, "attempt": n} for r, n in fenced]}, news
@@ -303,10 +319,15 @@ class Pools:
         found[run.run_id] = run
         return True
 
-    def end(self, agent: AgentRecord, run_id: str, number: int) -> bool:
+    def end(self, agent: AgentRecord, run_id: str, number: int, outcome: str | None = None,
+            message: str | None = None) -> bool:
         """The agent ended an attempt. One that ends before its run did (its per-run agent died) puts the run
-        back in the queue when the run's definition allows another try, as an expired lease does."""
-        held = next((a for a in self.state.attempts(run_id) if a.number == number), None)
+        back in the queue when the run's definition allows another try, as an expired lease does. A node of a
+        multi-node run reports its job's ``outcome``: ``pools_gang`` settles the run."""
+        held = next((a for a in self.state.attempts(run_id) if a.number == number and a.agent_id == agent.agent_id),
+                    None)
+        if held is not None and held.nodes > 1:
+            return pools_gang.node_ended(self, agent, held, outcome, message)
         requeue = held is not None and held.state == "running" and self.may_retry(held)
         ended = self.state.end(agent.agent_id, run_id, number, requeue=requeue)
         if ended:

@@ -90,10 +90,9 @@ class PoolLab:
         cfg = {"probe": str(self.probe), "values": values, "interval": interval,
                "outputs": {"model.bin": 48_000}, **probe}
         src = ScriptRunConfig(source_directory=str(self.project), script="job.py", arguments=[json.dumps(cfg)],
-                              run_config=RunConfiguration(target=POOL, resources=Resources(gpu_count=gpus)))
+                              run_config=RunConfiguration(target=POOL, resources=Resources(
+                                  gpu_count=gpus, max_retries=max_retries or 0)))
         definition = {**src.run_config.to_mapping(), "cancel_grace_seconds": 2.0}
-        if max_retries is not None:
-            definition["max_retries"] = max_retries
         snapshot = take_snapshot(str(self.project), self.ws.store, self.ws.artifacts)
         return definition, snapshot.snapshot_id
 

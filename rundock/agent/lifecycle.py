@@ -242,7 +242,7 @@ class Agent:
 
             executor = DockerExecutor(plan.docker_client, plan.image, plan.argv, spec.run_id, self.run_dir, libs, env,
                                       driver_log, secrets, plan.docker_settings,
-                                      spec.run_as or f"{os.getuid()}:{os.getgid()}", plan.gpus)
+                                      spec.run_as or f"{os.getuid()}:{os.getgid()}", plan.gpus, attempt=spec.attempt)
         else:
             executor = ProcessExecutor(plan.argv, self.src, env, driver_log, secrets, inherit_fds=keep_slot)
         self.executor = executor

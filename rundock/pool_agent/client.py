@@ -43,6 +43,7 @@ class Assignment:
     gpus: list[int]
     run: dict[str, Any]
     enqueued: dict[str, Any]
+    node: dict[str, Any] | None = None  # a node of a multi-node run: {rank, count, master_addr, master_port}
 
     @classmethod
     def from_json(cls, data: Any) -> Assignment:
@@ -53,7 +54,13 @@ class Assignment:
         run = data.get("run")
         if not isinstance(run, dict):
             raise StoreError(f"the server sent no run with the assignment of {attempt.run_id}")
-        return cls(attempt, list(gpus), run, dict(data.get("enqueued") or {}))
+        node = data.get("node")
+        if node is not None and not (isinstance(node, dict) and all(
+                isinstance(node.get(k), t) for k, t in (("rank", int), ("count", int), ("master_addr", str),
+                                                        ("master_port", int)))):
+            raise StoreError(f"the server sent a node that is not {{rank, count, master_addr, master_port}} for run "
+                             f"{attempt.run_id}: {node!r}")
+        return cls(attempt, list(gpus), run, dict(data.get("enqueued") or {}), node)
 
 
 @dataclasses.dataclass
@@ -99,9 +106,11 @@ class PoolClient:
                           [Attempt.from_json(a) for a in answer.get("cancel") or []],
                           [Attempt.from_json(a) for a in answer.get("fenced") or []])
 
-    def end(self, agent_id: str, attempt: Attempt) -> None:
+    def end(self, agent_id: str, attempt: Attempt, outcome: str | None = None, message: str | None = None) -> None:
+        """``outcome``/``message``: how a node of a multi-node run ended (its job's final state)."""
+        body = {"outcome": outcome, "message": message[:4000] if message else None} if outcome else {}
         self.client.call("POST", f"/agents/{quote(agent_id, safe='')}/attempts/{quote(attempt.run_id, safe='')}/"
-                                 f"{attempt.attempt}/end", body={},
+                                 f"{attempt.attempt}/end", body=body,
                          what=f"ending attempt {attempt.attempt} of run {attempt.run_id}")
 
     def pools(self) -> list[dict[str, Any]]:

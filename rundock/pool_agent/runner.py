@@ -111,8 +111,16 @@ class Runner:
         run = wire.run_from_json(assignment.run)
         secrets_file = self._write_secrets(run_dir, run.run_id, run.run_definition.get("secrets"))
         spec = self.job_spec(assignment, run_dir, secrets_file)
-        for entry in self.store.get_snapshot(spec.snapshot_id):  # into the cache before the agent reads them
+        if assignment.node is not None:  # one node of a multi-node run
+            from rundock.pool_agent.nodes import node_job
+
+            node_job(spec, assignment.node, dict(run.run_definition.get("distributed") or {}), run_dir)
+        manifest = self.store.get_snapshot(spec.snapshot_id)
+        for entry in manifest:  # into the cache before the agent reads them
             self.artifacts.size(str(entry["digest"]))
+        if assignment.node is not None:  # a node's agent reads no history: it gets the snapshot's list here
+            with open(os.path.join(run_dir, rundir.MANIFEST_FILE), "w", encoding="utf-8") as fh:
+                json.dump(manifest, fh)
         spec.save(run_dir)
         return run_dir
 

@@ -69,6 +69,7 @@ class ServeOptions:
     slots: int | None = None  # None: one per GPU (at least 1)
     docker: bool = False
     labels: list[str] = dataclasses.field(default_factory=list)
+    address: str | None = None  # where other nodes of a multi-node run reach this box (None: its primary IP)
 
 
 @dataclasses.dataclass
@@ -128,7 +129,8 @@ class PoolAgent:
         labels = list(dict.fromkeys([*self.options.labels, *(["docker"] if self.options.docker else [])]))
         return {"name": self.host, "pool": self.options.pool, "slots": self.slots,
                 "gpus": [g.to_json() for g in self.gpus], "cpus": os.cpu_count() or 1, "memory_mb": _memory_mb(),
-                "labels": labels, "version": str(__version__), "running": running}
+                "labels": labels, "version": str(__version__), "running": running,
+                "address": self.options.address or primary_address(self.options.server)}
 
     def adopt(self) -> None:
         """Take up the per-run agents still running here; end the attempts that ended while nobody watched."""
@@ -246,8 +248,32 @@ class PoolAgent:
         if handle.cancel:
             self.runner.cancel(run_dir)
         handle.process = self.runner.spawn(run_dir, attempt, handle.gpus)
+        if assignment.node is not None:
+            self._run_node(handle, run_dir, assignment.node)
+            return
         handle.process.wait()
         self._finished(handle)
+
+    def _run_node(self, handle: Handle, run_dir: str, node: dict[str, Any]) -> None:
+        """One node of a multi-node run: ship its records while it runs, then end it with its outcome."""
+        from rundock.pool_agent.nodes import NodeSync
+
+        attempt = handle.attempt
+        sync = NodeSync(self.store.url, self.options.token, self.runner.artifacts, run_dir, attempt.run_id,
+                        attempt.attempt, int(node["rank"]))
+        sync.start()
+        assert handle.process is not None
+        handle.process.wait()
+        outcome = message = None
+        try:
+            outcome, message = sync.finish()
+        except (RundockError, OSError, ValueError) as exc:
+            log.error("run %s (node %s): could not ship its last records: %s", attempt.run_id, node["rank"], exc)
+        if outcome is None:
+            kill_attempt_processes(run_dir)
+        log.info("run %s (attempt %d, node %s of %s) ended: %s", attempt.run_id, attempt.attempt, node["rank"],
+                 node["count"], outcome or "without an outcome")
+        self._end(handle, outcome, message)
 
     def _watch_adopted(self, handle: Handle) -> None:
         while runlock.agent_alive(handle.run_dir):
@@ -302,7 +328,7 @@ class PoolAgent:
         return isinstance(answer, dict) and answer.get("state") == "assigned" and \
             answer.get("attempt") == attempt.attempt
 
-    def _end(self, handle: Handle) -> None:
+    def _end(self, handle: Handle, outcome: str | None = None, message: str | None = None) -> None:
         """Tell the server the attempt ended (its GPUs are free), retrying until it hears it."""
         handle.ending = True
         pause = 0.5
@@ -310,7 +336,7 @@ class PoolAgent:
             registration = self.registration
             if registration is not None:
                 try:
-                    self.client.end(registration.agent_id, handle.attempt)
+                    self.client.end(registration.agent_id, handle.attempt, outcome, message)
                     break
                 except (RundockError, OSError, ValueError) as exc:
                     log.warning("run %s: could not end attempt %d: %s; retrying", handle.attempt.run_id,
@@ -360,6 +386,19 @@ def kill_attempt_processes(run_dir: str, timeout: float = 10.0) -> list[int]:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         time.sleep(0.05)
+
+
+def primary_address(server_url: str) -> str:
+    """This box's address on the route to the server (its primary IP; no packet is sent), or its host name."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(server_url).hostname or "8.8.8.8"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return socket.gethostname()
 
 
 def _gpu_list(gpus: list[int]) -> str:

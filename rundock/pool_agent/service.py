@@ -48,6 +48,8 @@ def serve_argv(options: ServeOptions) -> list[str]:
         argv.append("--docker")
     if options.labels:
         argv += ["--labels", ",".join(options.labels)]
+    if options.address:
+        argv += ["--address", options.address]
     return argv
 
 

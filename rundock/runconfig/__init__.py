@@ -14,6 +14,8 @@ _EXPORTS = {
     "DockerSection": "rundock.runconfig.environment",
     "Environment": "rundock.runconfig.environment",
     "PythonSection": "rundock.runconfig.environment",
+    "MpiConfiguration": "rundock.runconfig.distributed",
+    "PyTorchConfiguration": "rundock.runconfig.distributed",
     "RunConfiguration": "rundock.runconfig.run_configuration",
     "ScriptRunConfig": "rundock.runconfig.script_run_config",
     "V1ConfigWarning": "rundock.runconfig.azureml_v1",

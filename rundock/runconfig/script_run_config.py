@@ -20,7 +20,7 @@ class ScriptRunConfig:
     def __init__(self, source_directory: str | os.PathLike[str] = ".", script: str | None = None,
                  arguments: list[Any] | None = None, run_config: RunConfiguration | None = None,
                  compute_target: Any = None, environment: Environment | None = None,
-                 max_run_duration_seconds: int | None = None) -> None:
+                 max_run_duration_seconds: int | None = None, distributed_job_config: Any = None) -> None:
         self.source_directory = os.fspath(source_directory)
         self.run_config = copy.deepcopy(run_config) if run_config is not None else RunConfiguration()
         if script is not None:
@@ -31,6 +31,8 @@ class ScriptRunConfig:
             self.run_config.target = compute_target if isinstance(compute_target, str) else compute_target.name
         if environment is not None:
             self.run_config.environment = environment
+        if distributed_job_config is not None:  # ``rundock.runconfig.distributed``
+            self.run_config.distributed = dict(distributed_job_config.to_mapping())
         if max_run_duration_seconds is not None:
             self.run_config.max_run_duration_seconds = max_run_duration_seconds
         elif run_config is None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from rundock.history.wire import Gpu
 
-REQUIREMENT_KEYS = ("gpus", "gpu_memory_mb", "cpus", "memory_mb", "labels")
+REQUIREMENT_KEYS = ("gpus", "gpu_memory_mb", "cpus", "memory_mb", "labels", "nodes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Requirements:
     cpus: int = 0
     memory_mb: int = 0
     labels: tuple[str, ...] = ()
+    nodes: int = 1  # a multi-node run needs this many agents at once, each with all of the above (``pools_gang``)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> Requirements:
@@ -48,11 +49,15 @@ class Requirements:
         labels = data.get("labels") or []
         if not isinstance(labels, list) or not all(isinstance(x, str) and x.strip() for x in labels):
             raise ValueError("field 'requirements.labels': expected a list of label names")
-        return cls(labels=tuple(dict.fromkeys(x.strip() for x in labels)), **numbers)
+        nodes = data.get("nodes", 1)
+        if not isinstance(nodes, int) or isinstance(nodes, bool) or not 1 <= nodes <= 1024:
+            raise ValueError(f"field 'requirements.nodes': expected a whole number from 1 to 1024, got {nodes!r}")
+        return cls(labels=tuple(dict.fromkeys(x.strip() for x in labels)), nodes=nodes, **numbers)
 
     def to_json(self) -> dict[str, Any]:
         return {"gpus": self.gpus, "gpu_memory_mb": self.gpu_memory_mb, "cpus": self.cpus,
-                "memory_mb": self.memory_mb, "labels": list(self.labels)}
+                "memory_mb": self.memory_mb, "labels": list(self.labels),
+                **({"nodes": self.nodes} if self.nodes > 1 else {})}
 
 
 
@@ -145,7 +150,7 @@ def never_fits(pool: str, requirements: Requirements, agents: Sequence[AgentView
         return f"no agent of pool {pool} has {shown_memory(requirements.memory_mb)} of memory"
     idle = [Capacity(a.slots, a.gpus, a.cpus, a.memory_mb, a.labels) for a in agents]
     if not any(fit(requirements, cap) is not None for cap in idle):
-        return f"no agent of pool {pool} has all it asks for at once ({_asked(requirements)})"
+        return f"no agent of pool {pool} has all it asks for at once ({asked(requirements)})"
     return None
 
 
@@ -162,11 +167,11 @@ def waiting_reason(pool: str, requirements: Requirements, agents: Sequence[Agent
     elif not any(a.free.slots > 0 for a in agents):
         busy = f"all {sum(a.slots for a in agents)} slots of pool {pool} are busy"
     else:
-        busy = f"no agent of pool {pool} has enough free now ({_asked(requirements)})"
+        busy = f"no agent of pool {pool} has enough free now ({asked(requirements)})"
     return f"{busy}; {runs_ahead}" if ahead else busy
 
 
-def _asked(requirements: Requirements) -> str:
+def asked(requirements: Requirements) -> str:
     parts = []
     if requirements.gpus:
         size = f" of {shown_memory(requirements.gpu_memory_mb)}" if requirements.gpu_memory_mb else ""

@@ -41,8 +41,10 @@ from rundock.server.state import ServerState
 QUEUE, AGENTS, ATTEMPTS = "rundock_server_queue", "rundock_server_agents", "rundock_server_attempts"
 _QUEUE_COLUMNS = "q.run_id, q.pool, q.priority, q.seq, q.submitted_by, q.requirements, q.enqueued_at, q.state"
 _AGENT_COLUMNS = ("agent_id, name, token_name, pool, labels, gpus, cpus, memory_mb, slots, registered_at, last_seen, "
-                  "version")
-_ATTEMPT_COLUMNS = "run_id, number, agent_id, gpus, lease_expires, state, started_at, renewed_at, silent_since"
+                  "version, address")
+_ATTEMPT_COLUMNS = ("run_id, number, agent_id, gpus, lease_expires, state, started_at, renewed_at, silent_since, node, "
+                    "nodes, outcome")
+_ATTEMPT_VALUES = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
 RunAttempt = tuple[str, int]  # (run_id, attempt number), as agents list them
 
 
@@ -76,6 +78,7 @@ class AgentRecord:
     registered_at: float
     last_seen: float
     version: str | None
+    address: str | None = None  # where the other nodes of a multi-node run reach this agent (its primary IP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +92,9 @@ class AttemptRecord:
     started_at: float
     renewed_at: float
     silent_since: float | None
+    node: int = 0  # a multi-node run's attempt has one row per node (``pools_gang``), all with the same number
+    nodes: int = 1
+    outcome: str | None = None  # how a node's job ended, as its agent reported it (multi-node runs only)
 
 
 def agent_id_for(token_name: str, pool: str, name: str) -> str:
@@ -108,16 +114,16 @@ def _entry(row: Sequence[Any]) -> QueueEntry:
 
 
 def _agent(row: Sequence[Any]) -> AgentRecord:
-    agent_id, name, token, pool, labels, gpus, cpus, memory, slots, registered, seen, version = row
+    agent_id, name, token, pool, labels, gpus, cpus, memory, slots, registered, seen, version, address = row
     return AgentRecord(agent_id, name, token, pool, tuple(json.loads(labels)),
                        tuple(Gpu(int(g["index"]), str(g["name"]), int(g["memory_mb"])) for g in json.loads(gpus)),
-                       cpus, memory, int(slots), float(registered), float(seen), version)
+                       cpus, memory, int(slots), float(registered), float(seen), version, address)
 
 
 def _attempt(row: Sequence[Any]) -> AttemptRecord:
-    run_id, number, agent_id, gpus, lease, state, started, renewed, silent = row
+    run_id, number, agent_id, gpus, lease, state, started, renewed, silent, node, nodes, outcome = row
     return AttemptRecord(run_id, int(number), agent_id, tuple(json.loads(gpus)), float(lease), state, float(started),
-                         float(renewed), silent)
+                         float(renewed), silent, int(node), int(nodes), outcome)
 
 
 class PoolsState:
@@ -181,6 +187,13 @@ class PoolsState:
                                 (pool,))
         return [_agent(r) for r in rows]
 
+    def lock_agents(self, tx: Any, pool: str) -> list[AgentRecord]:
+        """The agents of ``pool`` inside transaction ``tx``; on PostgreSQL their rows are locked, in agent-id
+        order (a single-node claim locks one agent's row, so neither waits on the other in a cycle)."""
+        rows = tx.query(f"SELECT {_AGENT_COLUMNS} FROM {AGENTS} WHERE pool = ? ORDER BY agent_id{self._lock_row}",
+                        (pool,))
+        return [_agent(r) for r in rows]
+
     def register(self, agent: AgentRecord, running: Iterable[RunAttempt], lease_seconds: float,
                  now: float) -> tuple[list[RunAttempt], list[AttemptRecord]]:
         """Record (or update) an agent and adopt what it still runs.
@@ -191,19 +204,20 @@ class PoolsState:
         listed = set(running)
         with self.state.transaction() as tx:
             tx.execute(
-                f"INSERT INTO {AGENTS} ({_AGENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO {AGENTS} ({_AGENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (agent_id) DO UPDATE SET labels = excluded.labels, gpus = excluded.gpus, "
                 "cpus = excluded.cpus, memory_mb = excluded.memory_mb, slots = excluded.slots, "
-                "registered_at = excluded.registered_at, last_seen = excluded.last_seen, version = excluded.version",
+                "registered_at = excluded.registered_at, last_seen = excluded.last_seen, version = excluded.version, "
+                "address = excluded.address",
                 (agent.agent_id, agent.name, agent.token_name, agent.pool, json.dumps(list(agent.labels)),
                  json.dumps([g.to_json() for g in agent.gpus]), agent.cpus, agent.memory_mb, agent.slots, now, now,
-                 agent.version))
+                 agent.version, agent.address))
             held = [_attempt(r) for r in tx.query(f"SELECT {_ATTEMPT_COLUMNS} FROM {ATTEMPTS} WHERE agent_id = ? "
                                                   "AND state = 'running'", (agent.agent_id,))]
             dropped = [a for a in held if (a.run_id, a.number) not in listed]
             for a in dropped:
                 tx.execute(f"UPDATE {ATTEMPTS} SET state = 'fenced' WHERE run_id = ? AND number = ? AND "
-                           "state = 'running'", (a.run_id, a.number))
+                           "agent_id = ? AND state = 'running'", (a.run_id, a.number, a.agent_id))
             kill = self._renew(tx, agent.agent_id, listed, lease_seconds, now)
         return kill, dropped
 
@@ -227,7 +241,7 @@ class PoolsState:
     # -- attempts -------------------------------------------------------------------------------------------------
     def attempts(self, run_id: str) -> list[AttemptRecord]:
         """Every attempt of a run, first first."""
-        rows = self.state.query(f"SELECT {_ATTEMPT_COLUMNS} FROM {ATTEMPTS} WHERE run_id = ? ORDER BY number",
+        rows = self.state.query(f"SELECT {_ATTEMPT_COLUMNS} FROM {ATTEMPTS} WHERE run_id = ? ORDER BY number, node",
                                 (run_id,))
         return [_attempt(r) for r in rows]
 
@@ -284,19 +298,24 @@ class PoolsState:
                                       (entry.run_id,))[0][0])
                 attempt = AttemptRecord(entry.run_id, number, agent_id, gpus, now + lease_seconds, "running", now,
                                         now, None)
-                tx.execute(f"INSERT INTO {ATTEMPTS} ({_ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (entry.run_id, number, agent_id, json.dumps(list(gpus)), attempt.lease_expires,
-                            "running", now, now, None))
+                self.insert_attempt(tx, attempt)
                 taken.append((entry, attempt))
                 cap = cap.take(entry.requirements, gpus)
         return taken
+
+    @staticmethod
+    def insert_attempt(tx: Any, attempt: AttemptRecord) -> None:
+        tx.execute(f"INSERT INTO {ATTEMPTS} ({_ATTEMPT_COLUMNS}) VALUES ({_ATTEMPT_VALUES})",
+                   (attempt.run_id, attempt.number, attempt.agent_id, json.dumps(list(attempt.gpus)),
+                    attempt.lease_expires, attempt.state, attempt.started_at, attempt.renewed_at,
+                    attempt.silent_since, attempt.node, attempt.nodes, attempt.outcome))
 
     def _next(self, tx: Any, pool: str, cap: Capacity,
               passed: set[str]) -> tuple[QueueEntry, tuple[int, ...]] | None:
         """The first queued run of ``pool`` in claim order (fair share counted now) that fits ``cap``, locked for
         this transaction, with the GPUs it would get."""
         for entry in self.waiting(pool, tx):
-            if entry.run_id in passed:
+            if entry.run_id in passed or entry.requirements.nodes > 1:  # multi-node runs: ``pools_gang``
                 continue
             gpus = fit(entry.requirements, cap)
             if gpus is None:
@@ -310,14 +329,15 @@ class PoolsState:
             return entry, gpus
         return None
 
-    def end(self, agent_id: str, run_id: str, number: int, *, requeue: bool = False) -> bool:
+    def end(self, agent_id: str, run_id: str, number: int, *, requeue: bool = False,
+            outcome: str | None = None) -> bool:
         """The agent is done with an attempt: its GPUs are free and the run leaves the queue (False: it was not
         running on that agent, e.g. already fenced). ``requeue``: the attempt was lost and its run may be tried
         again: the attempt is fenced (its late writes are refused) and the run goes back to the queue."""
         with self.state.transaction() as tx:
-            if not tx.execute(f"UPDATE {ATTEMPTS} SET state = ? WHERE run_id = ? AND number = ? AND "
+            if not tx.execute(f"UPDATE {ATTEMPTS} SET state = ?, outcome = ? WHERE run_id = ? AND number = ? AND "
                               "agent_id = ? AND state = 'running'",
-                              ("fenced" if requeue else "ended", run_id, number, agent_id)):
+                              ("fenced" if requeue else "ended", outcome, run_id, number, agent_id)):
                 return False
             tx.execute(f"UPDATE {QUEUE} SET state = ? WHERE run_id = ? AND state = 'assigned'",
                        ("queued" if requeue else "done", run_id))

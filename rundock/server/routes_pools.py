@@ -64,6 +64,12 @@ class Register(_Body):
     labels: list[str] = Field(default_factory=list)
     version: str | None = None
     running: list[RunAttemptBody] = Field(default_factory=list)
+    address: str | None = Field(None, max_length=255)  # where other nodes reach it (multi-node runs)
+
+
+class End(_Body):
+    outcome: str | None = Field(None, max_length=40)  # how the job ended (a node of a multi-node run)
+    message: str | None = Field(None, max_length=4000)
 
 
 class Poll(_Body):
@@ -103,7 +109,7 @@ def register(body: Register, principal: Principal = Depends(AGENTS), svc: Servic
     labels = tuple(dict.fromkeys(x.strip() for x in body.labels if x.strip()))
     agent = AgentRecord(agent_id_for(principal.name, body.pool, body.name), body.name, principal.name, body.pool,
                         labels, tuple(Gpu(g.index, g.name, g.memory_mb) for g in body.gpus), body.cpus,
-                        body.memory_mb, body.slots, 0.0, 0.0, body.version)
+                        body.memory_mb, body.slots, 0.0, 0.0, body.version, body.address)
     return json_response(svc.pools.register(agent, [(r.run_id, r.attempt) for r in body.running]))
 
 
@@ -117,8 +123,9 @@ async def poll(agent_id: str, body: Poll, principal: Principal = Depends(AGENTS)
 
 
 @router.post("/agents/{agent_id}/attempts/{run_id}/{attempt}/end")
-def end(agent_id: str, run_id: str, attempt: int, principal: Principal = Depends(AGENTS),
+def end(agent_id: str, run_id: str, attempt: int, body: End | None = None, principal: Principal = Depends(AGENTS),
         svc: Services = Depends(services)) -> Response:
     """The agent is done with an attempt (its GPUs are free): ``{"ended": bool}`` (false: it was not running)."""
     agent = svc.pools.agent_for(principal.name, principal.pools, agent_id)
-    return json_response({"ended": svc.pools.end(agent, run_id, attempt)})
+    outcome, message = (body.outcome, body.message) if body is not None else (None, None)
+    return json_response({"ended": svc.pools.end(agent, run_id, attempt, outcome, message)})

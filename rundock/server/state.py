@@ -55,6 +55,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = ((
     lease_expires DOUBLE PRECISION NOT NULL, state TEXT NOT NULL, started_at DOUBLE PRECISION NOT NULL,
     renewed_at DOUBLE PRECISION NOT NULL, silent_since DOUBLE PRECISION, PRIMARY KEY (run_id, number))""",
     """CREATE INDEX rundock_server_attempts_live ON rundock_server_attempts (state, agent_id)""",
+), (  # multi-node runs (``pools_gang``): one attempt row per node, and each agent's reachable address
+    """ALTER TABLE rundock_server_agents ADD COLUMN address TEXT""",
+    """CREATE TABLE rundock_server_attempts_nodes (
+    run_id TEXT NOT NULL, number INTEGER NOT NULL, agent_id TEXT NOT NULL, gpus TEXT NOT NULL,
+    lease_expires DOUBLE PRECISION NOT NULL, state TEXT NOT NULL, started_at DOUBLE PRECISION NOT NULL,
+    renewed_at DOUBLE PRECISION NOT NULL, silent_since DOUBLE PRECISION, node INTEGER NOT NULL DEFAULT 0,
+    nodes INTEGER NOT NULL DEFAULT 1, outcome TEXT, PRIMARY KEY (run_id, number, node))""",
+    """INSERT INTO rundock_server_attempts_nodes (run_id, number, agent_id, gpus, lease_expires, state, started_at,
+    renewed_at, silent_since) SELECT run_id, number, agent_id, gpus, lease_expires, state, started_at, renewed_at,
+    silent_since FROM rundock_server_attempts""",
+    """DROP TABLE rundock_server_attempts""",
+    """ALTER TABLE rundock_server_attempts_nodes RENAME TO rundock_server_attempts""",
+    """CREATE INDEX rundock_server_attempts_live ON rundock_server_attempts (state, agent_id)""",
 ))
 SCHEMA_VERSION = len(MIGRATIONS)
 VERSION_TABLE = "rundock_server_version"

@@ -7,15 +7,26 @@ The job's part of the run directory (``src``, ``journal``, ``uploads``,
 snapshot is the working directory; outputs, logs and the journal land on the
 host exactly as for a local process; rundock's job-side package is mounted read-only at
 ``/rundock/lib``, the container runs as the submitting user with ``--init`` so
-signals reach the script, and it is labelled with the run id. Stop is
-``docker stop`` with the grace period (SIGTERM, then SIGKILL); the container is
-removed when the run ends, whatever the outcome.
+signals reach the script, and it is labelled with the run id and attempt
+(``rundock.run_id``, ``rundock.attempt``: a pool agent finds an attempt's
+container by them). Stop is ``docker stop`` with the grace period (SIGTERM,
+then SIGKILL); the container is removed when the run ends, whatever the outcome.
+
+GPUs (``gpu_settings``): exactly the run's GPUs are asked for as an NVIDIA
+device request; the NVIDIA runtime then exposes only those, renumbered from 0
+inside the container, so the job gets ``NVIDIA_VISIBLE_DEVICES`` = the host
+indices and ``CUDA_VISIBLE_DEVICES`` = 0..n-1. A run without GPUs gets no
+device request and ``NVIDIA_VISIBLE_DEVICES=void`` (an image such as
+``nvidia/cuda`` says ``all``, which an engine whose default runtime is
+``nvidia`` would honour). An engine without the NVIDIA runtime fails the run
+with a PrepareError that names the cause and the fix.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from typing import Any
 
@@ -29,6 +40,35 @@ from rundock.agent.logpump import LogPump
 from rundock.context import rundir
 
 LABEL = "rundock.run_id"
+ATTEMPT_LABEL = "rundock.attempt"
+NO_GPU_DRIVER = "could not select device driver"  # the engine's answer when no NVIDIA runtime is installed
+
+
+def gpu_settings(gpus: list[str]) -> tuple[list[docker.types.DeviceRequest], dict[str, str]]:
+    """The device requests and environment variables that give a container exactly ``gpus`` (host indices)."""
+    if not gpus:
+        return [], {"NVIDIA_VISIBLE_DEVICES": "void", "CUDA_VISIBLE_DEVICES": ""}
+    request = docker.types.DeviceRequest(driver="nvidia", device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])
+    return [request], {"NVIDIA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
+                       "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(gpus)))}
+
+
+def container_name(run_id: str, attempt: int) -> str:
+    """``rundock-<run id>``, and ``rundock-<run id>.<n>`` for a pool run's later attempts (one container each)."""
+    return f"rundock-{run_id}" if attempt <= 1 else f"rundock-{run_id}.{attempt}"
+
+
+def start_error(exc: docker.errors.APIError, gpus: list[str]) -> PrepareError:
+    """What to tell the user when the engine would not create or start the container."""
+    explanation = str(exc.explanation or exc)
+    if gpus and NO_GPU_DRIVER in explanation:
+        host = socket.gethostname()
+        return PrepareError(f"the Docker engine on {host} has no NVIDIA runtime (nvidia-container-toolkit), so it "
+                            f"cannot give the run's container GPUs {', '.join(gpus)}; install it on {host}, or submit "
+                            "the run without Docker (environment.docker.enabled = False) to run it on its GPUs as a "
+                            f"host process. The engine said: {explanation}")
+    hint = " (GPUs need the NVIDIA container toolkit on this host)" if gpus else ""
+    return PrepareError(f"the Docker engine could not start the run's container: {explanation}{hint}")
 
 
 def container_paths(lib_paths: list[str]) -> list[str]:
@@ -40,7 +80,7 @@ class DockerExecutor:
 
     def __init__(self, client: docker.DockerClient, image: str, argv: list[str], run_id: str, run_dir: str,
                  lib_paths: list[str], env: dict[str, str], driver_log: str, secrets: list[str],
-                 settings: dict[str, Any], user: str, gpus: list[str]) -> None:
+                 settings: dict[str, Any], user: str, gpus: list[str], attempt: int = 0) -> None:
         self.client = client
         self.image = image
         self.argv = argv
@@ -53,11 +93,13 @@ class DockerExecutor:
         self.settings = settings
         self.user = user
         self.gpus = gpus
+        self.attempt = attempt
         self.container: Any = None
         self._oom_killed = False
         self._pump: LogPump | None = None
 
-    def start(self) -> None:
+    def create_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``containers.create`` (the image is the first positional one)."""
         volumes = {os.path.join(self.run_dir, name): {"bind": f"{RUN_MOUNT}/{name}", "mode": "rw"}
                    for name in rundir.JOB_WRITABLE}
         secrets = os.path.join(self.run_dir, rundir.SECRETS_FILE)
@@ -66,21 +108,22 @@ class DockerExecutor:
         volumes.update({host: {"bind": inside, "mode": "ro"}
                         for host, inside in zip(self.lib_paths, container_paths(self.lib_paths))})
         settings = dict(self.settings)
-        environment = {**self.env, **settings.pop("environment", {})}
-        device_requests = [docker.types.DeviceRequest(device_ids=self.gpus, capabilities=[["gpu"]])] \
-            if self.gpus else None
+        device_requests, gpu_env = gpu_settings(self.gpus)
+        environment = {**self.env, **settings.pop("environment", {}), **gpu_env}  # the GPUs are not the job's choice
+        labels = {LABEL: self.run_id, **({ATTEMPT_LABEL: str(self.attempt)} if self.attempt else {})}
+        return dict(command=self.argv, working_dir=f"{RUN_MOUNT}/src", volumes=volumes, environment=environment,
+                    init=True, labels=labels, user=settings.pop("user", self.user), detach=True,
+                    name=container_name(self.run_id, self.attempt), device_requests=device_requests or None,
+                    **settings)
+
+    def start(self) -> None:
         try:
-            self.container = self.client.containers.create(
-                self.image, command=self.argv, working_dir=f"{RUN_MOUNT}/src", volumes=volumes,
-                environment=environment, init=True, labels={LABEL: self.run_id}, user=settings.pop("user", self.user),
-                detach=True, name=f"rundock-{self.run_id}", device_requests=device_requests, **settings)
+            self.container = self.client.containers.create(self.image, **self.create_arguments())
             self.container.start()
         except docker.errors.APIError as exc:
             if self.container is not None:
                 self.remove()
-            hint = " (GPUs need the NVIDIA container toolkit on this host)" if self.gpus else ""
-            raise PrepareError(f"the Docker engine could not start the run's container: "
-                               f"{exc.explanation or exc}{hint}") from None
+            raise start_error(exc, self.gpus) from None
         # Log streams replay from the container's start, so nothing written before they open is lost.
         stdout = self.container.logs(stream=True, follow=True, stdout=True, stderr=False)
         stderr = self.container.logs(stream=True, follow=True, stdout=False, stderr=True)

@@ -84,6 +84,8 @@ def _serve_options(func: Any) -> Any:
         click.option("--work-dir", default=DEFAULT_WORK_DIR, show_default=True,
                      help="Where run folders, the artifact cache and environments live."),
         click.option("--labels", metavar="a,b", help="Labels runs can require (resources.labels)."),
+        click.option("--address", metavar="HOST", help="Where the other nodes of a multi-node run reach this box "
+                                                         "(default: its primary IP)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -91,33 +93,34 @@ def _serve_options(func: Any) -> Any:
 
 
 def _options(server: str, token: str | None, pool: str, gpus: str | None, slots: int | None, docker: bool,
-             work_dir: str, labels: str | None) -> Any:
+             work_dir: str, labels: str | None, address: str | None = None) -> Any:
     from rundock.pool_agent.gpus import parse_selection
     from rundock.pool_agent.serve import ServeOptions
 
     return ServeOptions(server=server, pool=pool, work_dir=work_dir, token=token or None,
                         gpus=parse_selection(gpus), slots=slots, docker=docker,
-                        labels=[label.strip() for label in (labels or "").split(",") if label.strip()])
+                        labels=[label.strip() for label in (labels or "").split(",") if label.strip()],
+                        address=address or None)
 
 
 @agent.command("serve")
 @_serve_options
 def agent_serve(server: str, token: str | None, pool: str, gpus: str | None, slots: int | None, docker: bool,
-                work_dir: str, labels: str | None) -> None:
+                work_dir: str, labels: str | None, address: str | None) -> None:
     """Take runs of pool NAME from the team server and run them here, until stopped (runs go on)."""
     from rundock.pool_agent.serve import serve
 
-    raise SystemExit(serve(_options(server, token, pool, gpus, slots, docker, work_dir, labels)))
+    raise SystemExit(serve(_options(server, token, pool, gpus, slots, docker, work_dir, labels, address)))
 
 
 @agent.command("install-service")
 @_serve_options
 def agent_install_service(server: str, token: str | None, pool: str, gpus: str | None, slots: int | None,
-                          docker: bool, work_dir: str, labels: str | None) -> None:
+                          docker: bool, work_dir: str, labels: str | None, address: str | None) -> None:
     """Install a systemd unit that keeps `rundock agent serve` running with these arguments."""
     from rundock.pool_agent.service import install
 
-    options = _options(server, token, pool, gpus, slots, docker, work_dir, labels)
+    options = _options(server, token, pool, gpus, slots, docker, work_dir, labels, address)
     installed = install(options, token or os.environ.get("RUNDOCK_TOKEN", ""))
     console.print(f"Wrote {installed.unit_path}\n  and its token to {installed.env_path} (mode 0600)", markup=False,
                   highlight=False)

@@ -53,6 +53,8 @@ def requirements(run_config: RunConfiguration, environment: Environment | None) 
     labels = list(dict.fromkeys([*res.labels, *(["docker"] if docker is not None and docker.enabled else [])]))
     wanted: dict[str, Any] = {"gpus": gpus, "gpu_memory_mb": res.gpu_memory_mb, "cpus": res.cpus,
                               "memory_mb": res.memory_mb, "labels": labels}
+    nodes = run_config.distributed.get("node_count") if run_config.distributed else None
+    wanted["nodes"] = nodes if isinstance(nodes, int) and nodes > 1 else 0  # ``server.pools_gang``
     return {k: v for k, v in wanted.items() if v}
 
 

@@ -1,0 +1,108 @@
+"""The variables and processes of one node of a distributed run, as Azure ML v1 set them (standard library only).
+
+Every node gets (``node_environment``): ``MASTER_ADDR`` and ``MASTER_PORT`` (node 0's address and the run's
+rendezvous port), ``WORLD_SIZE`` (nodes x processes per node), ``NODE_RANK``, ``AZ_BATCH_MASTER_NODE``
+(``addr:port``), ``AZUREML_NODE_COUNT`` and ``AZUREML_PROCESS_COUNT_PER_NODE``.
+
+Processes (``process_environment``): with one process per node the job itself is that process, with ``RANK`` =
+``NODE_RANK`` and ``LOCAL_RANK`` = 0. With more, this file is run as the job's script (``python launch.py
+--processes P --node-rank K --kind pytorch -- train.py args…``): it starts P processes of the script, process
+``i`` with ``LOCAL_RANK`` = i and ``RANK`` = K x P + i, forwards SIGTERM/SIGINT to them, and when one fails it
+stops the others and exits with the failing one's status. An MPI run's processes get Open MPI's variables
+(``OMPI_COMM_WORLD_RANK``, ``…_SIZE``, ``…_LOCAL_RANK``, ``…_LOCAL_SIZE``, ``…_NODE_RANK``) as well.
+
+``torchrun_command`` is the alternative for ``PyTorchConfiguration(launcher="torchrun")``: one ``torchrun``
+line per node (``python -m torch.distributed.run --nnodes … --node_rank … --nproc_per_node … --master_addr …
+--master_port … train.py args…``), which sets the per-process variables itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 10.0
+
+
+def node_environment(node_rank: int, nodes: int, per_node: int, master_addr: str, master_port: int) -> dict[str, str]:
+    """The variables every process of node ``node_rank`` sees."""
+    return {"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port), "WORLD_SIZE": str(nodes * per_node),
+            "NODE_RANK": str(node_rank), "AZ_BATCH_MASTER_NODE": f"{master_addr}:{master_port}",
+            "AZUREML_NODE_COUNT": str(nodes), "AZUREML_PROCESS_COUNT_PER_NODE": str(per_node)}
+
+
+def process_environment(kind: str, node_rank: int, nodes: int, per_node: int, local_rank: int) -> dict[str, str]:
+    """The variables of process ``local_rank`` of node ``node_rank``."""
+    rank = node_rank * per_node + local_rank
+    env = {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": str(per_node)}
+    if kind == "mpi":
+        env.update({"OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_SIZE": str(nodes * per_node),
+                    "OMPI_COMM_WORLD_LOCAL_RANK": str(local_rank), "OMPI_COMM_WORLD_LOCAL_SIZE": str(per_node),
+                    "OMPI_COMM_WORLD_NODE_RANK": str(node_rank)})
+    return env
+
+
+def torchrun_command(python: str, node_rank: int, nodes: int, per_node: int, master_addr: str, master_port: int,
+                     script: str, arguments: list[str]) -> list[str]:
+    """One node's ``torchrun`` line (``torch.distributed.run``, which ``torchrun`` is)."""
+    return [python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank", str(node_rank),
+            "--nproc_per_node", str(per_node), "--master_addr", master_addr, "--master_port", str(master_port),
+            script, *arguments]
+
+
+def run_processes(kind: str, node_rank: int, nodes: int, per_node: int, command: list[str]) -> int:
+    """Start ``per_node`` processes of ``command`` and wait for them; the first failure stops the others."""
+    children: list[subprocess.Popen[bytes]] = []
+    stopping: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for local_rank in range(per_node):
+        env = dict(os.environ)
+        env.update(process_environment(kind, node_rank, nodes, per_node, local_rank))
+        children.append(subprocess.Popen(command, env=env))
+    failed: int | None = None
+    while any(c.poll() is None for c in children):
+        codes = [c.returncode for c in children if c.returncode not in (None, 0)]
+        if codes and failed is None:
+            failed = codes[0]
+            forward(signal.SIGTERM, None)
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while any(c.poll() is None for c in children) and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS)
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+        time.sleep(POLL_SECONDS)
+    if failed is None:
+        failed = next((c.returncode for c in children if c.returncode != 0), 0)
+    return failed if failed is not None else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="launch.py", description="start one node's processes of a distributed run")
+    parser.add_argument("--processes", type=int, required=True)
+    parser.add_argument("--node-rank", type=int, required=True)
+    parser.add_argument("--nodes", type=int, required=True)
+    parser.add_argument("--kind", choices=("pytorch", "mpi"), default="pytorch")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no script to run: give it after --")
+    return run_processes(args.kind, args.node_rank, args.nodes, args.processes, [sys.executable, *command])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

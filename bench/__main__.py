@@ -12,7 +12,7 @@ from pathlib import Path
 
 import docker
 
-from bench import files, interactive, latency, metrics, pools, processes, server
+from bench import files, interactive, latency, metrics, pools, processes, server, ui_data
 from bench.common import Figure, log, render
 from tests.hosts import has_sshd, start_ssh_host
 
@@ -60,6 +60,8 @@ def main() -> int:
             measure("12-13", lambda: interactive.interactive(root))
             measure("14-17", lambda: server.server_figures(root))
             measure("18", lambda: pools.pickup_latency(root))
+            measure("19-20", lambda: ui_data.runs_table(root))
+            measure("21", lambda: ui_data.long_series(root))
         finally:
             if host is not None:
                 client.containers.get(host.container).remove(force=True)

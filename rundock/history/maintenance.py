@@ -47,7 +47,7 @@ from rundock.context import rundir
 from rundock.errors import StoreError, StoreVersionError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.backends.sqlite import BUSY_TIMEOUT_S, SqliteRunStore
-from rundock.history.backends.sqlite_file import SCHEMA_VERSION, file_version, store_error
+from rundock.history.backends.sqlite_file import REFILL_LATEST, SCHEMA_VERSION, file_version, store_error
 from rundock.history.sync import Syncer
 
 _SIDE_FILES = ("-wal", "-shm")
@@ -174,6 +174,8 @@ def _rebuild(fresh: str, scratch: str, dirs: Sequence[str], artifacts_root: str,
         finally:
             store.close()
         db.executemany("UPDATE runs SET created_at = ? WHERE run_id = ?", [(t, r) for r, t in submitted.items()])
+        for statement in REFILL_LATEST:  # the runs table's latest values, from the metrics kept and replayed
+            db.execute(statement)
         # One self-contained file, so that moving it moves everything; the next open turns WAL on again.
         if db.execute("PRAGMA journal_mode = DELETE").fetchone()[0] != "delete":
             raise StoreError(f"could not finish the rebuilt history {fresh}: another process has it open")

@@ -15,10 +15,11 @@ import re
 import secrets
 import time
 import typing
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Optional, Union
 
 from rundock.errors import ConfigError
+from rundock.history.query import RunPage, RunQuery, metric_names_in_python, query_runs_in_python, scalar_number
 from rundock.history.records import FileRecord, JournalPlan, MetricRecord, ModelRecord, RunRecord, StatusChange
 from rundock.states import RunStatus
 
@@ -122,6 +123,16 @@ class RunsStore(abc.ABC):
         runs = self.list_runs(statuses=[status] if status else None, **filters)
         return [r for r in runs if matches(r, tags, properties) and (archived is None or r.archived == archived)]
 
+    def query_runs(self, q: RunQuery) -> RunPage:
+        """One page of the runs table and how many runs match (``rundock.history.query`` says what each field
+        means). This default reads every run in Python; the SQL backends answer in the database."""
+        return query_runs_in_python(self, q)
+
+    def metric_names(self, experiment: str | None = None) -> list[str]:
+        """The names of the metrics with a latest number in the experiment's runs (every run's when None), sorted:
+        what the runs table can show as columns. This default reads every run's metrics in Python."""
+        return metric_names_in_python(self, experiment)
+
     def family(self, run_ids: Iterable[str]) -> list[RunRecord]:
         """The runs and all their descendants, each once, every run before its children.
 
@@ -173,6 +184,16 @@ class MetricsStore(abc.ABC):
     @abc.abstractmethod
     def remove_tags(self, run_id: str, keys: Iterable[str]) -> None:
         """Remove tags (missing keys are ignored)."""
+
+    def metric_values(self, run_id: str, name: str) -> Iterator[tuple[int | None, float, float | None]]:
+        """Every scalar value of one metric of a run in logging order, as ``(step, time, number)``: the number is
+        None for a value that is not one (a string, a bool, an integer too big for a float); NaN and infinities
+        come as floats. Values of other kinds (lists, tables, images) are left out. The SQL backends read the
+        rows in chunks, so that a metric with millions of values never sits in memory as records; this default
+        reads ``get_metric_records``."""
+        for m in self.get_metric_records(run_id, name):
+            if m.kind == "scalar":
+                yield m.step, m.at, scalar_number(m.value)
 
     def log_metrics(self, run_id: str, metrics: list[MetricRecord]) -> None:
         """Log a batch of values from outside a job."""

@@ -91,14 +91,15 @@ def test_an_empty_schema_is_created_on_open_and_migrate_is_idempotent(uri: str) 
 def test_an_older_schema_is_refused_until_upgraded_and_a_newer_one_always(uri: str) -> None:
     migrate(uri)
     newer_code = (*postgres_schema.MIGRATIONS, _EXTRA)
+    now = postgres_schema.SCHEMA_VERSION
     with psycopg.connect(uri, autocommit=True) as conn:
         with pytest.raises(StoreVersionError, match="older than this rundock's.*rundock server upgrade"):
             postgres_schema.check_schema(conn, "the-history", newer_code)
-        assert postgres_schema.migrate(conn, "the-history", newer_code) == (1, 2)  # the upgrade
-        assert postgres_schema.check_schema(conn, "the-history", newer_code) == 2
+        assert postgres_schema.migrate(conn, "the-history", newer_code) == (now, now + 1)  # the upgrade
+        assert postgres_schema.check_schema(conn, "the-history", newer_code) == now + 1
         conn.execute("SELECT x FROM added_later")
-    with pytest.raises(StoreVersionError, match="version 2, newer than this rundock's"):
-        PostgresRunStore(uri)  # this code is version 1: it refuses the schema a newer rundock wrote
+    with pytest.raises(StoreVersionError, match=f"version {now + 1}, newer than this rundock's"):
+        PostgresRunStore(uri)  # this code is one version behind: it refuses the schema a newer rundock wrote
 
 
 def test_a_failed_upgrade_leaves_the_previous_version_whole(uri: str) -> None:
@@ -107,7 +108,7 @@ def test_a_failed_upgrade_leaves_the_previous_version_whole(uri: str) -> None:
     with psycopg.connect(uri, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.UndefinedFunction):
             postgres_schema.migrate(conn, "the-history", broken)
-        assert postgres_schema.schema_version(conn) == 1
+        assert postgres_schema.schema_version(conn) == postgres_schema.SCHEMA_VERSION
         assert conn.execute("SELECT to_regclass('half_made')").fetchone() == (None,)
     with PostgresRunStore(uri) as store:
         store.create_run("e")

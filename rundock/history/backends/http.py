@@ -45,6 +45,7 @@ from rundock.history.artifacts import ArtifactStore
 from rundock.history.backends.http_admin import HttpAdmin
 from rundock.history.backends.http_blobs import BlobTransfer
 from rundock.history.backends.http_client import HttpClient, Retry, ServerConflictError
+from rundock.history.query import RunPage, RunQuery, RunRow, query_to_json
 from rundock.history.records import FileRecord, JournalPlan, MetricRecord, ModelRecord, RunRecord, StatusChange
 from rundock.history.store import RunStore, new_run_id, register_backend
 from rundock.states import RunStatus
@@ -161,6 +162,18 @@ class HttpRunStore(RunStore):
         params.append(("include_children", "true" if include_children else "false"))
         data = self.client.get_json("/runs", params=params, what="listing runs")
         return [wire.run_from_json(r) for r in data]
+
+    def query_runs(self, q: RunQuery) -> RunPage:
+        """One request: the server answers the query with its own store."""
+        resp = self.client.call("POST", "/runs/query", body=query_to_json(q), what="querying runs",
+                                retry=Retry.ALWAYS)
+        data = self.client.json(resp, "querying runs")
+        return RunPage([RunRow(wire.run_from_json(r["run"]), {k: float(v) for k, v in r["latest"].items()})
+                        for r in data["rows"]], int(data["total"]))
+
+    def metric_names(self, experiment: str | None = None) -> list[str]:
+        params = {"experiment": experiment} if experiment is not None else None
+        return [str(n) for n in self.client.get_json("/metric-names", params=params, what="listing metric names")]
 
     def update_run(self, run_id: str, *, display_name: str | None = None, description: str | None = None,
                    run_dir: str | None = None, snapshot_id: str | None = None) -> None:

@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import psycopg
 
 from rundock.errors import StoreError
-from rundock.history.backends import postgres_schema, postgres_writes
+from rundock.history.backends import postgres_schema, postgres_writes, sql_query
 from rundock.history.backends.postgres_admin import PostgresAdmin
 from rundock.history.backends.postgres_conn import connect, connection_params, redact, store_error
 from rundock.history.backends.postgres_tx import POOL_SIZE, READ, STATEMENT, Cursor, Database
 from rundock.history.backends.postgres_writes import missing
 from rundock.history.backends.sql_common import MODEL_COLUMNS, RUN_COLUMNS, model_record, run_record
+from rundock.history.backends.sql_query import number_of
+from rundock.history.query import RunPage, RunQuery
 from rundock.history.records import (
     FileRecord,
     JournalPlan,
@@ -44,6 +46,7 @@ from rundock.history.records import (
 from rundock.history.store import RunStore, new_run_id, register_backend
 from rundock.states import RunStatus
 
+VALUES_CHUNK = 50_000  # metric values read at a time by ``metric_values``
 _LOCK_MODEL, _LOCK_ENVIRONMENT = 1, 2  # advisory lock classes: the next version of a model, of an environment
 
 
@@ -175,6 +178,34 @@ class PostgresRunStore(RunStore):
             args.append(name)
         rows = self.db.read(sql + " ORDER BY ord", args)
         return [MetricRecord(n, k, json.loads(v), s, d, at) for n, k, v, s, d, at in rows]
+
+    def metric_values(self, run_id: str, name: str) -> Iterator[tuple[int | None, float, float | None]]:
+        last = 0  # read in chunks by position, each in a statement of its own
+        while True:
+            rows = self.db.read("SELECT ord, step, at, value FROM metrics WHERE run_id = %s AND name = %s "
+                                "AND ord > %s AND kind = 'scalar' ORDER BY ord LIMIT %s",
+                                (run_id, name, last, VALUES_CHUNK))
+            yield from ((step, at, number_of(value)) for _ord, step, at, value in rows)
+            if len(rows) < VALUES_CHUNK:
+                return
+            last = rows[-1][0]
+
+    def query_runs(self, q: RunQuery) -> RunPage:
+        st = sql_query.statements(q, sql_query.POSTGRES, time.time())
+
+        def body(cur: Cursor) -> RunPage:
+            row = cur.execute(st.count, st.count_args).fetchone()
+            runs = _hydrate(cur, st.page, st.page_args)
+            latest: list[Any] = []
+            if runs and q.metrics:
+                latest = cur.execute(*sql_query.latest_statement(sql_query.POSTGRES, [r.run_id for r in runs],
+                                                                 q.metrics)).fetchall()
+            return sql_query.page_of(runs, latest, row[0] if row else 0)
+
+        return self.db.run(body, begin=READ, doing="read")
+
+    def metric_names(self, experiment: str | None = None) -> list[str]:
+        return [r[0] for r in self.db.read(*sql_query.metric_names_statement(sql_query.POSTGRES, experiment))]
 
     def remove_tags(self, run_id: str, keys: Iterable[str]) -> None:
         wanted = sorted(set(keys))

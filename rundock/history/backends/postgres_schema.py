@@ -76,7 +76,36 @@ _VERSION_1: Migration = (
     snapshot_id TEXT PRIMARY KEY, manifest TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1,)
+# The latest value of each (run, metric), for the runs table (``rundock.history.query``): ``value`` is the number
+# that value counts as (NULL when it is none, or NaN, which PostgreSQL would compare and sort above every number),
+# ``nan`` says it was NaN. A write of a batch of metrics updates it (``LATEST_FROM_METRICS``, once per name, after
+# the COPY: the newer row wins, whichever transaction commits first); deleting a run deletes its rows.
+LATEST_VALUE = ("CASE WHEN m.kind = 'scalar' AND length(m.value) < 40 AND m.value ~ '^-?[0-9]' THEN "
+                "m.value::double precision WHEN m.kind = 'scalar' AND m.value IN ('Infinity', '-Infinity') "
+                "THEN m.value::double precision END")
+LATEST_NAN = "(m.kind = 'scalar' AND m.value = 'NaN')"
+_LATEST_UPSERT = ("ON CONFLICT (run_id, name) DO UPDATE SET ord = excluded.ord, value = excluded.value, "
+                  "nan = excluded.nan WHERE excluded.ord > latest_metrics.ord")
+LATEST_FROM_METRICS = (  # the latest rows of one run's metrics: arguments run_id, names (a list, sorted)
+    f"INSERT INTO latest_metrics (run_id, name, ord, value, nan) SELECT DISTINCT ON (m.name) m.run_id, m.name, "
+    f"m.ord, {LATEST_VALUE}, {LATEST_NAN} FROM metrics m WHERE m.run_id = %s AND m.name = ANY(%s) "
+    f"ORDER BY m.name, m.ord DESC {_LATEST_UPSERT}")
+
+_VERSION_2: Migration = (  # the runs table's query: latest values, and indexes for its sort orders
+    """CREATE TABLE latest_metrics (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, ord BIGINT NOT NULL, value DOUBLE PRECISION, nan BOOLEAN NOT NULL,
+    PRIMARY KEY (run_id, name))""",
+    "CREATE INDEX latest_metrics_by_name ON latest_metrics (name, value)",
+    """CREATE FUNCTION rundock_delete_latest_metrics() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN DELETE FROM latest_metrics WHERE run_id = OLD.run_id; RETURN NULL; END $$""",
+    """CREATE TRIGGER runs_delete_latest_metrics AFTER DELETE ON runs FOR EACH ROW
+    EXECUTE PROCEDURE rundock_delete_latest_metrics()""",
+    "CREATE INDEX runs_by_created_at ON runs (created_at, number)",
+    f"INSERT INTO latest_metrics (run_id, name, ord, value, nan) SELECT DISTINCT ON (m.run_id, m.name) m.run_id, "
+    f"m.name, m.ord, {LATEST_VALUE}, {LATEST_NAN} FROM metrics m ORDER BY m.run_id, m.name, m.ord DESC",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_TABLE = "rundock_schema_version"

@@ -7,8 +7,9 @@ journals, a client's tags) cannot deadlock:
 1. the journal mark of (run, attempt, source): ``apply_journal`` locks it before it reads it, so that a
    batch shipped twice at once is applied once; a source's first batch inserts its mark (the second
    writer of the same mark waits for the first to commit) and locks it;
-2. the run's tags, properties and files, by key;
-3. the run's row (a state change, a heartbeat).
+2. the run's latest metric values (``latest_metrics``), by name;
+3. the run's tags, properties and files, by key;
+4. the run's row (a state change, a heartbeat).
 
 A new run's number comes from one atomic ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` on its
 experiment, so that numbers are never given twice, nor again after a run is deleted. A child run created
@@ -29,6 +30,7 @@ import psycopg.errors
 
 from rundock.context.names import artifact_name
 from rundock.errors import RunNotFoundError, StoreError
+from rundock.history.backends.postgres_schema import LATEST_FROM_METRICS
 from rundock.history.backends.postgres_tx import Cursor
 from rundock.history.backends.sql_common import RUN_COLUMNS
 from rundock.history.records import JournalPlan, MetricRecord, plan_journal, value_json
@@ -149,6 +151,7 @@ def execute_plan(cur: Cursor, run_id: str, plan: JournalPlan, where: str) -> Non
         with cur.copy(_COPY_METRICS) as copy:
             for text in copy_metrics(run_id, plan.metrics):
                 copy.write(text)
+        cur.execute(LATEST_FROM_METRICS, (run_id, sorted({m.name for m in plan.metrics})))
     if plan.tags:
         cur.executemany("INSERT INTO tags VALUES (%s, %s, %s) ON CONFLICT (run_id, key) DO UPDATE SET value = "
                         "excluded.value", [(run_id, k, plan.tags[k]) for k in sorted(plan.tags)])

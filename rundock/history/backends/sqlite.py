@@ -25,9 +25,19 @@ from typing import Any
 
 from rundock.context.names import artifact_name
 from rundock.errors import RunNotFoundError, StoreError, StoreReplacedError
+from rundock.history.backends import sql_query
 from rundock.history.backends.sql_common import MODEL_COLUMNS, RUN_COLUMNS, model_record, run_record
+from rundock.history.backends.sql_query import number_of
 from rundock.history.backends.sqlite_admin import SqliteAdmin
-from rundock.history.backends.sqlite_file import ensure_schema, file_identity, history_path, rollback, store_error
+from rundock.history.backends.sqlite_file import (
+    LATEST_FROM_METRICS,
+    ensure_schema,
+    file_identity,
+    history_path,
+    rollback,
+    store_error,
+)
+from rundock.history.query import RunPage, RunQuery
 from rundock.history.records import (
     FileRecord,
     JournalPlan,
@@ -43,6 +53,10 @@ from rundock.history.store import RunStore, new_run_id, register_backend
 from rundock.states import RunStatus, can_transition
 
 BUSY_TIMEOUT_S = 60.0
+VALUES_CHUNK = 20_000  # metric values read at a time by ``metric_values``
+# A plain number is turned into a float by SQLite, faster than by Python; the rest is parsed by ``number_of``.
+_NUMBER = ("CASE WHEN length(value) < 40 AND (value GLOB '[0-9]*' OR value GLOB '-[0-9]*') THEN CAST(value AS REAL) "
+           "ELSE value END")
 
 
 class SqliteRunStore(RunStore):
@@ -273,6 +287,7 @@ class SqliteRunStore(RunStore):
             db.executemany(
                 "INSERT INTO metrics (run_id, name, kind, value, step, description, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(run_id, m.name, m.kind, value_json(m.value), m.step, m.description, m.at) for m in plan.metrics])
+            db.executemany(LATEST_FROM_METRICS, [(run_id, n) for n in dict.fromkeys(m.name for m in plan.metrics)])
         if plan.tags:
             db.executemany("INSERT INTO tags VALUES (?, ?, ?) ON CONFLICT (run_id, key) DO UPDATE SET value = "
                            "excluded.value", [(run_id, k, v) for k, v in plan.tags.items()])
@@ -300,6 +315,37 @@ class SqliteRunStore(RunStore):
             args.append(name)
         return [MetricRecord(n, k, json.loads(v), s, d, at) for n, k, v, s, d, at in self._read(sql + " ORDER BY ord",
                                                                                                args)]
+
+    def metric_values(self, run_id: str, name: str) -> Iterator[tuple[int | None, float, float | None]]:
+        last = 0  # read in chunks by position, the lock let go between them
+        while True:
+            rows = self._read(f"SELECT ord, step, at, {_NUMBER} FROM metrics WHERE run_id = ? AND name = ? "
+                              "AND ord > ? AND kind = 'scalar' ORDER BY ord LIMIT ?",
+                              (run_id, name, last, VALUES_CHUNK))
+            yield from ((step, at, value if type(value) is float else number_of(value))
+                        for _ord, step, at, value in rows)
+            if len(rows) < VALUES_CHUNK:
+                return
+            last = rows[-1][0]
+
+    def query_runs(self, q: RunQuery) -> RunPage:
+        st = sql_query.statements(q, sql_query.SQLITE, time.time())
+        with self._lock:  # the count and the page from one snapshot
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise store_error(exc, self.path, "read") from exc
+            try:
+                total = self._read(st.count, st.count_args)[0][0]
+                runs = self._hydrate(self._read(st.page, st.page_args))
+                latest = self._read(*sql_query.latest_statement(sql_query.SQLITE, [r.run_id for r in runs],
+                                                                 q.metrics)) if runs and q.metrics else []
+            finally:
+                rollback(self._db)
+        return sql_query.page_of(runs, latest, total)
+
+    def metric_names(self, experiment: str | None = None) -> list[str]:
+        return [r[0] for r in self._read(*sql_query.metric_names_statement(sql_query.SQLITE, experiment))]
 
     def remove_tags(self, run_id: str, keys: Iterable[str]) -> None:
         with self._write() as db:

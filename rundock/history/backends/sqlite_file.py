@@ -78,7 +78,35 @@ _VERSION_2: Migration = (  # `rundock archive`: archived runs are left out of li
     "ALTER TABLE runs ADD COLUMN archived INTEGER NOT NULL DEFAULT 0",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2)
+# The latest value of each (run, metric), for the runs table (``rundock.history.query``): ``value`` is the number
+# that value counts as (NULL when it is none, or NaN: SQLite keeps no NaN), ``nan`` says it was NaN. The store's
+# write of a batch of metrics updates it (``LATEST_FROM_METRICS``, once per name); deleting a run deletes its rows.
+LATEST_VALUE = ("CASE WHEN m.kind = 'scalar' AND length(m.value) < 40 AND (m.value GLOB '[0-9]*' OR m.value GLOB "
+                "'-[0-9]*') THEN CAST(m.value AS REAL) WHEN m.kind = 'scalar' AND m.value = 'Infinity' THEN 9e999 "
+                "WHEN m.kind = 'scalar' AND m.value = '-Infinity' THEN -9e999 END")
+LATEST_NAN = "(m.kind = 'scalar' AND m.value = 'NaN')"
+LATEST_FROM_METRICS = (  # the latest row of one (run, metric): arguments run_id, name
+    f"INSERT INTO latest_metrics (run_id, name, ord, value, nan) SELECT m.run_id, m.name, m.ord, {LATEST_VALUE}, "
+    f"{LATEST_NAN} FROM metrics m WHERE m.run_id = ? AND m.name = ? ORDER BY m.ord DESC LIMIT 1 "
+    "ON CONFLICT (run_id, name) DO UPDATE SET ord = excluded.ord, value = excluded.value, nan = excluded.nan")
+REFILL_LATEST: Migration = (  # every latest value again, from the metrics table
+    "DELETE FROM latest_metrics",
+    f"INSERT INTO latest_metrics (run_id, name, ord, value, nan) SELECT m.run_id, m.name, m.ord, {LATEST_VALUE}, "
+    f"{LATEST_NAN} FROM metrics m WHERE m.ord IN (SELECT MAX(ord) FROM metrics GROUP BY run_id, name)",
+)
+
+_VERSION_3: Migration = (  # the runs table's query: latest values, and indexes for its sort orders
+    """CREATE TABLE IF NOT EXISTS latest_metrics (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, ord INTEGER NOT NULL, value REAL, nan INTEGER NOT NULL,
+    PRIMARY KEY (run_id, name))""",
+    "CREATE INDEX IF NOT EXISTS latest_metrics_by_name ON latest_metrics (name, value)",
+    """CREATE TRIGGER IF NOT EXISTS runs_delete_latest_metrics AFTER DELETE ON runs FOR EACH ROW BEGIN
+    DELETE FROM latest_metrics WHERE run_id = old.run_id; END""",
+    "CREATE INDEX IF NOT EXISTS runs_by_created_at ON runs (created_at, number)",
+    *REFILL_LATEST,
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # SQLite's primary result codes (``sqlite3.Error.sqlite_errorcode`` from Python 3.11; the message before that).

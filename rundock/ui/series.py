@@ -1,0 +1,141 @@
+"""A metric's values as chart series: downsampled on the server with LTTB, and as a full CSV download.
+
+``metric_series`` reads one metric of one run once (``MetricsStore.metric_values``, in chunks) into two arrays of
+doubles, not into a Python object per value, and sends at most ``max_points`` points: LTTB (Largest-Triangle-
+Three-Buckets, Steinarsson 2013) keeps the first and the last point and, in each bucket between, the point that
+makes the largest triangle with the point kept before it and the mean of the next bucket, so that spikes and
+dips survive while flat stretches thin out. Its inner loop runs in C (``map`` over array slices), about a
+second for ten million points.
+
+NaN and infinite values cannot be drawn: they come out as ``null``. Downsampled, each run of them is one null
+point where it starts (a gap in the line), as long as there are at most a quarter of ``max_points`` such runs;
+a series with more is drawn from its numbers alone.
+
+``metric_csv`` streams every value as ``step,time,value`` lines, a chunk at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterator, Sequence
+from itertools import repeat
+from operator import add, mul
+from typing import Any
+
+from rundock.history.store import MetricsStore
+
+CSV_LINES_PER_CHUNK = 10_000
+
+
+def lttb(xs: Sequence[float], ys: Sequence[float], threshold: int) -> tuple[list[float], list[float]]:
+    """At most ``threshold`` of the points (finite numbers, ``xs`` in drawing order): all of them when there are
+    no more than that (or ``threshold`` < 3), else LTTB's choice, the first and last always among them."""
+    chosen = lttb_indices(xs, ys, threshold)
+    return [xs[i] for i in chosen], [ys[i] for i in chosen]
+
+
+def lttb_indices(xs: Sequence[float], ys: Sequence[float], threshold: int) -> list[int]:
+    """The positions ``lttb`` keeps, in order."""
+    n = len(xs)
+    if len(ys) != n:
+        raise ValueError(f"lttb: {n} x values but {len(ys)} y values")
+    if threshold >= n or threshold < 3:
+        return list(range(n))
+    every = (n - 2) / (threshold - 2)
+    chosen = [0]
+    a = 0
+    for i in range(threshold - 2):
+        lo, hi = int(i * every) + 1, int((i + 1) * every) + 1
+        nlo, nhi = hi, min(int((i + 2) * every) + 1, n)
+        if nlo >= nhi:
+            nlo, nhi = n - 1, n
+        avg_x = sum(xs[nlo:nhi]) / (nhi - nlo)
+        avg_y = sum(ys[nlo:nhi]) / (nhi - nlo)
+        ax, ay = xs[a], ys[a]
+        # Twice the triangle's area is |p*y + q*x + c| for a candidate (x, y): one pass of C per term.
+        p, q = ax - avg_x, avg_y - ay
+        c = -p * ay - ax * q
+        areas = list(map(abs, map(add, map(add, map(mul, repeat(p), ys[lo:hi]), map(mul, repeat(q), xs[lo:hi])),
+                                  repeat(c))))
+        a = lo + areas.index(max(areas))
+        chosen.append(a)
+    chosen.append(n - 1)
+    return chosen
+
+
+def metric_series(store: MetricsStore, run_id: str, name: str, *, max_points: int = 2000,
+                  x: str = "step") -> dict[str, Any]:
+    """``{"name", "x", "y", "total_points", "downsampled"}`` for a chart of one scalar metric: ``x`` is the
+    step (the value's position when it has none) or, with ``x="time"``, when it was logged (unix seconds);
+    ``y`` holds null where a value is no finite number."""
+    if x not in ("step", "time"):
+        raise ValueError(f"a metric series is drawn over 'step' or 'time', not {x!r}")
+    if max_points < 3:
+        raise ValueError(f"a metric series needs max_points >= 3, not {max_points}")
+    over_time = x == "time"
+    xs, ys = array("d"), array("d")  # the finite points
+    where = array("q")  # their positions among all values, once a gap is seen
+    gaps: list[tuple[int, float]] = []  # (position, x) where a run of non-finite values starts
+    total, in_gap = 0, False
+    for step, at, value in store.metric_values(run_id, name):
+        px = at if over_time else (float(step) if step is not None else float(total))
+        if value is None or not math.isfinite(value):
+            if not in_gap:
+                if not gaps:
+                    where.extend(range(len(xs)))
+                gaps.append((total, px))
+            in_gap = True
+        else:
+            xs.append(px)
+            ys.append(value)
+            if gaps:
+                where.append(total)
+            in_gap = False
+        total += 1
+    if total <= max_points:
+        return _series(name, *_merge(list(xs), list(ys), list(where) if gaps else None, gaps), total, False)
+    if len(gaps) > max_points // 4:
+        gaps = []
+    chosen = lttb_indices(xs, ys, max_points - len(gaps))
+    positions = [where[i] for i in chosen] if gaps else None
+    return _series(name, *_merge([xs[i] for i in chosen], [ys[i] for i in chosen], positions, gaps), total, True)
+
+
+def _merge(xs: list[float], ys: list[float], positions: list[int] | None,
+           gaps: list[tuple[int, float]]) -> tuple[list[float], list[float | None]]:
+    """The points and the gap markers in the order they were logged."""
+    if not gaps or positions is None:
+        return xs, list(ys)
+    out_x: list[float] = []
+    out_y: list[float | None] = []
+    g = 0
+    for px, py, pos in zip(xs, ys, positions, strict=True):
+        while g < len(gaps) and gaps[g][0] < pos:
+            out_x.append(gaps[g][1])
+            out_y.append(None)
+            g += 1
+        out_x.append(px)
+        out_y.append(py)
+    for _pos, gx in gaps[g:]:
+        out_x.append(gx)
+        out_y.append(None)
+    return out_x, out_y
+
+
+def _series(name: str, xs: list[float], ys: list[float | None], total: int, downsampled: bool) -> dict[str, Any]:
+    return {"name": name, "x": xs, "y": ys, "total_points": total, "downsampled": downsampled}
+
+
+def metric_csv(store: MetricsStore, run_id: str, name: str) -> Iterator[str]:
+    """Every value of the metric as CSV text (``step,time,value``; empty for no step or no number), streamed in
+    chunks of ``CSV_LINES_PER_CHUNK`` lines: memory stays flat however long the metric is."""
+    yield "step,time,value\n"
+    lines: list[str] = []
+    for step, at, value in store.metric_values(run_id, name):
+        lines.append(f"{'' if step is None else step},{at!r},{'' if value is None else repr(value)}\n")
+        if len(lines) >= CSV_LINES_PER_CHUNK:
+            yield "".join(lines)
+            lines.clear()
+    if lines:
+        yield "".join(lines)

@@ -14,6 +14,9 @@ from rundock.submitter.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The session's one headless Chromium (``browser``), shared by every test module that draws pages.
+pytest_plugins = ["tests.ui_fixtures"]
+
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:

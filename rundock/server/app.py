@@ -24,6 +24,7 @@ from rundock.server import (
     routes_admin,
     routes_blobs,
     routes_pools,
+    routes_query,
     routes_registry,
     routes_rundata,
     routes_runs,
@@ -43,6 +44,7 @@ from rundock.server.settings import ServerSettings
 from rundock.server.state import open_state
 from rundock.server.timeouts import ReadTimeout
 from rundock.server.uploads import Uploads
+from rundock.ui.app import mount_team_ui
 
 HEALTH_PATHS = ("/healthz", "/readyz")
 _PROBE_RUN_ID = "rundock-readiness-probe"
@@ -98,9 +100,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.services = svc
     errors.install(app)
     for module in (routes_runs, routes_rundata, routes_registry, routes_blobs, routes_secrets, routes_admin,
-                   routes_pools):
+                   routes_pools, routes_query):
         app.include_router(module.router)
     app.include_router(mlflow_api.router)  # MLflow's tracking API (/api/2.0/mlflow) and run tokens
+    mount_team_ui(app, svc)  # the web UI (/ui) behind a login with the server's tokens (``rundock.ui.auth``)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:

@@ -27,11 +27,12 @@ from rundock.server.auth import authenticated
 from rundock.server.mlflow_auth import caller
 from rundock.server.settings import load_settings
 from rundock.server.setup import init_server
+from rundock.ui.auth import ANONYMOUS_PATHS, ui_session
 from tests.server_fixtures import free_port
 
 # The functions that authenticate a request: the server's own, and the MLflow routes' entry, which accepts a
-# run token as well and hands every other token to ``authenticated``.
-AUTHENTICATING: set[Callable[..., Any]] = {authenticated, caller}
+# run token as well and hands every other token to ``authenticated``; and the web UI's session check.
+AUTHENTICATING: set[Callable[..., Any]] = {authenticated, caller, ui_session}
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_every_route_but_the_health_checks_authenticates(app: FastAPI) -> None:
     seen, unguarded = set(), []
     for path, methods, dependant in _routes(app):
         seen.add(path)
-        if path not in HEALTH_PATHS and (dependant is None or not _calls(dependant) & AUTHENTICATING):
+        if path not in HEALTH_PATHS + ANONYMOUS_PATHS and (dependant is None or not _calls(dependant) & AUTHENTICATING):
             unguarded.append(f"{sorted(methods)} {path}")
     assert not unguarded, f"routes without the auth dependency: {unguarded}"
     assert seen >= {"/api/v1/runs", "/api/v1/runs/{run_id}/secrets", "/api/v1/uploads/{digest}", "/openapi.json",

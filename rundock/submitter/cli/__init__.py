@@ -10,11 +10,13 @@ from rundock.submitter.cli import (  # noqa: F401  (each registers its commands)
     login,
     manage,
     pools,
+    report,
     runs,
     secrets,
     submit,
     targets,
     transfer,
+    ui,
 )
 from rundock.submitter.cli.base import cli, main
 

@@ -1,0 +1,124 @@
+"""A run's metric records as chart specs: plain JSON that ``static/app.js`` draws (and ``report`` embeds).
+
+One spec per metric name, in the order the names were first logged. ``kind`` says how it is drawn, as Azure ML
+Studio draws it:
+
+- ``line``: a scalar logged more than once: ``x``, ``y`` (nulls for NaN/inf), ``total_points``, ``downsampled``;
+- ``value``: a scalar logged once (shown in the run's metrics table, not as a chart);
+- ``list``: ``log_list`` values, drawn as a line over their index;
+- ``table``: ``log_table`` and ``log_row`` rows: ``columns`` and ``rows``;
+- ``image``: ``file``, the run's file holding it;
+- ``confusion_matrix``: ``labels`` and ``matrix`` (a heat-map table);
+- ``accuracy_table``: ``curves``: per class, ROC (false vs true positive rate) and precision-recall points
+  computed from its probability thresholds table;
+- ``histogram``: residuals: ``edges`` and ``counts``;
+- ``predictions``: ``edges``, ``averages``, ``errors`` and ``counts`` (bars of the mean prediction per bin).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from rundock.history.records import MetricRecord
+
+Spec = dict[str, Any]
+SeriesOf = Callable[[str], Spec]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def chart_specs(records: Iterable[MetricRecord], series: SeriesOf) -> list[Spec]:
+    """The specs of a run's metrics; ``series(name)`` gives a scalar's (downsampled) points
+    (``ui.data.metric_series``)."""
+    by_name: dict[str, list[MetricRecord]] = {}
+    for record in records:
+        by_name.setdefault(record.name, []).append(record)
+    return [spec for name, group in by_name.items() if (spec := metric_spec(name, group, series)) is not None]
+
+
+def metric_spec(name: str, group: list[MetricRecord], series: SeriesOf) -> Spec | None:
+    """The spec of one metric from all its records (None: nothing to show)."""
+    last = group[-1]
+    description = next((r.description for r in reversed(group) if r.description), "")
+    base: Spec = {"name": name, "description": description}
+    kind = last.kind
+    if kind == "scalar":
+        if len(group) > 1 and any(_number(r.value) for r in group):
+            return {**base, "kind": "line", **series(name)}
+        return {**base, "kind": "value", "value": _plain(last.value)}
+    if kind == "list":
+        values = [_plain(v) for v in (last.value or [])]
+        return {**base, "kind": "list", "x": list(range(len(values))), "y": values}
+    if kind in ("table", "row"):
+        return {**base, "kind": "table", **_table(group)}
+    if kind == "image":
+        return {**base, "kind": "image", "file": str(last.value)}
+    data = last.value.get("data") if isinstance(last.value, dict) else None
+    if not isinstance(data, dict):
+        return {**base, "kind": "value", "value": _plain(last.value)}
+    if kind == "confusion_matrix":
+        return {**base, "kind": "confusion_matrix", "labels": [str(x) for x in data.get("class_labels", [])],
+                "matrix": data.get("matrix", [])}
+    if kind == "accuracy_table":
+        return {**base, "kind": "accuracy_table", "curves": accuracy_curves(data)}
+    if kind == "residuals":
+        return {**base, "kind": "histogram", "edges": data.get("bin_edges", []), "counts": data.get("bin_counts", [])}
+    if kind == "predictions":
+        return {**base, "kind": "predictions", "edges": data.get("bin_edges", []),
+                "averages": data.get("bin_averages", []), "errors": data.get("bin_errors", []),
+                "counts": data.get("bin_counts", [])}
+    return {**base, "kind": "value", "value": _plain(last.value)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _table(group: list[MetricRecord]) -> Spec:
+    """Columns and rows of a table metric: the last ``log_table`` plus every ``log_row`` after it."""
+    columns: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for record in group:
+        value = record.value if isinstance(record.value, dict) else {}
+        if record.kind == "table":
+            rows = []
+            length = max((len(c) for c in value.values() if isinstance(c, list)), default=0)
+            rows = [{k: (c[i] if isinstance(c, list) and i < len(c) else None) for k, c in value.items()}
+                    for i in range(length)]
+        else:
+            rows.append(dict(value))
+        for key in value:
+            if key not in columns:
+                columns.append(str(key))
+    return {"columns": columns, "rows": [[_plain(row.get(c)) for c in columns] for row in rows]}
+
+
+def _ratio(top: float, bottom: float) -> float | None:
+    return top / bottom if bottom else None
+
+
+def accuracy_curves(data: dict[str, Any]) -> list[Spec]:
+    """Per class: ROC points (``fpr``, ``tpr``) and precision-recall points (``recall``, ``precision``) from
+    the ``probability_tables`` rows ``[TP, FP, TN, FN]``, one per threshold."""
+    curves = []
+    labels = data.get("class_labels") or []
+    tables = data.get("probability_tables") or []
+    for label, rows in zip(labels, tables, strict=False):
+        fpr, tpr, precision, recall = [], [], [], []
+        for row in rows:
+            if not isinstance(row, list) or len(row) != 4:
+                continue
+            tp, fp, tn, fn = (float(v) for v in row)
+            fpr.append(_ratio(fp, fp + tn))
+            tpr.append(_ratio(tp, tp + fn))
+            recall.append(_ratio(tp, tp + fn))
+            precision.append(_ratio(tp, tp + fp))
+        curves.append({"label": str(label), "fpr": fpr, "tpr": tpr, "recall": recall, "precision": precision,
+                       "thresholds": list(data.get("probability_thresholds") or [])})
+    return curves

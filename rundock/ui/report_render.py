@@ -1,0 +1,104 @@
+"""Line charts for the report and the terminal: scalar metrics over steps (several runs overlaid), and the
+line-shaped specs of ``rundock.ui.render`` (lists, ROC curves, predictions) in one form.
+
+A line chart is ``{"name", "x_label", "y_label", "series": [{"label", "x", "y"}], "note"}``: each series sorted
+by x, ``None`` for a gap (NaN or infinite values: the JSON stays strict), and ``note`` saying when a series was
+downsampled (LTTB, ``rundock.ui.series.lttb``) and from how many points. The other kinds of metric (tables,
+confusion matrices, histograms, images) come from ``rundock.ui.render.metric_spec`` as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rundock.history.records import MetricRecord
+
+Spec = dict[str, Any]
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float for a chart, or None (not a number, NaN, infinite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def is_numeric_scalar(records: Sequence[MetricRecord]) -> bool:
+    """Whether these values of one metric can be drawn over steps: scalars, numbers (or NaN/inf) only."""
+    return bool(records) and all(r.kind == "scalar" and isinstance(r.value, (int, float))
+                                 and not isinstance(r.value, bool) for r in records)
+
+
+def scalar_points(records: Sequence[MetricRecord], x: str = "step") -> tuple[list[float], list[float | None]]:
+    """The points of a scalar metric sorted by x: its step (the value's index where none was logged), or with
+    ``x="time"`` seconds since its first value."""
+    if x == "time":
+        start = min((r.at for r in records), default=0.0)
+        pairs = [(r.at - start, _number(r.value)) for r in records]
+    else:
+        pairs = [(float(i if r.step is None else r.step), _number(r.value)) for i, r in enumerate(records)]
+    pairs.sort(key=lambda p: p[0])
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def downsample(xs: list[float], ys: list[float | None], max_points: int) -> tuple[list[float], list[float | None]]:
+    """At most ``max_points`` points that keep the curve's shape (LTTB); gaps (None) are kept out of the
+    sampling and come back as gaps."""
+    if len(xs) <= max_points:
+        return xs, ys
+    from rundock.ui.series import lttb
+
+    kept = [(x, y) for x, y in zip(xs, ys, strict=False) if y is not None]
+    sx, sy = lttb([p[0] for p in kept], [p[1] for p in kept], max_points)
+    return list(sx), list(sy)
+
+
+def is_chartable(records: Sequence[MetricRecord]) -> bool:
+    """Whether a metric of one run is drawn as a line over steps: numbers, logged more than once."""
+    return len(records) > 1 and is_numeric_scalar(records)
+
+
+def scalar_chart(name: str, per_run: Iterable[tuple[str, Sequence[MetricRecord]]], *, max_points: int) -> Spec:
+    """One line chart of scalar metric ``name`` with one series per run (``per_run``: label, records)."""
+    series, notes = [], []
+    for label, records in per_run:
+        xs, ys = scalar_points(records)
+        sx, sy = downsample(xs, ys, max_points)
+        if len(sx) < len(xs):
+            notes.append(f"{label}: {len(sx):,} of {len(xs):,} points shown (LTTB downsampling)")
+        series.append({"label": label, "x": sx, "y": sy})
+    return _line(name, "step", name, series, "; ".join(notes))
+
+
+def _line(name: str, x_label: str, y_label: str, series: list[Spec], note: str = "") -> Spec:
+    return {"name": name, "x_label": x_label, "y_label": y_label, "series": series, "note": note}
+
+
+def line_from_spec(spec: Spec, *, max_points: int) -> Spec | None:
+    """The line chart of a ``render.metric_spec`` of kind list (numbers over their index), accuracy_table (ROC
+    curve per class) or predictions (average prediction per bin against the ideal); None for other kinds and
+    for a list that holds text."""
+    kind, name = spec.get("kind"), str(spec.get("name"))
+    if kind == "list":
+        if not spec["y"] or not all(v is None or _number(v) is not None for v in spec["y"]):
+            return None
+        xs, ys = downsample([float(x) for x in spec["x"]], [_number(v) for v in spec["y"]], max_points)
+        note = f"{len(xs):,} of {len(spec['x']):,} points shown (LTTB downsampling)" if len(xs) < len(spec["x"]) else ""
+        return _line(name, "index", "", [{"label": name, "x": xs, "y": ys}], note)
+    if kind == "accuracy_table":
+        curves = []
+        for curve in spec["curves"]:
+            pairs = zip(curve["fpr"], curve["tpr"], strict=False)
+            points = sorted({(a, b) for a, b in pairs if a is not None and b is not None})
+            curves.append({"label": str(curve["label"]), "x": [p[0] for p in points], "y": [p[1] for p in points]})
+        return _line(name, "false positive rate", "true positive rate", curves, "ROC curve per class")
+    if kind == "predictions":
+        edges = [float(e) for e in spec["edges"]]
+        centres = [(a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)]
+        return _line(name, "true value (bin centre)", "average prediction",
+                     [{"label": "average prediction", "x": centres, "y": [_number(v) for v in spec["averages"]]},
+                      {"label": "ideal", "x": centres, "y": list(centres)}])
+    return None

@@ -1,0 +1,142 @@
+"""``rundock plot``: line charts of scalar metrics in a terminal, drawn with Unicode braille.
+
+Each character cell holds 2 x 4 dots, so a 100-column chart has 200 dots across. Several series (one per run)
+share a chart, each in its own colour with a legend line that also gives its last, lowest and highest value, so
+the chart still reads where colours do not show (output piped to a file). Works over SSH: it prints text and
+needs no display. Series longer than the chart is wide are downsampled first (LTTB), so a metric with a million
+points draws as fast as one with a thousand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from rich.text import Text
+
+from rundock.errors import RundockError
+from rundock.history.records import MetricRecord
+from rundock.ui.report_render import downsample, is_numeric_scalar, scalar_points
+
+COLOURS = ("bright_blue", "bright_red", "bright_green", "bright_magenta", "bright_yellow", "bright_cyan",
+           "blue", "red", "green", "magenta")
+# The bit of each dot of a braille cell, by (column, row) within the cell.
+_DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
+
+
+class MetricNotPlottable(RundockError, ValueError):
+    """A metric asked for is not logged by any of the runs, or holds something other than numbers."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """One line: its legend label and its points, sorted by x (``None``: a gap, e.g. a NaN value)."""
+
+    label: str
+    xs: list[float]
+    ys: list[float | None]
+
+
+def series_of(label: str, name: str, records: Sequence[MetricRecord], x: str = "step") -> Series:
+    """The series of scalar metric ``name`` of one run (``x``: "step" or "time"); MetricNotPlottable when the
+    metric holds tables, images, lists or text."""
+    if not is_numeric_scalar(records):
+        kind = records[-1].kind if records else "nothing"
+        what = "text or booleans" if kind == "scalar" else f"a {kind.replace('_', ' ')}"
+        raise MetricNotPlottable(f"metric {name!r} of run {label} holds {what}, not numbers over steps; "
+                                 "rundock plot draws scalar metrics (run.log(name, number)); "
+                                 f"see the rest with: rundock report {label} -o report.html")
+    xs, ys = scalar_points(records, x)
+    return Series(label, xs, ys)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _bounds(series: Sequence[Series]) -> tuple[float, float, float, float]:
+    xs = [x for s in series for x in s.xs]
+    ys = [y for s in series for y in s.ys if y is not None]
+    x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    y0, y1 = (min(ys), max(ys)) if ys else (0.0, 1.0)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        pad = abs(y0) * 0.1 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
+    return x0, x1, y0, y1
+
+
+def _line(a: tuple[int, int], b: tuple[int, int]) -> list[tuple[int, int]]:
+    """The dots from ``a`` to ``b`` (Bresenham)."""
+    (x0, y0), (x1, y1) = a, b
+    dx, dy = abs(x1 - x0), -abs(y1 - y0)
+    sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
+    err, dots = dx + dy, []
+    while True:
+        dots.append((x0, y0))
+        if (x0, y0) == (x1, y1):
+            return dots
+        e2 = 2 * err
+        if e2 >= dy:
+            err, x0 = err + dy, x0 + sx
+        if e2 <= dx:
+            err, y0 = err + dx, y0 + sy
+
+
+def render(title: str, series: Sequence[Series], *, width: int = 80, height: int = 15,
+           x_label: str = "step") -> Text:
+    """A chart ``width`` columns wide with ``height`` rows of plot area, plus its title, x axis and legend."""
+    x0, x1, y0, y1 = _bounds(series)
+    y_labels = [_fmt(y1), _fmt((y0 + y1) / 2), _fmt(y0)]
+    margin = max(len(s) for s in y_labels) + 1
+    cols, rows = max(width - margin - 1, 10), max(height, 3)
+    dots_x, dots_y = cols * 2, rows * 4
+    cells = [[0] * cols for _ in range(rows)]
+    owner = [[-1] * cols for _ in range(rows)]
+
+    def to_dot(x: float, y: float) -> tuple[int, int]:
+        return (round((x - x0) / (x1 - x0) * (dots_x - 1)), round((y1 - y) / (y1 - y0) * (dots_y - 1)))
+
+    for index, s in enumerate(series):
+        xs, ys = downsample(s.xs, s.ys, max(dots_x * 2, 16))
+        previous: tuple[int, int] | None = None
+        for x, y in zip(xs, ys, strict=False):
+            if y is None or not math.isfinite(y):
+                previous = None
+                continue
+            dot = to_dot(x, y)
+            for dx, dy in (_line(previous, dot) if previous else [dot]):
+                cells[dy // 4][dx // 2] |= _DOTS[dx % 2][dy % 4]
+                owner[dy // 4][dx // 2] = index
+            previous = dot
+
+    text = Text()
+    text.append(f"{title}\n", style="bold")
+    label_rows = {0: y_labels[0], rows // 2: y_labels[1], rows - 1: y_labels[2]}
+    for r in range(rows):
+        text.append(label_rows.get(r, "").rjust(margin - 1) + " ┤" if r in label_rows else " " * margin + "│",
+                    style="dim")
+        for c in range(cols):
+            bits = cells[r][c]
+            text.append(chr(0x2800 + bits) if bits else " ",
+                        style=COLOURS[owner[r][c] % len(COLOURS)] if bits else "")
+        text.append("\n")
+    text.append(" " * margin + "└" + "─" * cols + "\n", style="dim")
+    left, right = _fmt(x0), _fmt(x1)
+    middle = x_label.center(max(cols - len(left) - len(right), 0))
+    text.append(" " * (margin + 1) + left + middle + right + "\n", style="dim")
+    for index, s in enumerate(series):
+        values = [y for y in s.ys if y is not None]
+        count = f"{len(s.ys):,} point" + ("s" if len(s.ys) != 1 else "")
+        stats = (f"last={_fmt(values[-1])} min={_fmt(min(values))} max={_fmt(max(values))} ({count})"
+                 if values else "no finite values")
+        label = s.label if len(s.label) <= width - 3 else s.label[:max(width - 4, 1)] + "…"
+        text.append("━━ ", style=COLOURS[index % len(COLOURS)])
+        text.append(label)
+        if 3 + len(label) + 2 + len(stats) <= width:
+            text.append("  " + stats + "\n", style="dim")
+        else:  # too narrow for one line: the figures go under the label
+            text.append("\n   " + stats[:max(width - 3, 1)] + "\n", style="dim")
+    return text

@@ -9,7 +9,9 @@ Experiment, Run, ScriptRunConfig`` (and ``azureml.core.run``, ``.workspace``,
 ``.experiment``, ``.script_run_config``) import; ``Run`` is rundock's job-side
 run, ``ScriptRunConfig`` what ``run.submit_child`` takes, and
 ``Workspace``/``Experiment`` are stand-ins that carry names
-(``run.experiment.workspace.name``).
+(``run.experiment.workspace.name``). ``azureml.train.hyperdrive`` gives the
+sweeps' parameter expressions, samplings, policies and goal (rundock.hyperdrive's
+pure modules, which the job lib carries).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import tempfile
 
 import rundock
 
-_FILES = ("__init__.py", "states.py", "context/__init__.py", "context/config.py", "context/journal.py",
+_FILES = ("__init__.py", "states.py", "errors.py", "context/__init__.py", "context/config.py", "context/journal.py",
           "context/names.py", "context/recorder.py", "context/records.py", "context/rundir.py",
-          "context/run.py", "context/schemas.py")
+          "context/run.py", "context/schemas.py",
+          # the sweeps' pure parts, for the azureml.train.hyperdrive shim (no __init__: nothing else of the package)
+          "hyperdrive/goal.py", "hyperdrive/parameters.py", "hyperdrive/sampling.py", "hyperdrive/policies.py",
+          "hyperdrive/_tpe.py")
 
 
 _SHIM_RUN = """\"\"\"rundock's stand-in for Azure ML inside a job: Run maps onto rundock's job-side run.\"\"\"
@@ -90,6 +95,40 @@ from azureml.core.workspace import Experiment
 __all__ = ["Experiment"]
 """
 
+_SHIM_HYPERDRIVE = """\"\"\"rundock's stand-in for ``azureml.train.hyperdrive`` inside a job: the parameter expressions,
+samplings, policies and PrimaryMetricGoal. A sweep is submitted from a notebook or a shell
+(``from rundock.hyperdrive import HyperDriveConfig``), not from inside a job.\"\"\"
+
+import sys
+
+try:
+    from rundock.hyperdrive.goal import PrimaryMetricGoal
+    from rundock.hyperdrive.parameters import (choice, lognormal, loguniform, normal, qlognormal, qloguniform,
+                                               qnormal, quniform, randint, uniform)
+    from rundock.hyperdrive.policies import (BanditPolicy, EarlyTerminationPolicy, MedianStoppingPolicy,
+                                             NoTerminationPolicy, TruncationSelectionPolicy)
+    from rundock.hyperdrive.sampling import BayesianParameterSampling, GridParameterSampling
+    from rundock.hyperdrive.sampling import ParameterSampling as HyperParameterSampling
+    from rundock.hyperdrive.sampling import RandomParameterSampling
+except TypeError as exc:  # X | Y annotations evaluated at import: Python 3.10 or later
+    raise ImportError("azureml.train.hyperdrive inside a job needs Python 3.10 or later; this job runs Python "
+                      + sys.version.split()[0]) from exc
+
+
+class _SubmittedOutsideJobs:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError(type(self).__name__ + " is not available inside a job: submit sweeps from a notebook or "
+                           "a shell (from rundock.hyperdrive import HyperDriveConfig; exp.submit(config))")
+
+
+class HyperDriveConfig(_SubmittedOutsideJobs):
+    \"\"\"Not available inside a job (see the module docstring).\"\"\"
+
+
+class HyperDriveRun(_SubmittedOutsideJobs):
+    \"\"\"Not available inside a job (see the module docstring).\"\"\"
+"""
+
 SHIM = {
     "azureml/__init__.py": "",
     "azureml/core/__init__.py": _SHIM_CORE,
@@ -97,6 +136,8 @@ SHIM = {
     "azureml/core/workspace.py": _SHIM_CLASSES,
     "azureml/core/experiment.py": _SHIM_EXPERIMENT,
     "azureml/core/script_run_config.py": _SHIM_SCRIPT_RUN_CONFIG,
+    "azureml/train/__init__.py": "",
+    "azureml/train/hyperdrive/__init__.py": _SHIM_HYPERDRIVE,
 }
 
 

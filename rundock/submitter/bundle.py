@@ -18,7 +18,10 @@ import tarfile
 
 import rundock
 
-_TOP = ("__init__.py", "states.py", "errors.py", "runconfig/__init__.py", "runconfig/docker_args.py")
+_TOP = ("__init__.py", "states.py", "errors.py", "runconfig/__init__.py", "runconfig/docker_args.py",
+        # read (never imported) by the agent for the job lib's azureml.train.hyperdrive shim (rundock.agent.joblib)
+        "hyperdrive/goal.py", "hyperdrive/parameters.py", "hyperdrive/sampling.py", "hyperdrive/policies.py",
+        "hyperdrive/_tpe.py")
 _TREES = ("context", "agent", "history")
 _VENDORED = ("docker", "requests", "urllib3", "idna", "certifi", "charset_normalizer")
 _VENDORED_FILES = (".py", ".pem")  # sources and certifi's CA bundle; compiled speedups stay behind

@@ -6,15 +6,19 @@ import getpass
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rundock.errors import ConfigError
+from rundock.history.records import RunRecord
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.states import RunStatus
 from rundock.submitter.run import Run
 from rundock.submitter.snapshot import Progress
 from rundock.submitter.targets import get_target
 from rundock.submitter.workspace import Workspace
+
+if TYPE_CHECKING:
+    from rundock.hyperdrive.config import HyperDriveConfig  # (imported when submit is called)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
 
@@ -29,11 +33,20 @@ class Experiment:
         self.workspace = workspace
         self.name = name
 
-    def submit(self, config: ScriptRunConfig, tags: Mapping[str, Any] | None = None, *,
+    def submit(self, config: ScriptRunConfig | HyperDriveConfig, tags: Mapping[str, Any] | None = None, *,
                progress: Progress | None = None, **kwargs: Any) -> Run:
-        """Package the source folder, create the run and hand it to its compute target."""
+        """Package the source folder, create the run and hand it to its compute target; a HyperDriveConfig
+        starts a sweep (rundock.hyperdrive) and gives its HyperDriveRun."""
+        from rundock.hyperdrive.config import HyperDriveConfig
+
+        if isinstance(config, HyperDriveConfig):
+            from rundock.hyperdrive.launch import submit_sweep
+
+            return submit_sweep(self, config, tags, display_name=kwargs.get("display_name"),
+                                description=kwargs.get("description"), progress=progress)
         if not isinstance(config, ScriptRunConfig):
-            raise ConfigError(f"submit() takes a ScriptRunConfig, not {type(config).__name__}", field="config")
+            raise ConfigError(f"submit() takes a ScriptRunConfig or a HyperDriveConfig, not {type(config).__name__}",
+                              field="config")
         target = get_target(self.workspace, config.run_config.target)
         record = target.submit(self.name, config, tags=tags, display_name=kwargs.get("display_name"),
                                description=kwargs.get("description"), progress=progress,
@@ -70,3 +83,12 @@ class Experiment:
 
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, workspace={self.workspace.name!r})"
+
+
+def _sweep_run(experiment: Experiment, record: RunRecord) -> Run:
+    from rundock.hyperdrive.run import HyperDriveRun
+
+    return HyperDriveRun(experiment, record.run_id, _record=record)
+
+
+Run.add_type_provider("hyperdrive", _sweep_run)  # Run.get, get_runs and get_children give a HyperDriveRun

@@ -14,6 +14,7 @@ from rundock.submitter.cli import (  # noqa: F401  (each registers its commands)
     runs,
     secrets,
     submit,
+    sweep,
     targets,
     transfer,
     ui,

@@ -49,7 +49,7 @@ from rundock.agent.slots import Slot, Ticket, try_acquire
 from rundock.context import run as ctx
 from rundock.context import rundir
 from rundock.context.journal import JournalWriter
-from rundock.errors import AttemptFencedError, RunNotFoundError, StoreReplacedError
+from rundock.errors import AttemptFencedError, RundockError, RunNotFoundError, StoreReplacedError
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.store import open_store
 from rundock.history.sync import SYSTEM_LOGS_DIR, JournalOnly, Syncer
@@ -65,6 +65,8 @@ MANIFEST_FILE = rundir.MANIFEST_FILE
 RUN_MOUNT = "/rundock/run"  # where a container sees the job's part of the run directory
 LIB_MOUNT = "/rundock/lib"  # and the job-side package
 RETRY_MAX_SECONDS = 30.0
+GENERIC_CANCEL = "cancel requested"  # what a plain Run.cancel() says: no reason to repeat
+MAX_REASON = 500  # characters of a canceller's reason kept in the Canceled detail
 
 
 @dataclasses.dataclass
@@ -123,6 +125,21 @@ class Agent:
     def canceled(self) -> bool:
         """Whether to stop: a cancel request, or a team server that fenced this attempt of a pool run."""
         return cancel_requested(self.run_dir) or isinstance(self.syncer.last_error, AttemptFencedError)
+
+    def cancel_detail(self) -> str:
+        """The Canceled detail: the reason the canceller gave with CancelRequested (a sweep's early-termination
+        policy names itself and its numbers there), when this agent writes to the history directly."""
+        reason = ""
+        if self.store is not None:
+            try:
+                asked = [c for c in self.store.status_history(self.spec.run_id)
+                         if c.status == RunStatus.CANCEL_REQUESTED]
+            except (RundockError, OSError):
+                asked = []
+            reason = asked[-1].detail.strip() if asked else ""
+        if not reason or reason == GENERIC_CANCEL:
+            return "canceled on request"
+        return f"canceled on request: {reason[:MAX_REASON]}"
 
     # -- phases -------------------------------------------------------------------------
     def prepare(self) -> Plan:
@@ -266,7 +283,7 @@ class Agent:
             if self.canceled():
                 self.state(RunStatus.FINALIZING, "cancel requested: stopping the job's processes")
                 executor.stop(spec.cancel_grace_seconds)
-                return Outcome(RunStatus.CANCELED, "canceled on request")
+                return Outcome(RunStatus.CANCELED, self.cancel_detail())
             if self.clock() > deadline:
                 self.state(RunStatus.FINALIZING, "time limit reached: stopping the job's processes")
                 executor.stop(spec.cancel_grace_seconds)

@@ -204,6 +204,7 @@ def test_each_policy_stops_the_weak_trial_with_its_reason(workspace: Workspace, 
     assert reason.startswith(f"{name}: ") and "accuracy" in reason
     history = workspace.store.status_history(weak.id)
     assert any(c.status.value == "CancelRequested" and c.detail == reason for c in history)
+    assert history[-1].status.value == "Canceled" and history[-1].detail == f"canceled on request: {reason}"
     assert len(weak.get_metric_history("accuracy")) < 50  # stopped early, not at its end
     assert hd.get_details()["properties"]["hyperdrive.trials_canceled"] == "1"
     assert f"Trial 3 stopped: {reason}" in workspace.store.read_log(hd.id, LOG_NAME).decode()

@@ -33,7 +33,9 @@ test: dev
 
 # What runs on jobs' and remote hosts' Python must work on 3.8.
 PY38_FILES := rundock/__init__.py rundock/states.py rundock/errors.py rundock/context rundock/agent rundock/history \
-	rundock/runconfig/__init__.py rundock/runconfig/docker_args.py
+	rundock/runconfig/__init__.py rundock/runconfig/docker_args.py \
+	rundock/hyperdrive/goal.py rundock/hyperdrive/parameters.py rundock/hyperdrive/sampling.py \
+	rundock/hyperdrive/policies.py rundock/hyperdrive/_tpe.py
 
 lint: dev
 	$(BIN)/ruff check rundock tests examples bench

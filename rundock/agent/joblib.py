@@ -99,20 +99,14 @@ _SHIM_HYPERDRIVE = """\"\"\"rundock's stand-in for ``azureml.train.hyperdrive`` 
 samplings, policies and PrimaryMetricGoal. A sweep is submitted from a notebook or a shell
 (``from rundock.hyperdrive import HyperDriveConfig``), not from inside a job.\"\"\"
 
-import sys
-
-try:
-    from rundock.hyperdrive.goal import PrimaryMetricGoal
-    from rundock.hyperdrive.parameters import (choice, lognormal, loguniform, normal, qlognormal, qloguniform,
-                                               qnormal, quniform, randint, uniform)
-    from rundock.hyperdrive.policies import (BanditPolicy, EarlyTerminationPolicy, MedianStoppingPolicy,
-                                             NoTerminationPolicy, TruncationSelectionPolicy)
-    from rundock.hyperdrive.sampling import BayesianParameterSampling, GridParameterSampling
-    from rundock.hyperdrive.sampling import ParameterSampling as HyperParameterSampling
-    from rundock.hyperdrive.sampling import RandomParameterSampling
-except TypeError as exc:  # X | Y annotations evaluated at import: Python 3.10 or later
-    raise ImportError("azureml.train.hyperdrive inside a job needs Python 3.10 or later; this job runs Python "
-                      + sys.version.split()[0]) from exc
+from rundock.hyperdrive.goal import PrimaryMetricGoal
+from rundock.hyperdrive.parameters import (choice, lognormal, loguniform, normal, qlognormal, qloguniform, qnormal,
+                                           quniform, randint, uniform)
+from rundock.hyperdrive.policies import (BanditPolicy, EarlyTerminationPolicy, MedianStoppingPolicy,
+                                         NoTerminationPolicy, TruncationSelectionPolicy)
+from rundock.hyperdrive.sampling import BayesianParameterSampling, GridParameterSampling
+from rundock.hyperdrive.sampling import ParameterSampling as HyperParameterSampling
+from rundock.hyperdrive.sampling import RandomParameterSampling
 
 
 class _SubmittedOutsideJobs:

@@ -26,15 +26,15 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
 from rundock.errors import ConfigError
 
-Scalar = str | int | float | bool
+Scalar = Union[str, int, float, bool]
 
 
 def _number(name: str, value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{name}(): {what} must be a finite number, not {value!r}")
     return float(value)
 
@@ -85,7 +85,7 @@ class Choice(ParameterExpression):
         if not self.values:
             raise ConfigError("choice() needs at least one value")
         for value in self.values:
-            if not isinstance(value, str | int | float | bool) or (
+            if not isinstance(value, (str, int, float, bool)) or (
                 isinstance(value, float) and not math.isfinite(value)
             ):
                 raise ConfigError(f"choice(): {value!r} is not allowed; options must be numbers, strings or booleans")
@@ -252,7 +252,7 @@ class QLogNormal(LogNormal):
 # v1's functions: build the expressions with v1's parameter names.
 def choice(*options: Any) -> Choice:
     """One of ``options``; ``choice(1, 2, 3)``, ``choice([1, 2, 3])`` and ``choice(range(3))`` are the same."""
-    if len(options) == 1 and isinstance(options[0], list | tuple | range):
+    if len(options) == 1 and isinstance(options[0], (list, tuple, range)):
         options = tuple(options[0])
     return Choice(tuple(options))
 
@@ -301,7 +301,7 @@ _FUNCTIONS: dict[str, Any] = {
 
 def from_json(data: Any) -> ParameterExpression:
     """The expression for v1's JSON form, e.g. ``["uniform", [0.0, 1.0]]`` or ``["choice", [[16, 32]]]``."""
-    if not (isinstance(data, list | tuple) and len(data) == 2 and isinstance(data[1], list | tuple)):
+    if not (isinstance(data, (list, tuple)) and len(data) == 2 and isinstance(data[1], (list, tuple))):
         raise ConfigError(f"{data!r} is not a parameter expression; expected e.g. ['uniform', [0.0, 1.0]]")
     name, args = data
     function = _FUNCTIONS.get(name) if isinstance(name, str) else None

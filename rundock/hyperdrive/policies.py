@@ -171,7 +171,7 @@ class BanditPolicy(EarlyTerminationPolicy):
             raise ConfigError("BanditPolicy needs exactly one of slack_factor (a ratio) or slack_amount (a distance)")
         for name, value in (("slack_factor", slack_factor), ("slack_amount", slack_amount)):
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
             ):
                 raise ConfigError(f"BanditPolicy: {name} must be a number above 0, not {value!r}")
         self.slack_factor = None if slack_factor is None else float(slack_factor)

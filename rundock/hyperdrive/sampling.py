@@ -179,7 +179,7 @@ class GridParameterSampling(ParameterSampling):
         """Every combination in trial order."""
         keys = list(self._space)
         options = [expr.values for expr in self._space.values() if isinstance(expr, Choice)]
-        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*options)]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*options)]  # noqa: B905  (3.8 on job hosts)
 
 
 class BayesianParameterSampling(ParameterSampling):

@@ -11,8 +11,9 @@ not ask for HTML).
   token, so revoking or expiring the token ends its sessions too, and the UI shows what the token's role may read.
 
 The cookie is ``HttpOnly`` and ``SameSite=Strict``; its value is ``<subject>|<expires>|<session id>`` signed with
-HMAC-SHA256. State-changing requests carry a CSRF token bound to the session (``Viewer.csrf``): pages put it in a
-``<meta>`` element and forms; ``check_csrf`` compares it in constant time.
+HMAC-SHA256. Signing out ends the session itself (``UiAuth.end``), not only the browser's cookie. State-changing
+requests carry a CSRF token bound to the session (``Viewer.csrf``): pages put it in a ``<meta>`` element and forms;
+``check_csrf`` compares it in constant time.
 """
 
 from __future__ import annotations
@@ -88,6 +89,20 @@ class UiAuth(abc.ABC):
 
     def __init__(self, key: bytes) -> None:
         self.signer = Signer(key)
+        self._ended: dict[str, float] = {}  # session id -> when its cookie would have expired anyway
+        self._ended_lock = threading.Lock()
+
+    def end(self, session_id: str) -> None:
+        """Sign a session out: its cookie opens nothing from now on, even a copy of it kept elsewhere. (Kept in
+        this process's memory until the cookie would have expired.)"""
+        now = time.time()
+        with self._ended_lock:
+            for old in [k for k, until in self._ended.items() if until < now]:
+                del self._ended[old]
+            self._ended[session_id] = now + self.signer.lifetime
+
+    def ended(self, session_id: str) -> bool:
+        return session_id in self._ended
 
     @abc.abstractmethod
     def principal(self, subject: str) -> Principal | None:
@@ -180,7 +195,7 @@ def ui_session(request: Request) -> Viewer:
     cookie = request.cookies.get(COOKIE, "")
     checked = auth.signer.verify(cookie) if cookie else None
     principal = auth.principal(checked[0]) if checked else None
-    if checked and principal is not None:
+    if checked and principal is not None and not auth.ended(checked[1]):
         request.state.principal = principal  # for the team server's access log
         return Viewer(principal, checked[1], auth.signer.csrf(checked[1]))
     once = request.query_params.get("token")

@@ -115,6 +115,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request, viewer: Viewer = Depends(ui_session)) -> Response:
     form = await _form(request)
     check_csrf(request, viewer, str(form.get("csrf") or ""))
+    auth_of(request).end(viewer.session_id)
     response = RedirectResponse("/ui/login", status_code=303)
     response.headers.append("Set-Cookie", cookie_header(COOKIE, "", 0, request.url.scheme == "https"))
     return response

@@ -24,6 +24,7 @@ from rundock.ui.render import chart_specs
 router = APIRouter(prefix="/ui")
 DRIVER_LOG = "system_logs/driver_log.txt"
 MAX_VIEW_BYTES = 1 << 20
+MAX_TABLE_ROWS = 1000  # rows of a table metric drawn on the page (a job may log millions)
 
 
 def file_url(run_id: str, name: str, *, inline: bool = False) -> str:
@@ -44,6 +45,9 @@ def _run_body(ui: UiBackend, viewer: Viewer, run: RunRecord) -> Markup:
     records = store.get_metric_records(run.run_id)
     specs = chart_specs(records, lambda name: data.metric_series(store, run.run_id, name))
     files = store.list_files(run.run_id)
+    # An image metric names a file; the page shows it only when it is one of this run's files (a job's journal
+    # could name "../../other-run/..." and have the viewer's browser fetch it).
+    specs = [_bounded(s, files) for s in specs]
     logs = store.log_names(run.run_id)
     log_name = DRIVER_LOG  # the job's own output; the agent's logs are in the list beside it
     logs = [DRIVER_LOG, *(n for n in logs if n != DRIVER_LOG)]
@@ -80,6 +84,16 @@ def _run_body(ui: UiBackend, viewer: Viewer, run: RunRecord) -> Markup:
         json_script("run-state", {"run_id": run.run_id, "terminal": run.status.is_terminal}),
     ]
     return join(parts)
+
+
+def _bounded(spec: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` as the page may draw it: an image only when it is one of this run's files (a job's journal could
+    name "../../other-run/…" and have the viewer's browser fetch it), a table's first ``MAX_TABLE_ROWS`` rows."""
+    if spec["kind"] == "image" and spec["file"] not in files:
+        return {**spec, "kind": "value", "value": f"(image file {spec['file']!r} is not among this run's files)"}
+    if spec["kind"] == "table" and len(spec["rows"]) > MAX_TABLE_ROWS:
+        return {**spec, "rows": spec["rows"][:MAX_TABLE_ROWS], "total_rows": len(spec["rows"])}
+    return spec
 
 
 def _timeline(history: list[Any], run: RunRecord) -> Markup:

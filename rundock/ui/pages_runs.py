@@ -25,6 +25,7 @@ from rundock.ui.render import chart_specs
 
 router = APIRouter(prefix="/ui")
 PER_PAGE = (25, 50, 100, 200)
+MAX_PAGE = 10**12  # so that an offset always fits the history's 64-bit integers
 _METRIC_FILTER = re.compile(r"^\s*(.+?)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+|nan|inf)\s*$")
 BASE_COLUMNS = (("run", "run_number", "Run"), ("name", "display_name", "Name"),
                 ("experiment", "experiment", "Experiment"), ("status", "status", "Status"),
@@ -88,6 +89,8 @@ def parse_query(request: Request) -> tuple[data.TableQuery, list[str], int]:
     per = int(params.get("per") or 50)
     per = per if per in PER_PAGE else 50
     page_number = max(1, int(params.get("page") or 1))
+    if page_number > MAX_PAGE:
+        raise ApiError(400, f"page {page_number}: pages go up to {MAX_PAGE:,}")
     sort = params.get("sort") or "created_at"
     q = data.TableQuery(experiment=params.get("experiment") or None, statuses=statuses, tags=tags, properties=props,
                         metric_filters=tuple(filters), text=params.get("q") or None,

@@ -61,17 +61,28 @@ def metric_spec(name: str, group: list[MetricRecord], series: SeriesOf) -> Spec 
     if not isinstance(data, dict):
         return {**base, "kind": "value", "value": _plain(last.value)}
     if kind == "confusion_matrix":
-        return {**base, "kind": "confusion_matrix", "labels": [str(x) for x in data.get("class_labels", [])],
-                "matrix": data.get("matrix", [])}
+        return {**base, "kind": "confusion_matrix", "labels": [str(x) for x in _list(data.get("class_labels"))],
+                "matrix": [_numbers(row) for row in _list(data.get("matrix"))]}
     if kind == "accuracy_table":
         return {**base, "kind": "accuracy_table", "curves": accuracy_curves(data)}
     if kind == "residuals":
-        return {**base, "kind": "histogram", "edges": data.get("bin_edges", []), "counts": data.get("bin_counts", [])}
+        return {**base, "kind": "histogram", "edges": _numbers(data.get("bin_edges")),
+                "counts": _numbers(data.get("bin_counts"))}
     if kind == "predictions":
-        return {**base, "kind": "predictions", "edges": data.get("bin_edges", []),
-                "averages": data.get("bin_averages", []), "errors": data.get("bin_errors", []),
-                "counts": data.get("bin_counts", [])}
+        return {**base, "kind": "predictions", "edges": _numbers(data.get("bin_edges")),
+                "averages": _numbers(data.get("bin_averages")), "errors": _numbers(data.get("bin_errors")),
+                "counts": _numbers(data.get("bin_counts"))}
     return {**base, "kind": "value", "value": _plain(last.value)}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _numbers(values: Any) -> list[float | None]:
+    """A job's list of numbers as finite numbers or None: anything else it wrote there (text, NaN, nested
+    values, a non-list) draws nothing instead of breaking the page."""
+    return [v if _number(v) and math.isfinite(v) else None for v in _list(values)]
 
 
 def _plain(value: Any) -> Any:
@@ -107,18 +118,17 @@ def accuracy_curves(data: dict[str, Any]) -> list[Spec]:
     """Per class: ROC points (``fpr``, ``tpr``) and precision-recall points (``recall``, ``precision``) from
     the ``probability_tables`` rows ``[TP, FP, TN, FN]``, one per threshold."""
     curves = []
-    labels = data.get("class_labels") or []
-    tables = data.get("probability_tables") or []
-    for label, rows in zip(labels, tables, strict=False):
+    for label, rows in zip(_list(data.get("class_labels")), _list(data.get("probability_tables")), strict=False):
         fpr, tpr, precision, recall = [], [], [], []
-        for row in rows:
-            if not isinstance(row, list) or len(row) != 4:
+        for row in _list(rows):
+            numbers = _numbers(row)
+            if len(numbers) != 4 or None in numbers:
                 continue
-            tp, fp, tn, fn = (float(v) for v in row)
+            tp, fp, tn, fn = (float(v) for v in numbers if v is not None)
             fpr.append(_ratio(fp, fp + tn))
             tpr.append(_ratio(tp, tp + fn))
             recall.append(_ratio(tp, tp + fn))
             precision.append(_ratio(tp, tp + fp))
         curves.append({"label": str(label), "fpr": fpr, "tpr": tpr, "recall": recall, "precision": precision,
-                       "thresholds": list(data.get("probability_thresholds") or [])})
+                       "thresholds": _numbers(data.get("probability_thresholds"))})
     return curves

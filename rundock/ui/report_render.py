@@ -96,9 +96,11 @@ def line_from_spec(spec: Spec, *, max_points: int) -> Spec | None:
             curves.append({"label": str(curve["label"]), "x": [p[0] for p in points], "y": [p[1] for p in points]})
         return _line(name, "false positive rate", "true positive rate", curves, "ROC curve per class")
     if kind == "predictions":
-        edges = [float(e) for e in spec["edges"]]
-        centres = [(a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)]
+        edges, averages = spec["edges"], spec["averages"]
+        bins = [((a + b) / 2, _number(averages[i]) if i < len(averages) else None)
+                for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False)) if a is not None and b is not None]
+        centres = [c for c, _ in bins]
         return _line(name, "true value (bin centre)", "average prediction",
-                     [{"label": "average prediction", "x": centres, "y": [_number(v) for v in spec["averages"]]},
+                     [{"label": "average prediction", "x": centres, "y": [v for _, v in bins]},
                       {"label": "ideal", "x": centres, "y": list(centres)}])
     return None

@@ -38,6 +38,7 @@ router = APIRouter(prefix="/ui/api")
 POLL_SECONDS = 0.25
 REFRESH_SECONDS = 1.0
 MAX_TAG_KEY, MAX_TAG_VALUE = 255, 5000
+MAX_OFFSET = (1 << 63) - 1  # a log offset past what the history stores is refused (400) before the stream starts
 INLINE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                 ".webp": "image/webp"}  # never SVG or HTML: they could carry script
 
@@ -95,7 +96,8 @@ def file(run_id: str, name: str, inline: bool = False, viewer: Viewer = Depends(
 
 
 @router.get("/runs/{run_id}/logs/{name:path}")
-async def log(request: Request, run_id: str, name: str, offset: int = Query(0, ge=0), download: bool = False,
+async def log(request: Request, run_id: str, name: str, offset: int = Query(0, ge=0, le=MAX_OFFSET),
+              download: bool = False,
               viewer: Viewer = Depends(ui_session), ui: UiBackend = Depends(ui_backend)) -> Response:
     await run_in_threadpool(ui.readable, viewer.principal, run_id)
     if download:

@@ -96,6 +96,8 @@
     table.appendChild(body);
     wrap.appendChild(table);
     box.appendChild(wrap);
+    if (spec.total_rows) box.appendChild(el("p", {"class": "note"}, "the first " + spec.rows.length + " of " +
+                                            spec.total_rows + " rows"));
   }
 
   function heatMap(spec, box) {
@@ -155,8 +157,9 @@
 
   function imageChart(spec, box) {
     var runId = runState().run_id;
-    var path = spec.file.split("/").map(enc).join("/");
-    box.appendChild(el("img", {src: "/ui/api/runs/" + enc(runId) + "/files/" + path + "?inline=1", alt: spec.name}));
+    // one encoded segment: a name can never be read as "../" by the browser (the server decodes %2F)
+    box.appendChild(el("img", {src: "/ui/api/runs/" + enc(runId) + "/files/" + enc(spec.file) + "?inline=1",
+                               alt: spec.name}));
   }
 
   function drawCharts() {

@@ -73,21 +73,33 @@ def run_processes(kind: str, node_rank: int, nodes: int, per_node: int, command:
         env.update(process_environment(kind, node_rank, nodes, per_node, local_rank))
         children.append(subprocess.Popen(command, env=env))
     failed: int | None = None
-    while any(c.poll() is None for c in children):
+    while _running(children):  # every child is polled each round (``any`` would stop at the first running one)
         codes = [c.returncode for c in children if c.returncode not in (None, 0)]
         if codes and failed is None:
             failed = codes[0]
             forward(signal.SIGTERM, None)
             deadline = time.monotonic() + STOP_GRACE_SECONDS
-            while any(c.poll() is None for c in children) and time.monotonic() < deadline:
+            while _running(children) and time.monotonic() < deadline:
                 time.sleep(POLL_SECONDS)
             for child in children:
                 if child.poll() is None:
                     child.kill()
+            continue
         time.sleep(POLL_SECONDS)
     if failed is None:
         failed = next((c.returncode for c in children if c.returncode != 0), 0)
-    return failed if failed is not None else 0
+    return exit_status(failed)
+
+
+def _running(children: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
+    """The children still running, each one polled (so that every exit status is known)."""
+    return [c for c in children if c.poll() is None]
+
+
+def exit_status(returncode: int) -> int:
+    """The launcher's exit status for a process's ``returncode``: a process killed by signal N counts as
+    128 + N, as a shell reports it (``sys.exit`` of a negative number would not say so)."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ is that launcher (copied into the run directory), or a ``torchrun`` line when th
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from typing import Any, cast
 
@@ -34,6 +35,7 @@ from rundock.history.sync import Syncer
 from rundock.states import RunStatus
 
 LAUNCHER_FILE = "launch.py"
+NODE_FILE = "node.json"  # the node's {rank, count, master_addr, master_port}: a restarted ``agent serve`` reads it
 _KEEP_STATES = frozenset({RunStatus.PREPARING.value, RunStatus.QUEUED.value, RunStatus.RUNNING.value,
                           RunStatus.FINALIZING.value})
 
@@ -55,6 +57,8 @@ def node_job(spec: JobSpec, node: dict[str, Any], distributed: dict[str, Any], r
     env = dict(spec.environment_variables)
     env.update(launch.node_environment(rank, count, per_node, addr, port))
     spec.mode = MODE_JOURNAL
+    with open(os.path.join(run_dir, NODE_FILE), "w", encoding="utf-8") as fh:
+        json.dump({"rank": rank, "count": count, "master_addr": addr, "master_port": port}, fh)
     if distributed.get("launcher") == "torchrun":
         line = launch.torchrun_command(spec.interpreter, rank, count, per_node, addr, port, spec.script,
                                        spec.arguments)
@@ -69,6 +73,16 @@ def node_job(spec: JobSpec, node: dict[str, Any], distributed: dict[str, Any], r
         env.update(launch.process_environment(kind, rank, count, 1, 0))
     spec.environment_variables = env
     return spec
+
+
+def read_node(run_dir: str) -> dict[str, Any] | None:
+    """The node a run directory holds (``node_job`` wrote it), or None for a single-node run's."""
+    try:
+        with open(os.path.join(run_dir, NODE_FILE), encoding="utf-8") as fh:
+            node = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return node if isinstance(node, dict) and isinstance(node.get("rank"), int) else None
 
 
 def _launcher(run_dir: str) -> str:

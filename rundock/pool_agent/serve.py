@@ -4,7 +4,9 @@ Outbound connections only. The loop:
 
 1. Detect the GPUs (``gpus``), find the per-run agents still running in the work folder (``adopt``) and
    register with them as ``running``: a restarted ``agent serve`` kills nothing and starts nothing twice.
-   Attempts the server fenced meanwhile are listed back, and their runs are stopped.
+   Attempts the server fenced meanwhile are listed back, and their runs are stopped. An adopted node of a
+   multi-node run (its ``node.json``) has its records shipped again from the start (the history applies each
+   record once) and is ended with its outcome, as if this ``agent serve`` had started it.
 2. Long-poll ``/agents/{id}/poll`` with what runs and which GPUs are free. Each poll renews the leases of the
    running attempts (the box's heartbeat), so while runs are live a poll goes out at least every third of
    the lease. An answer brings assignments (each gets a run directory, a job file and its own per-run agent
@@ -37,6 +39,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -51,6 +54,7 @@ from rundock.history.wire import Gpu, max_retries
 from rundock.pool_agent import adopt, docker_runner
 from rundock.pool_agent.client import Assignment, Attempt, PoolClient, Registration
 from rundock.pool_agent.gpus import detect
+from rundock.pool_agent.nodes import NodeSync, read_node
 from rundock.pool_agent.runner import AssignmentError, Runner, run_dir_of
 
 log = logging.getLogger("rundock.pool_agent")
@@ -142,7 +146,11 @@ class PoolAgent:
                 container = f"; {docker_runner.describe(self.docker, found.attempt)}" if self.docker else ""
                 log.info("adopted run %s (attempt %d, GPUs %s): its agent still runs%s", found.attempt.run_id,
                          found.attempt.attempt, _gpu_list(found.gpus), container)
-            self._thread(self._watch_adopted, handle)
+            node = read_node(found.run_dir)
+            if node is not None:  # a node of a multi-node run: ship its records again, end it with its outcome
+                self._thread(self._run_node, handle, found.run_dir, node, lambda h=handle: self._wait_adopted(h))
+            else:
+                self._thread(self._watch_adopted, handle)
 
     def register(self) -> Registration:
         """Register (retrying while the server cannot be reached); a refused token raises."""
@@ -247,23 +255,23 @@ class PoolAgent:
             return
         if handle.cancel:
             self.runner.cancel(run_dir)
-        handle.process = self.runner.spawn(run_dir, attempt, handle.gpus)
+        process = handle.process = self.runner.spawn(run_dir, attempt, handle.gpus)
         if assignment.node is not None:
-            self._run_node(handle, run_dir, assignment.node)
+            self._run_node(handle, run_dir, assignment.node, lambda: process.wait() is not None)
             return
-        handle.process.wait()
+        process.wait()
         self._finished(handle)
 
-    def _run_node(self, handle: Handle, run_dir: str, node: dict[str, Any]) -> None:
-        """One node of a multi-node run: ship its records while it runs, then end it with its outcome."""
-        from rundock.pool_agent.nodes import NodeSync
-
+    def _run_node(self, handle: Handle, run_dir: str, node: dict[str, Any], wait: Callable[[], bool]) -> None:
+        """One node of a multi-node run (started here, or adopted): ship its records while its per-run agent
+        runs (``wait`` returns once it ended; False when ``agent serve`` stops first: the next one adopts the
+        node), then end the attempt with the node's outcome."""
         attempt = handle.attempt
         sync = NodeSync(self.store.url, self.options.token, self.runner.artifacts, run_dir, attempt.run_id,
                         attempt.attempt, int(node["rank"]))
         sync.start()
-        assert handle.process is not None
-        handle.process.wait()
+        if not wait():
+            return
         outcome = message = None
         try:
             outcome, message = sync.finish()
@@ -276,10 +284,15 @@ class PoolAgent:
         self._end(handle, outcome, message)
 
     def _watch_adopted(self, handle: Handle) -> None:
+        if self._wait_adopted(handle):
+            self._finished(handle)
+
+    def _wait_adopted(self, handle: Handle) -> bool:
+        """Until an adopted per-run agent ends (True), or this ``agent serve`` stops (False)."""
         while runlock.agent_alive(handle.run_dir):
             if self.stopping.wait(ADOPTED_CHECK_SECONDS):
-                return
-        self._finished(handle)
+                return False
+        return True
 
     def _finished(self, handle: Handle) -> None:
         """The per-run agent is gone: end the run by the lost-run policy if it did not, then end the attempt."""

@@ -12,6 +12,7 @@ process per GPU with ``RANK``/``LOCAL_RANK`` set (v1's per-process launch, the d
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rundock.errors import ConfigError
@@ -66,3 +67,32 @@ class MpiConfiguration:
     def to_mapping(self) -> dict[str, Any]:
         return {"kind": "mpi", "node_count": self.node_count, "process_count_per_node": self.process_count_per_node,
                 "communication_backend_name": "mpi", "launcher": "per-process"}
+
+
+def multi_node_problem(run_definition: Mapping[str, Any]) -> str | None:
+    """Why a run definition cannot run on several nodes of a pool, naming the fix; None when it can (or when
+    it asks for one node).
+
+    - A Docker environment: each node's processes run on the box itself (the launcher, the rendezvous port on
+      the box's address), not in a container.
+    - Retries (``resources.max_retries``): a lost node ends the whole run Failed; a multi-node run is never put
+      back in the queue.
+    """
+    from rundock.history.wire import max_retries
+
+    distributed = run_definition.get("distributed")
+    nodes = distributed.get("node_count") if isinstance(distributed, Mapping) else None
+    if not isinstance(nodes, int) or nodes <= 1:
+        return None
+    environment = run_definition.get("environment")
+    docker = environment.get("docker") if isinstance(environment, Mapping) else None
+    if isinstance(docker, Mapping) and docker.get("enabled"):
+        return (f"a multi-node run (node_count={nodes}) runs each node's processes on its box, not in a Docker "
+                "container: use an environment without Docker (environment.docker.enabled = False, "
+                "environment.python.interpreter_path = a Python on the boxes that has your packages), or "
+                "node_count=1 to run in the container")
+    retries = max_retries(run_definition)
+    if retries:
+        return (f"resources.max_retries={retries}: a multi-node run (node_count={nodes}) is not retried (a lost "
+                "node ends the whole run Failed); set max_retries=0 and submit the run again if a node is lost")
+    return None

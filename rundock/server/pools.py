@@ -23,6 +23,7 @@ the queue and ends Canceled at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from rundock.errors import RunNotFoundError
 from rundock.history import wire
 from rundock.history.records import RunRecord
 from rundock.history.store import RunStore
+from rundock.runconfig.distributed import multi_node_problem
 from rundock.server import pools_gang
 from rundock.server.errors import ApiError
 from rundock.server.pools_match import AgentView, Requirements, never_fits, waiting_reason
@@ -107,6 +109,9 @@ class Pools:
             raise ApiError(400, f"field 'pool': run {run.run_id} has target {run.target!r}, not {pool!r}: a run "
                                 "queued in a pool is created with that pool as its target")
         entry = self.state.entry(run.run_id)
+        problem = multi_node_problem(run.run_definition) if requirements.nodes > 1 else None
+        if entry is None and problem:
+            raise ApiError(400, problem)
         if entry is None:
             if run.status != RunStatus.NOT_STARTED:
                 raise ApiError(409, f"run {run.run_id} is {run.status.value}: only a NotStarted run can be queued")
@@ -225,6 +230,8 @@ class Pools:
 
     def _lost(self, attempt: AttemptRecord, agent: AgentRecord | None, why: str) -> None:
         message = f"agent lost: agent {_name(agent, attempt.agent_id)} {why}"
+        if attempt.nodes > 1:  # the other nodes are told to cancel at their next poll: the run is terminal
+            message = pools_gang.lost_message(attempt, _name(agent, attempt.agent_id), why)
         try:
             if self.store.transition(attempt.run_id, RunStatus.FAILED, detail="agent lost",
                                      error={"code": "AgentLost", "message": message}):
@@ -234,13 +241,14 @@ class Pools:
         self.state.finish(attempt.run_id)
 
     def may_retry(self, attempt: AttemptRecord) -> bool:
-        """Whether the run of a lost attempt goes back to the queue: its definition allows more retries."""
+        """Whether the run of a lost attempt goes back to the queue: its definition allows more retries. Never
+        for a node of a multi-node run (such runs are refused at enqueue when they ask for retries)."""
         try:
             run = self.store.get_run(attempt.run_id)
         except RunNotFoundError:
             return False
         live = not run.status.is_terminal and run.status != RunStatus.CANCEL_REQUESTED
-        return live and wire.max_retries(run.run_definition) >= attempt.number
+        return live and attempt.nodes == 1 and wire.max_retries(run.run_definition) >= attempt.number
 
     def agent_for(self, principal_name: str, pools: Sequence[str], agent_id: str) -> AgentRecord:
         """The agent ``agent_id`` if the calling agent token is the one it registered with; 403/404 otherwise."""
@@ -345,6 +353,9 @@ class Pools:
                                     "attempt; stop the job", code="fenced", run_id=run_id, attempt=attempt)
             return
         current = attempts[-1]
+        if current.nodes > 1:  # a lost node does not silence the others: see ``pools_gang.attempt_fenced``
+            current = dataclasses.replace(current, state="fenced" if pools_gang.attempt_fenced(
+                [a for a in attempts if a.number == current.number]) else "running")
         if attempt is None:
             raise ApiError(400, f"run {run_id} runs in pool attempts: an agent's write to it needs the header "
                                 f"X-Rundock-Attempt (its attempt number, now {current.number})")

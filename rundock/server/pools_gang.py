@@ -28,6 +28,17 @@ and a port chosen from the run id and attempt (29500-31499), the same for every 
 other than Completed ends the run Failed naming the node ("node 1 of 2 (agent box-b) failed: …"), and the
 other nodes' agents are told to cancel at their next poll (the run is terminal). When every node has ended,
 a run that is still live ends Completed if every node completed, Canceled if a cancel was asked for.
+
+**A lost node.** A node whose lease runs out (its box died, or its ``agent serve`` stayed away longer than the
+lease) is fenced by the sweeper like any attempt, and the run ends Failed "node 1 of 2 (agent box-b) was lost:
+…" (``lost_message``); the other nodes' agents are told to cancel at their next poll, and their attempts end
+as usual, so every GPU is freed. A node's writes are refused only once every node of its attempt is fenced
+(``attempt_fenced``): a write names its attempt, not its node, and the live nodes ship their last records.
+A restarted ``agent serve`` that lists its node as running keeps it (adoption), as for single-node runs.
+
+**Not for multi-node runs** (refused at enqueue, ``rundock.runconfig.distributed.multi_node_problem``):
+retries (a lost node is not re-queued: the whole run fails) and Docker environments (nodes run as host
+processes).
 """
 
 from __future__ import annotations
@@ -133,6 +144,20 @@ def _is(n: int) -> str:
 
 def _has(n: int) -> str:
     return "has" if n == 1 else "have"
+
+
+def lost_message(attempt: AttemptRecord, agent_name: str, why: str) -> str:
+    """The error of a run that lost node ``attempt`` (its lease ran out, or its restarted agent no longer runs
+    it): the run ends Failed with it, and the other nodes are canceled."""
+    return (f"node {attempt.node} of {attempt.nodes} (agent {agent_name}) was lost: agent {agent_name} {why}; "
+            "the other nodes were canceled")
+
+
+def attempt_fenced(nodes: list[AttemptRecord]) -> bool:
+    """Whether writes of a multi-node attempt (its node rows ``nodes``) are refused: once every node is fenced.
+    A write names only its attempt, not its node, so while one node is lost the others still ship their last
+    records (the run already ended Failed, and their agents stop them at their next poll)."""
+    return all(a.state == "fenced" for a in nodes)
 
 
 def node_ended(pools: Pools, agent: AgentRecord, held: AttemptRecord, outcome: str | None,

@@ -18,7 +18,9 @@ from typing import Any
 import psutil
 import pytest
 
-from rundock.runconfig.distributed import PyTorchConfiguration
+from rundock.errors import ConfigError
+from rundock.runconfig.distributed import MpiConfiguration, PyTorchConfiguration
+from rundock.runconfig.environment import Environment
 from rundock.runconfig.run_configuration import Resources, RunConfiguration
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.states import RunStatus
@@ -29,53 +31,70 @@ from tests.integration.test_pool_agent import POOL, Box, Team, team, wait_status
 
 __all__ = ["team"]  # the fixture, shared with the single-node pool tests
 
-# argv: mode ("meet", "fail" or "gloo"), a folder where each node leaves its pid
+# argv: mode ("meet", "fail", "slow", "hang" or "gloo"), a folder where each process leaves its pid. Every process
+# checks its variables; they meet over loopback (rank 0 listens on MASTER_PORT, every other rank connects and sends
+# its rank, rank 0 sends the sum back to each: a stand-in all-reduce), then: "fail": the last rank exits 1 and the
+# others wait; "slow": each logs 20 steps over about 10 s; "hang": every rank waits.
 NODE = """
 import os, socket, sys, time
 from rundock.context import Run
 run = Run.get_context()
-rank, world = int(os.environ["NODE_RANK"]), int(os.environ["WORLD_SIZE"])
+mode, folder = sys.argv[1], sys.argv[2]
+per_node = int(os.environ["AZUREML_PROCESS_COUNT_PER_NODE"])
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+node, local = int(os.environ["NODE_RANK"]), int(os.environ["LOCAL_RANK"])
 addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-assert world == 2 and os.environ["RANK"] == str(rank) and os.environ["LOCAL_RANK"] == "0", dict(os.environ)
+assert world == 2 * per_node and rank == node * per_node + local and 0 <= local < per_node, dict(os.environ)
+assert os.environ["LOCAL_WORLD_SIZE"] == str(per_node), dict(os.environ)
 assert os.environ["AZ_BATCH_MASTER_NODE"] == f"{addr}:{port}" and os.environ["AZUREML_NODE_COUNT"] == "2"
-with open(os.path.join(sys.argv[2], f"node-{rank}.pid"), "w") as fh:
+with open(os.path.join(folder, f"rank-{rank}.pid"), "w") as fh:
     fh.write(str(os.getpid()))
-print(f"node {rank} of {world} starts")
-if sys.argv[1] == "fail":
-    if rank == 1:
-        sys.exit("node 1 gives up")
-    time.sleep(600)
-if sys.argv[1] == "gloo":
+print(f"rank {rank} of {world} (node {node}, local rank {local}) starts")
+if mode == "gloo":
     import torch, torch.distributed as dist
     dist.init_process_group("gloo")
     value = torch.tensor([float(rank)])
     dist.all_reduce(value)
     total = int(value.item())
 elif rank == 0:
-    server = socket.create_server((addr, port))
+    server = socket.create_server((addr, port), backlog=world)
     server.settimeout(120)
-    conn, _ = server.accept()
-    other = int(conn.recv(16))
-    conn.sendall(str(rank).encode())
-    total = rank + other
+    peers = [server.accept()[0].makefile("rw") for _ in range(world - 1)]
+    total = rank + sum(int(peer.readline()) for peer in peers)
+    for peer in peers:
+        peer.write(f"{total}\\n")
+        peer.flush()
 else:
     deadline = time.time() + 120
     while True:
         try:
-            conn = socket.create_connection((addr, port), timeout=5)
+            peer = socket.create_connection((addr, port), timeout=120).makefile("rw")
             break
         except OSError:
             if time.time() > deadline:
                 raise
             time.sleep(0.2)
-    conn.sendall(str(rank).encode())
-    total = rank + int(conn.recv(16))
+    peer.write(f"{rank}\\n")
+    peer.flush()
+    total = int(peer.readline())
+print(f"rank {rank}: the sum of ranks is {total}")
+open(os.path.join(folder, f"rank-{rank}.met"), "w").close()
+if mode == "fail":
+    if rank == world - 1:
+        sys.exit(f"rank {rank} gives up")
+    time.sleep(600)
+if mode == "hang":
+    time.sleep(600)
+if mode == "slow":
+    for step in range(20):
+        run.log("step", step)
+        time.sleep(0.5)
 run.log("rank_sum", total)
-run.log("node_rank", rank)
-os.makedirs("outputs", exist_ok=True)
-with open("outputs/result.txt", "w") as fh:
-    fh.write(f"node {rank}: {total}")
-print(f"node {rank}: the sum of ranks is {total}")
+run.log("rank", rank)
+if local == 0:
+    os.makedirs("outputs", exist_ok=True)
+    with open("outputs/result.txt", "w") as fh:
+        fh.write(f"node {node}: {total}")
 """
 
 
@@ -106,14 +125,38 @@ def boxes(team: Team, *names: str) -> list[NodeBox]:
     return made
 
 
-def submit(team: Team, mode: str) -> Run:
+def submit(team: Team, mode: str, config: Any = None) -> Run:
     (team.project / "node.py").write_text(NODE)
     pids = team.folder / f"pids-{mode}"
     pids.mkdir()
-    config = RunConfiguration(target=POOL, resources=Resources(gpu_count=1))
-    src = ScriptRunConfig(source_directory=str(team.project), script="node.py", run_config=config,
-                          arguments=[mode, str(pids)], distributed_job_config=PyTorchConfiguration(node_count=2))
+    run_config = RunConfiguration(target=POOL, resources=Resources(gpu_count=1))
+    src = ScriptRunConfig(source_directory=str(team.project), script="node.py", run_config=run_config,
+                          arguments=[mode, str(pids)],
+                          distributed_job_config=config or PyTorchConfiguration(node_count=2))
     return Experiment(team.ws, "multinode").submit(src)
+
+
+def pid_of(team: Team, mode: str, rank: int) -> int:
+    path = team.folder / f"pids-{mode}" / f"rank-{rank}.pid"
+    return int(str(wait_until(lambda: path.exists() and path.read_text(), timeout=120,
+                              message=f"rank {rank} to start")))
+
+
+def met(team: Team, mode: str, *ranks: int) -> None:
+    """Until ``ranks`` have met the others (after that, no rank waits on another)."""
+    folder = team.folder / f"pids-{mode}"
+    wait_until(lambda: all((folder / f"rank-{r}.met").exists() for r in ranks), timeout=120,
+               message=f"ranks {ranks} to meet")
+
+
+def gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def box_of(boxes: list[NodeBox], pid: int) -> NodeBox:
+    """The box whose work folder the job process ``pid`` runs in."""
+    cwd = psutil.Process(pid).cwd()
+    return next(b for b in boxes if cwd.startswith(str(b.folder)))
 
 
 def queue(team: Team, run: Run) -> dict[str, Any]:
@@ -139,7 +182,7 @@ def test_a_two_node_run_waits_for_two_agents_then_meets_over_loopback(team: Team
     assert wait_status(run, {RunStatus.COMPLETED, RunStatus.FAILED}, timeout=180) == RunStatus.COMPLETED.value, \
         run.get_detailed_status()
     metrics = run.get_metrics()
-    assert sorted(metrics["node_rank"]) == [0, 1] and metrics["rank_sum"] == [1, 1], metrics
+    assert sorted(metrics["rank"]) == [0, 1] and metrics["rank_sum"] == [1, 1], metrics
     names = run.get_file_names()
     assert {"outputs/result.txt", "outputs/node-1/result.txt"} <= set(names), names
     assert {"system_logs/driver_log.txt", "system_logs/node-1/driver_log.txt"} <= set(names), names
@@ -150,15 +193,103 @@ def test_one_node_failing_cancels_the_other_and_fails_the_run(team: Team) -> Non
     for box in boxes(team, "box-a", "box-b"):
         box.start()
     run = submit(team, "fail")
+    survivor = pid_of(team, "fail", 0)  # rank 1 fails only once both met: rank 0 surely runs by then
     assert wait_status(run, {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}, timeout=180) == \
         RunStatus.FAILED.value
     error = run.get_details()["error"]["error"]
     assert error["code"] == "NodeFailed" and error["message"].startswith("node 1 of 2 (agent "), error
-    assert "exited with code 1" in error["message"] and "node 1 gives up" in error["message"], error
-    pid = int((team.folder / "pids-fail" / "node-0.pid").read_text())
-    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-               timeout=60, message="node 0's job to be stopped")
+    assert "exited with code 1" in error["message"] and "rank 1 gives up" in error["message"], error
+    wait_until(lambda: gone(survivor), timeout=60, message="node 0's job to be stopped")
     wait_until(lambda: held_gpus(team) == [], timeout=60, message="both nodes' GPUs to be free")
+
+
+def test_two_processes_per_node_get_their_ranks_meet_and_one_failing_stops_all(team: Team) -> None:
+    for box in boxes(team, "box-a", "box-b"):
+        box.start()
+    run = submit(team, "meet", PyTorchConfiguration(node_count=2, process_count_per_node=2))
+    assert wait_status(run, {RunStatus.COMPLETED, RunStatus.FAILED}, timeout=180) == RunStatus.COMPLETED.value, \
+        run.get_detailed_status()
+    metrics = run.get_metrics()  # every process checked RANK, LOCAL_RANK, WORLD_SIZE=4, NODE_RANK, MASTER_*
+    assert sorted(metrics["rank"]) == [0, 1, 2, 3] and metrics["rank_sum"] == [6, 6, 6, 6], metrics
+    assert {"outputs/result.txt", "outputs/node-1/result.txt"} <= set(run.get_file_names())
+
+    failing = submit(team, "fail", PyTorchConfiguration(node_count=2, process_count_per_node=2))
+    others = [pid_of(team, "fail", rank) for rank in (0, 1, 2)]  # rank 3 fails once all four met
+    assert wait_status(failing, {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}, timeout=180) == \
+        RunStatus.FAILED.value
+    error = failing.get_details()["error"]["error"]
+    assert error["code"] == "NodeFailed" and error["message"].startswith("node 1 of 2 (agent "), error
+    assert "exited with code 1" in error["message"], error
+    wait_until(lambda: all(gone(p) for p in others), timeout=60,
+               message="rank 3's sibling on node 1 and both processes of node 0 to be stopped")
+    wait_until(lambda: held_gpus(team) == [], timeout=60, message="both nodes' GPUs to be free")
+
+
+def test_a_lost_node_fails_the_run_naming_it_and_stops_the_other(team: Team) -> None:
+    made = boxes(team, "box-a", "box-b")
+    for box in made:
+        box.start()
+    run = submit(team, "hang")
+    survivor, victim = pid_of(team, "hang", 0), pid_of(team, "hang", 1)
+    met(team, "hang", 0, 1)
+    dead = box_of(made, victim)
+    dead.kill()  # the box dies: its agent serve, its per-run agent and its job, all at once
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid == victim or any(str(dead.folder) in part for part in proc.info["cmdline"] or []):
+            proc.kill()
+    assert wait_status(run, {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}, timeout=60) == \
+        RunStatus.FAILED.value  # once node 1's lease (8 s) ran out
+    error = run.get_details()["error"]["error"]
+    assert error["code"] == "AgentLost" and error["message"].startswith("node 1 of 2 (agent "), error
+    assert " was lost: " in error["message"] and "stopped reporting" in error["message"], error
+    wait_until(lambda: gone(survivor), timeout=60, message="node 0's job to be stopped")
+    wait_until(lambda: held_gpus(team) == [], timeout=60, message="both nodes' GPUs to be free")
+
+
+def test_a_restarted_agent_serve_adopts_its_node_and_the_run_completes(team: Team) -> None:
+    made = boxes(team, "box-a", "box-b")
+    for box in made:
+        box.start()
+    run = submit(team, "slow")
+    restarted = box_of(made, pid_of(team, "slow", 1))
+    met(team, "slow", 0, 1)
+    restarted.kill()  # only agent serve: node 1's per-run agent and job go on
+    restarted.start()
+    assert wait_status(run, {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}, timeout=180) == \
+        RunStatus.COMPLETED.value, run.get_detailed_status()
+    assert f"adopted run {run.id}" in restarted.log.read_text()
+    metrics = run.get_metrics()
+    assert sorted(metrics["step"]) == sorted(list(range(20)) * 2), metrics  # both nodes, every value once
+    assert metrics["rank_sum"] == [1, 1], metrics
+    assert {"outputs/result.txt", "outputs/node-1/result.txt"} <= set(run.get_file_names())
+    wait_until(lambda: held_gpus(team) == [], timeout=30, message="both nodes' GPUs to be free")
+
+
+def test_retries_and_docker_are_refused_for_a_multi_node_run(team: Team) -> None:
+    (team.project / "node.py").write_text(NODE)
+    config = RunConfiguration(target=POOL, resources=Resources(gpu_count=1, max_retries=2))
+    src = ScriptRunConfig(source_directory=str(team.project), script="node.py", run_config=config,
+                          distributed_job_config=MpiConfiguration(node_count=2))
+    with pytest.raises(ConfigError, match=r"max_retries=2: a multi-node run \(node_count=2\) is not retried"):
+        Experiment(team.ws, "multinode").submit(src)
+    docker = Environment("in-a-container")
+    docker.docker.enabled = True
+    src = ScriptRunConfig(source_directory=str(team.project), script="node.py", environment=docker,
+                          run_config=RunConfiguration(target=POOL),
+                          distributed_job_config=PyTorchConfiguration(node_count=2))
+    with pytest.raises(ConfigError, match="not in a Docker container: use an environment without Docker"):
+        Experiment(team.ws, "multinode").submit(src)
+    assert Experiment(team.ws, "multinode").get_runs() == []  # refused before anything was made
+
+    # The server refuses it as well, whoever enqueues it.
+    store = team.ws.store
+    record = store.create_run("multinode", target=POOL, run_definition={
+        "distributed": {"kind": "pytorch", "node_count": 2}, "resources": {"max_retries": 1}})
+    with team.server.session(team.server.admin_token) as session:
+        answer = session.post(team.server.api(f"/runs/{record.run_id}/enqueue"), timeout=30,
+                              json={"pool": POOL, "requirements": {"nodes": 2}})
+    assert answer.status_code == 400 and "is not retried" in answer.text, answer.text
+    assert store.get_run(record.run_id).status == RunStatus.NOT_STARTED
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
@@ -170,4 +301,3 @@ def test_a_two_node_torch_gloo_all_reduce(team: Team) -> None:
     assert wait_status(run, {RunStatus.COMPLETED, RunStatus.FAILED}, timeout=300) == RunStatus.COMPLETED.value, \
         run.get_detailed_status()
     assert run.get_metrics()["rank_sum"] == [1, 1]
-

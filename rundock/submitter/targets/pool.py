@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from rundock.errors import RundockError
+from rundock.errors import ConfigError, RundockError
 from rundock.history.records import RunRecord
+from rundock.runconfig.distributed import multi_node_problem
 from rundock.runconfig.environment import Environment, PythonSection
 from rundock.runconfig.run_configuration import RunConfiguration
 from rundock.runconfig.script_run_config import ScriptRunConfig
@@ -98,9 +99,12 @@ class PoolTarget:
         config.validate()
         env = config.environment or Environment(name="rundock-pool-python", python=PythonSection(
             user_managed_dependencies=True, interpreter_path="python3"))
-        snapshot = take_snapshot(config.source_directory, store, ws.artifacts, ws.snapshot_limits, progress)
         run_definition = {**config.run_config.to_mapping(), "environment": env.to_mapping(),
                           "source_directory": os.path.abspath(config.source_directory)}
+        problem = multi_node_problem(run_definition)  # the server refuses it too; say so before anything is made
+        if problem:
+            raise ConfigError(f"pool {self.name}: {problem}", source="distributed_job_config")
+        snapshot = take_snapshot(config.source_directory, store, ws.artifacts, ws.snapshot_limits, progress)
         record = store.create_run(
             experiment, target=self.name, run_definition=run_definition, snapshot_id=snapshot.snapshot_id,
             submitted_by=getpass.getuser(), display_name=display_name, description=description, parent_id=parent_id,

@@ -9,7 +9,8 @@ Each round (about every 0.25 s, at most every second):
 1. beat (``heartbeat.json`` of the sweep folder; the history's heartbeat of the sweep run);
 2. bring each live trial up to date through ``rundock.submitter.targets.check`` (a pull for SSH hosts, the
    lost-run policy for this machine's runs) and rebuild the trials (index, hyperparameters, status, primary
-   metric values) from the children;
+   metric values) from the children; a trial left CancelRequested by a controller killed before it told the
+   trial's target is told now;
 3. the sweep was canceled: cancel the live trials, wait for them to end, end the sweep Canceled;
    ``max_duration_minutes`` passed: the same, and the sweep ends Completed;
 4. a trial logged a new value of the primary metric: ask the policy which running trials to stop, and cancel
@@ -66,17 +67,21 @@ STOP_WAIT_SECONDS = 60.0  # beyond the trials' grace period, for canceled trials
 class Controller:
     """Runs one sweep to its end (see the module docstring)."""
 
-    def __init__(self, workspace: Workspace, run_id: str, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, workspace: Workspace, run_id: str, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``clock``: the wall clock that ``max_duration_minutes`` is measured on (from the sweep's start)."""
         self.ws = workspace
         self.store = workspace.store
         self.run_id = run_id
         self.folder = sweep_dir(workspace, run_id)
         self.sleep = sleep
+        self.clock = clock
         self.beats = 0
         self.last_store_beat = 0.0
         self.seen: dict[str, str] = {}  # child run id -> status last reported
         self.evaluated: dict[int, int] = {}  # trial index -> values the policy has seen
         self.stopped: set[int] = set()
+        self.cancels_sent: set[str] = set()  # child run ids whose target this controller has told to cancel
         self.best: tuple[float, int] | None = None
         self.submit_failures = 0
         self.exhausted = False
@@ -113,7 +118,7 @@ class Controller:
         restarted = record.status not in (RunStatus.NOT_STARTED, RunStatus.STARTING)
         self.store.transition(self.run_id, RunStatus.RUNNING,
                               detail="sweep controller started" if not restarted else "sweep controller restarted")
-        self.started_at = self.store.get_run(self.run_id).start_at or time.time()
+        self.started_at = self.store.get_run(self.run_id).start_at or self.clock()
         spec = self.spec
         self.log.write(f"{'Restarted' if restarted else 'Started'} sweep {self.run_id}: "
                        f"{type(spec.sampling).__name__}, policy {type(spec.policy).__name__}, primary metric "
@@ -148,6 +153,7 @@ class Controller:
         self.beat()
         record = self.store.get_run(self.run_id)
         children = self._children()
+        self._resend_cancels(children)
         if record.status.is_terminal:  # ended from outside (a plain Run's cancel): its trials end too
             for child in children:
                 if not child.status.is_terminal and child.status != RunStatus.CANCEL_REQUESTED:
@@ -158,7 +164,7 @@ class Controller:
         if record.status == RunStatus.CANCEL_REQUESTED:
             self._stop_all(children, "the sweep was canceled")
             return self._finish(RunStatus.CANCELED, "canceled")
-        if self.started_at and time.time() - self.started_at > self.spec.max_duration_minutes * 60:
+        if self.started_at and self.clock() - self.started_at > self.spec.max_duration_minutes * 60:
             self._stop_all(children, f"the sweep reached max_duration_minutes ({self.spec.max_duration_minutes})")
             return self._finish(None, f"stopped after max_duration_minutes ({self.spec.max_duration_minutes})")
         self._apply_policy(children, trials)
@@ -234,8 +240,20 @@ class Controller:
             return False
         if tag:
             self.store.set_tags(child.run_id, {STOP_REASON_TAG: reason})
+        self.cancels_sent.add(child.run_id)
         get_target(self.ws, child.target).cancel(self.store.get_run(child.run_id))
         return True
+
+    def _resend_cancels(self, children: Sequence[RunRecord]) -> None:
+        """Tell the target again of each cancel this controller has not sent itself: a controller killed
+        between recording a trial's CancelRequested and telling its target left a request nobody carries out
+        (the target's cancel is idempotent)."""
+        from rundock.submitter.targets import get_target
+
+        for child in children:
+            if child.status == RunStatus.CANCEL_REQUESTED and child.run_id not in self.cancels_sent:
+                get_target(self.ws, child.target).cancel(child)
+                self.cancels_sent.add(child.run_id)
 
     def _stop_all(self, children: Sequence[RunRecord], reason: str) -> None:
         """Cancel every live trial and wait (bounded) until each has ended."""

@@ -8,13 +8,14 @@ the primary metric that it logged (the largest for MAXIMIZE, the smallest for MI
 from __future__ import annotations
 
 import builtins
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from rundock.errors import RundockError, RunFailedError
 from rundock.history.records import RunRecord
 from rundock.hyperdrive.config import RUN_TYPE, HyperDriveConfig, SweepSpec
-from rundock.hyperdrive.launch import controller_alive, ensure_controller
+from rundock.hyperdrive.launch import controller_alive, ensure_controller, start_controller, sweep_dir
 from rundock.hyperdrive.sweeplog import LOG_NAME
 from rundock.hyperdrive.trials import HYPERPARAMETERS_TAG, as_trial, metric_values, summarize, trial_children
 from rundock.states import RunStatus
@@ -120,7 +121,8 @@ class HyperDriveRun(Run):
     # -- lifecycle ----------------------------------------------------------------------------------
     def cancel(self) -> bool:  # type: ignore[override]
         """Cancel the sweep and its live trials (v1 returns True once the cancel is recorded). Its controller
-        ends it Canceled once the trials have stopped; with no controller running, it ends Canceled now."""
+        ends it Canceled, with its summary, once the trials have stopped; a controller that is gone is started
+        again for that (when this machine drives the sweep; else the sweep ends Canceled now)."""
         record = self.refresh()._record
         if record.status.is_terminal:
             return False
@@ -128,8 +130,14 @@ class HyperDriveRun(Run):
         for child in trial_children(self._store, self._id):
             if not child.status.is_terminal:
                 Run(self.experiment, child.run_id, _record=child).cancel()
-        if not controller_alive(self.experiment.workspace, self._id):
-            self._store.transition(self._id, RunStatus.CANCELED, detail=f"canceled; {self.summary()}")
+        workspace = self.experiment.workspace
+        if not controller_alive(workspace, self._id):
+            try:  # a controller ends the sweep once its trials have stopped, with their summary
+                started = os.path.isdir(sweep_dir(workspace, self._id)) and start_controller(workspace, self._id) > 0
+            except OSError:
+                started = False
+            if not started:  # (the sweep is driven from another machine, or no controller can start here)
+                self._store.transition(self._id, RunStatus.CANCELED, detail=f"canceled; {self.summary()}")
         self.refresh()
         return True
 

@@ -67,11 +67,33 @@ class ParameterExpression(abc.ABC):
     def arguments(self) -> list[Any]:
         """The arguments in v1's JSON form (the second element of ``to_json()``)."""
 
+    @abc.abstractmethod
+    def __post_init__(self) -> None:
+        """Check the arguments: a clear ConfigError naming the expression and the argument."""
+
     def to_json(self) -> list[Any]:
         return [self.name, self.arguments()]
 
     def __str__(self) -> str:
         return f"{self.name}({', '.join(repr(a) for a in self.arguments())})"
+
+
+class Quantized(ParameterExpression):
+    """``round(value / q) * q`` of the expression it is mixed into (before it in the bases): one more argument,
+    ``q`` (a dataclass field each quantised expression declares last, default 1)."""
+
+    q: float
+
+    # super() is the concrete expression after this mixin in the bases, never the abstract base.
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[safe-super]
+        _positive(self.name, _number(self.name, self.q, "q"), "q")
+
+    def sample(self, rng: random.Random) -> float:
+        return quantize(super().sample(rng), self.q)  # type: ignore[safe-super]
+
+    def arguments(self) -> list[Any]:
+        return [*super().arguments(), self.q]  # type: ignore[safe-super]
 
 
 @dataclass(frozen=True)
@@ -139,21 +161,11 @@ class Uniform(ParameterExpression):
 
 
 @dataclass(frozen=True)
-class QUniform(Uniform):
+class QUniform(Quantized, Uniform):
     """``round(uniform(min_value, max_value) / q) * q``: bounded, evenly spaced values."""
 
     name: ClassVar[str] = "quniform"
     q: float = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _positive(self.name, _number(self.name, self.q, "q"), "q")
-
-    def sample(self, rng: random.Random) -> float:
-        return quantize(super().sample(rng), self.q)
-
-    def arguments(self) -> list[Any]:
-        return [self.min_value, self.max_value, self.q]
 
 
 @dataclass(frozen=True)
@@ -167,21 +179,11 @@ class LogUniform(Uniform):
 
 
 @dataclass(frozen=True)
-class QLogUniform(LogUniform):
+class QLogUniform(Quantized, LogUniform):
     """``round(exp(uniform(min_value, max_value)) / q) * q``."""
 
     name: ClassVar[str] = "qloguniform"
     q: float = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _positive(self.name, _number(self.name, self.q, "q"), "q")
-
-    def sample(self, rng: random.Random) -> float:
-        return quantize(super().sample(rng), self.q)
-
-    def arguments(self) -> list[Any]:
-        return [self.min_value, self.max_value, self.q]
 
 
 @dataclass(frozen=True)
@@ -204,21 +206,11 @@ class Normal(ParameterExpression):
 
 
 @dataclass(frozen=True)
-class QNormal(Normal):
+class QNormal(Quantized, Normal):
     """``round(normal(mu, sigma) / q) * q``."""
 
     name: ClassVar[str] = "qnormal"
     q: float = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _positive(self.name, _number(self.name, self.q, "q"), "q")
-
-    def sample(self, rng: random.Random) -> float:
-        return quantize(super().sample(rng), self.q)
-
-    def arguments(self) -> list[Any]:
-        return [self.mu, self.sigma, self.q]
 
 
 @dataclass(frozen=True)
@@ -232,21 +224,11 @@ class LogNormal(Normal):
 
 
 @dataclass(frozen=True)
-class QLogNormal(LogNormal):
+class QLogNormal(Quantized, LogNormal):
     """``round(exp(normal(mu, sigma)) / q) * q``."""
 
     name: ClassVar[str] = "qlognormal"
     q: float = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _positive(self.name, _number(self.name, self.q, "q"), "q")
-
-    def sample(self, rng: random.Random) -> float:
-        return quantize(super().sample(rng), self.q)
-
-    def arguments(self) -> list[Any]:
-        return [self.mu, self.sigma, self.q]
 
 
 # v1's functions: build the expressions with v1's parameter names.

@@ -51,9 +51,9 @@ def _run_body(ui: UiBackend, viewer: Viewer, run: RunRecord) -> Markup:
     logs = store.log_names(run.run_id)
     log_name = DRIVER_LOG  # the job's own output; the agent's logs are in the list beside it
     logs = [DRIVER_LOG, *(n for n in logs if n != DRIVER_LOG)]
-    head = render('<h1>{title} {badge}</h1><p class="sub"><span id="run-id">{run_id}</span> · {name}</p>',
+    head = render('<h1>{title} {badge}</h1><p class="sub"><span id="run-id">{run_id}</span>{name}</p>',
                   title=f"{run.experiment} #{run.number}", badge=status_badge(shown.value), run_id=run.run_id,
-                  name=run.display_name or "")
+                  name=f" · {run.display_name}" if run.display_name else "")
     if run.error:
         head += render('<div class="error-box"><b>{code}</b> <pre>{message}</pre></div>',
                        code=run.error.get("code", "error"), message=run.error.get("message", ""))
@@ -167,7 +167,8 @@ def _snapshot(ui: UiBackend, run: RunRecord) -> Markup:
         return empty("No snapshot.")
     rows = [(link(f"/ui/runs/{quote(run.run_id)}/snapshot/{quote(str(e.get('path')))}", e.get("path")),
              e.get("size")) for e in manifest]
-    return render("<details><summary>{n} files</summary>{t}</details>", n=len(rows),
+    return render("<details><summary>{n} {files}</summary>{t}</details>", n=len(rows),
+                  files="file" if len(rows) == 1 else "files",
                   t=table(("path", "bytes"), rows, css="grid files"))
 
 

@@ -160,8 +160,8 @@ def _runs_body(request: Request, q: data.TableQuery, columns: list[str], page_nu
                            on=Markup(" selected") if s.value in q.statuses else Markup("")) for s in RunStatus)
     params = request.query_params
     pages = max(1, -(-total // q.limit))
-    pager = render('<div class="pager"><span id="total">{total} runs</span> · page {n} of {pages} {prev} {next}'
-                   '</div>', total=total, n=page_number, pages=pages,
+    pager = render('<div class="pager"><span id="total">{total} {runs}</span> · page {n} of {pages} {prev} {next}'
+                   '</div>', total=total, runs="run" if total == 1 else "runs", n=page_number, pages=pages,
                    prev=link(_url(request, page=page_number - 1), "‹ previous") if page_number > 1 else "",
                    next=link(_url(request, page=page_number + 1), "next ›", id="next") if page_number < pages else "")
     form = render(

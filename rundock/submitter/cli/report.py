@@ -14,7 +14,7 @@ from rundock.submitter.cli import complete
 from rundock.submitter.cli.base import _workspace, cli, console, history_label, out
 
 
-@cli.command()
+@cli.command(short_help="Write runs as one HTML file that opens offline.")
 @click.argument("run_ids", nargs=-1, required=True, metavar="RUN...", shell_complete=complete.run_ids)
 @click.option("-o", "--output", default="report.html", show_default=True, help="The HTML file to write.")
 @click.option("--max-points", default=2000, show_default=True, type=click.IntRange(min=10),

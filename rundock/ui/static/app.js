@@ -44,8 +44,8 @@
   function lineChart(spec, box) {
     var runId = runState().run_id;
     var tools = el("div", {"class": "tools"});
-    var note = spec.downsampled ? "showing " + spec.x.length + " of " + spec.total_points + " points · " :
-      (spec.total_points || spec.y.length) + " points · ";
+    var note = spec.downsampled ? "showing " + spec.x.length + " of " + spec.total_points + " points" :
+      (spec.total_points || spec.y.length) + " points";
     tools.appendChild(document.createTextNode(note));
     var chart;
     if (spec.kind === "line" && runId) {
@@ -61,6 +61,7 @@
           window.rundockCharts[spec.name] = {x: s.x, y: s.y};
         });
       });
+      tools.appendChild(document.createTextNode(" · "));
       tools.appendChild(toggle);
       tools.appendChild(document.createTextNode(" · "));
       tools.appendChild(el("a", {href: "/ui/api/runs/" + enc(runId) + "/metric.csv?name=" + enc(spec.name)},

@@ -1,16 +1,22 @@
 """Copy the job's stdout and stderr into the driver log as they arrive.
 
-Both pipes go to one file in arrival order; the tail of stderr is kept for the
+Both streams go to one file in arrival order; the tail of stderr is kept for the
 error of a failed run. Secret values are replaced with ``***`` before anything
 is written, including a secret split across two reads.
+
+A process's two pipes are read by one thread (``merged_pipes``) in the order they
+become readable, stdout first when both are: a traceback printed after the
+script's last lines lands after them even on a busy machine, where two reader
+threads could interleave a late stdout chunk after it.
 """
 
 from __future__ import annotations
 
 import os
+import selectors
 import threading
 from collections.abc import Iterable, Iterator
-from typing import IO
+from typing import IO, Tuple
 
 STDERR_TAIL_BYTES = 16 * 1024
 STDERR_TAIL_LINES = 20
@@ -45,27 +51,48 @@ class Masker:
         return longest
 
 
-def pipe_chunks(stream: IO[bytes]) -> Iterator[bytes]:
-    """What a pipe delivers, as soon as it arrives; closes the pipe at its end."""
-    fd = stream.fileno()
+Chunk = Tuple[bytes, bool]  # (data, whether it came from stderr)
+
+
+def tagged(chunks: Iterable[bytes], is_err: bool) -> Iterator[Chunk]:
+    """One stream's chunks, each marked with the stream it came from."""
+    for data in chunks:
+        yield data, is_err
+
+
+def merged_pipes(stdout: IO[bytes], stderr: IO[bytes]) -> Iterator[Chunk]:
+    """Both pipes of a process, read in one thread as they become readable (stdout first when both are);
+    closes each pipe at its end."""
+    selector = selectors.DefaultSelector()
     try:
-        while data := os.read(fd, 65536):
-            yield data
+        for stream, is_err in ((stdout, False), (stderr, True)):
+            selector.register(stream.fileno(), selectors.EVENT_READ, (stream, is_err))
+        while selector.get_map():
+            ready = sorted((key.data for key, _ in selector.select()), key=lambda item: item[1])
+            for stream, is_err in ready:
+                data = os.read(stream.fileno(), 65536)
+                if data:
+                    yield data, is_err
+                else:
+                    selector.unregister(stream.fileno())
+                    stream.close()
     finally:
-        stream.close()
+        selector.close()
+        stdout.close()
+        stderr.close()
 
 
 class LogPump:
-    """Writes two byte streams (stdout, stderr) into the driver log, masked."""
+    """Writes the job's output into the driver log, masked: one reader thread per source of tagged chunks
+    (``merged_pipes`` for a process's pipes, ``tagged`` streams for a container's)."""
 
-    def __init__(self, stdout: Iterable[bytes], stderr: Iterable[bytes], log_path: str,
-                 secrets: list[str] | None = None) -> None:
+    def __init__(self, sources: Iterable[Iterable[Chunk]], log_path: str, secrets: list[str] | None = None) -> None:
         self._fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
         self._tail = bytearray()
-        self._threads = [threading.Thread(target=self._pump, args=(chunks, is_err, Masker(secrets or [])),
-                                          daemon=True, name=f"rundock-pump-{'err' if is_err else 'out'}")
-                         for chunks, is_err in ((stdout, False), (stderr, True))]
+        self._secrets = secrets or []
+        self._threads = [threading.Thread(target=self._pump, args=(source,), daemon=True, name=f"rundock-pump-{i}")
+                         for i, source in enumerate(sources)]
         for thread in self._threads:
             thread.start()
 
@@ -77,10 +104,13 @@ class LogPump:
                     self._tail += data
                     del self._tail[:-STDERR_TAIL_BYTES]
 
-    def _pump(self, chunks: Iterable[bytes], is_err: bool, masker: Masker) -> None:
-        for data in chunks:
+    def _pump(self, source: Iterable[Chunk]) -> None:
+        maskers: dict[bool, Masker] = {}  # per stream: a secret split across two reads of one stream
+        for data, is_err in source:
+            masker = maskers.setdefault(is_err, Masker(self._secrets))
             self._write(masker.feed(data), is_err)
-        self._write(masker.feed(b"", final=True), is_err)
+        for is_err, masker in maskers.items():
+            self._write(masker.feed(b"", final=True), is_err)
 
     def join(self, timeout: float | None = None) -> None:
         for thread in self._threads:

@@ -36,7 +36,7 @@ import docker.types
 
 from rundock.agent.environments import PrepareError
 from rundock.agent.lifecycle import LIB_MOUNT, RUN_MOUNT
-from rundock.agent.logpump import LogPump
+from rundock.agent.logpump import LogPump, tagged
 from rundock.context import rundir
 
 LABEL = "rundock.run_id"
@@ -127,7 +127,7 @@ class DockerExecutor:
         # Log streams replay from the container's start, so nothing written before they open is lost.
         stdout = self.container.logs(stream=True, follow=True, stdout=True, stderr=False)
         stderr = self.container.logs(stream=True, follow=True, stdout=False, stderr=True)
-        self._pump = LogPump(stdout, stderr, self.driver_log, self.secrets)
+        self._pump = LogPump([tagged(stdout, False), tagged(stderr, True)], self.driver_log, self.secrets)
 
     @property
     def pid(self) -> int:

@@ -7,7 +7,7 @@ import select
 import subprocess
 
 from rundock.agent.cancel import stop_tree
-from rundock.agent.logpump import LogPump, pipe_chunks
+from rundock.agent.logpump import LogPump, merged_pipes
 
 
 class ProcessExecutor:
@@ -40,8 +40,7 @@ class ProcessExecutor:
         except OSError:
             self._pidfd = None
         assert self._proc.stdout is not None and self._proc.stderr is not None
-        self._pump = LogPump(pipe_chunks(self._proc.stdout), pipe_chunks(self._proc.stderr), self.driver_log,
-                             self.secrets)
+        self._pump = LogPump([merged_pipes(self._proc.stdout, self._proc.stderr)], self.driver_log, self.secrets)
 
     @property
     def pid(self) -> int:

@@ -60,6 +60,7 @@ class JobSpec:
     run_as: str = ""  # uid:gid of the submitting user, for containers
     workspace_name: str = ""  # what ``run.experiment.workspace.name`` says inside the job
     workspace_path: str = ""  # the submitting workspace (local runs): where the job's submit_child requests go
+    shown_script: str = ""  # the user's script when ``script`` is a launcher that starts it (multi-node runs)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,7 +68,7 @@ class JobSpec:
     def validate(self) -> None:
         """Raise JobSpecError naming the first field that is not what the agent expects."""
         for name in ("run_id", "experiment", "mode", "store_uri", "artifacts_root", "snapshot_id", "script",
-                     "interpreter", "target", "run_as", "workspace_name", "workspace_path"):
+                     "interpreter", "target", "run_as", "workspace_name", "workspace_path", "shown_script"):
             if not isinstance(getattr(self, name), str):
                 raise JobSpecError(f"job field {name!r} must be a string, got {getattr(self, name)!r}")
         if self.mode not in MODES:

@@ -272,7 +272,7 @@ class Agent:
             json.dump({"host": socket.gethostname(), "agent_pid": os.getpid(), "job_pgid": executor.pid,
                        "container": executor.container_id or None}, fh)
         where = f"container {plan.image}" if plan.image else f"pid {executor.pid}"
-        self.state(RunStatus.RUNNING, f"running {os.path.basename(spec.script)} ({where})")
+        self.state(RunStatus.RUNNING, f"running {os.path.basename(spec.shown_script or spec.script)} ({where})")
         deadline = self.clock() + spec.max_run_duration_seconds
         self.children = ChildSubmitter(self.run_dir, spec, RUN_MOUNT if plan.image is not None else self.run_dir)
         while True:

@@ -59,6 +59,8 @@ def node_job(spec: JobSpec, node: dict[str, Any], distributed: dict[str, Any], r
     spec.mode = MODE_JOURNAL
     with open(os.path.join(run_dir, NODE_FILE), "w", encoding="utf-8") as fh:
         json.dump({"rank": rank, "count": count, "master_addr": addr, "master_port": port}, fh)
+    if distributed.get("launcher") == "torchrun" or per_node > 1:
+        spec.shown_script = spec.script  # the status names the user's script, not the launcher
     if distributed.get("launcher") == "torchrun":
         line = launch.torchrun_command(spec.interpreter, rank, count, per_node, addr, port, spec.script,
                                        spec.arguments)

@@ -212,6 +212,8 @@ def test_two_processes_per_node_get_their_ranks_meet_and_one_failing_stops_all(t
     metrics = run.get_metrics()  # every process checked RANK, LOCAL_RANK, WORLD_SIZE=4, NODE_RANK, MASTER_*
     assert sorted(metrics["rank"]) == [0, 1, 2, 3] and metrics["rank_sum"] == [6, 6, 6, 6], metrics
     assert {"outputs/result.txt", "outputs/node-1/result.txt"} <= set(run.get_file_names())
+    running = [c.detail for c in team.ws.store.status_history(run.id) if c.status == RunStatus.RUNNING]
+    assert running and all(d.startswith("running node.py ") for d in running), running  # not the launcher
 
     failing = submit(team, "fail", PyTorchConfiguration(node_count=2, process_count_per_node=2))
     others = [pid_of(team, "fail", rank) for rank in (0, 1, 2)]  # rank 3 fails once all four met

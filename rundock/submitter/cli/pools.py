@@ -48,14 +48,20 @@ def pools(as_json: bool) -> None:
         emit_json(listed)
         return
     table = Table("pool", "agent", "online", "GPUs", "running", "queued", box=None)
+    for column in (table.columns[1], table.columns[4]):
+        column.overflow = "fold"  # a run id or agent id wraps whole rather than being cut: it can be copied
     for pool in listed:
         agents = pool.get("agents") or []
         queued = str(pool.get("queued", 0))
         if not agents:
             table.add_row(Text(str(pool.get("name"))), "(no agent)", "", "", "", queued)
+        names = [str(a.get("name")) for a in agents]
         for i, agent in enumerate(agents):
             running = agent.get("running") or []
-            table.add_row(Text(str(pool.get("name")) if i == 0 else ""), Text(str(agent.get("name"))),
+            name = str(agent.get("name"))
+            if names.count(name) > 1:  # two agents on one host: tell them apart by id
+                name = f"{name} [{agent.get('agent_id')}]"
+            table.add_row(Text(str(pool.get("name")) if i == 0 else ""), Text(name),
                           "yes" if agent.get("online") else "no", _gpu_cell(agent.get("gpus") or []),
                           Text(", ".join(running) if running else "-"), queued if i == 0 else "")
             for gpu in agent.get("gpus") or []:

@@ -58,6 +58,8 @@ class RunConfiguration:
 
     ``secrets`` names the workspace secrets the run may read with ``run.get_secret``: None means every
     workspace secret for a run on this machine (they never leave it) and none for a remote host.
+    ``environment_variables`` (Azure ML v1's ``RunConfiguration.environment_variables``) are set for the job on
+    top of its environment's own (these win on a clash).
     """
 
     script: str | None = None
@@ -68,6 +70,7 @@ class RunConfiguration:
     cancel_grace_seconds: float = 10.0
     secrets: list[str] | None = None
     resources: Resources = dataclasses.field(default_factory=Resources)
+    environment_variables: dict[str, str] = dataclasses.field(default_factory=dict)
     distributed: dict[str, Any] = dataclasses.field(default_factory=dict)  # ``runconfig.distributed``
 
     def to_mapping(self) -> dict[str, Any]:
@@ -97,6 +100,10 @@ class RunConfiguration:
                 if not isinstance(name, str) or not name.strip():
                     raise ConfigError(f"expected a secret's name (a non-empty string), got {name!r}", source=source,
                                       field=f"secrets[{i}]")
+        if not isinstance(self.environment_variables, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, str) for k, v in self.environment_variables.items()):
+            raise ConfigError("expected environment variables as NAME: value strings, e.g. {SEED: \"1\"}",
+                              source=source, field="environment_variables")
         for i, arg in enumerate(self.arguments):
             if not isinstance(arg, (str, int, float, bool)):
                 raise ConfigError(f"expected a string or number, got {type(arg).__name__}", source=source,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 from rundock.errors import ConfigError
@@ -49,6 +51,15 @@ class ScriptRunConfig:
     @property
     def environment(self) -> Environment | None:
         return self.run_config.environment
+
+    def job_environment(self, default: Callable[[], Environment]) -> Environment:
+        """The environment the job runs in: the run configuration's (``default()`` when it names none), with the
+        run configuration's own ``environment_variables`` added on top."""
+        env = self.run_config.environment or default()
+        extra = self.run_config.environment_variables
+        if not extra:
+            return env
+        return dataclasses.replace(env, environment_variables={**env.environment_variables, **extra})
 
     def validate(self) -> None:
         """Check everything that can be checked before a run is created."""

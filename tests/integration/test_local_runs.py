@@ -431,3 +431,19 @@ def test_the_job_gets_the_users_pythonpath_not_the_agents(workspace: Workspace, 
         assert entries[-1] == str(mine)  # the user's own, after rundock's job library (and azureml shim)
         assert all(e.startswith(os.path.join(workspace.local_root, "lib")) for e in entries[:-1])
         assert not set(site.getsitepackages()) & set(entries)
+
+
+def test_run_configuration_environment_variables_reach_the_job(workspace: Workspace,
+                                                                source: Callable[..., Path]) -> None:
+    """Azure ML v1's ``run_config.environment_variables``: set for the job, over its environment's own."""
+    src = source(**{"train.py": "import os\nprint('SEED=' + os.environ['SEED'] + ' MODE=' + os.environ['MODE'])\n"})
+    config = ScriptRunConfig(str(src), "train.py")
+    env = Environment.submitting_interpreter()
+    env.environment_variables = {"SEED": "1", "MODE": "env"}
+    config.run_config.environment = env
+    config.run_config.environment_variables = {"SEED": "42"}
+    run = Experiment(workspace, "vars").submit(config)
+    run.wait_for_completion(raise_on_error=True)
+    log = workspace.store.read_log(run.id, "system_logs/driver_log.txt").decode()
+    assert "SEED=42 MODE=env" in log, log
+    assert env.environment_variables == {"SEED": "1", "MODE": "env"}  # the user's object is left as it was

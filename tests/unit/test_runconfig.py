@@ -98,3 +98,10 @@ def test_workspace_is_found_from_a_subfolder(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir("/")
     monkeypatch.setenv("RUNDOCK_HOME", str(tmp_path / "home"))
     assert Workspace.from_config().path == str(tmp_path / "home")
+
+
+def test_a_run_yml_sets_environment_variables_and_a_bad_one_is_named() -> None:
+    good = RunConfiguration.from_mapping({"script": "train.py", "environment_variables": {"SEED": "7"}})
+    assert good.environment_variables == {"SEED": "7"}
+    with pytest.raises(ConfigError, match="environment_variables"):
+        RunConfiguration.from_mapping({"script": "train.py", "environment_variables": {"SEED": 7}})

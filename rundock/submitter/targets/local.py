@@ -48,7 +48,7 @@ class LocalTarget:
                progress: Progress | None = None, parent_id: str | None = None) -> RunRecord:
         ws = self.workspace
         config.validate()
-        env = config.environment or Environment.submitting_interpreter()
+        env = config.job_environment(Environment.submitting_interpreter)
         snapshot = take_snapshot(config.source_directory, ws.store, ws.artifacts, ws.snapshot_limits, progress)
         run_definition = config.run_config.to_mapping()
         run_definition["environment"] = env.to_mapping()

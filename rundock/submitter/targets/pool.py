@@ -97,8 +97,8 @@ class PoolTarget:
                progress: Progress | None = None, parent_id: str | None = None) -> RunRecord:
         ws, store = self.workspace, self.store
         config.validate()
-        env = config.environment or Environment(name="rundock-pool-python", python=PythonSection(
-            user_managed_dependencies=True, interpreter_path="python3"))
+        env = config.job_environment(lambda: Environment(name="rundock-pool-python", python=PythonSection(
+            user_managed_dependencies=True, interpreter_path="python3")))
         run_definition = {**config.run_config.to_mapping(), "environment": env.to_mapping(),
                           "source_directory": os.path.abspath(config.source_directory)}
         problem = multi_node_problem(run_definition)  # the server refuses it too; say so before anything is made

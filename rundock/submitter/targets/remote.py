@@ -223,8 +223,8 @@ class RemoteTarget:
                progress: Progress | None = None, parent_id: str | None = None) -> RunRecord:
         ws = self.workspace
         config.validate()
-        env = config.environment or Environment(name="rundock-remote-python", python=PythonSection(
-            user_managed_dependencies=True, interpreter_path="python3"))
+        env = config.job_environment(lambda: Environment(name="rundock-remote-python", python=PythonSection(
+            user_managed_dependencies=True, interpreter_path="python3")))
         names = getattr(config.run_config, "secrets", None)
         vault = ws.secrets
         # This workspace's own secrets are checked before anything is made; a team server's exist for a run only.

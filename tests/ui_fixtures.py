@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,15 @@ def new_page(browser: Any) -> tuple[Any, list[str]]:
 
     page.on("dialog", on_dialog)
     return page, dialogs
+
+
+def until(check: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+    """Poll ``check`` every 0.1 s until it holds, failing with ``what`` after ``timeout`` s (Playwright's own
+    waiting evaluates strings, which the UI's CSP refuses)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what if isinstance(what, str) else what()}"
+        time.sleep(0.1)
 
 
 def screenshot(page: Any, name: str) -> None:

@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, FastAPI
 from starlette.responses import RedirectResponse, Response
 
+from rundock.history.records import RunRecord
 from rundock.server import errors
 from rundock.server.auth import Principal
 from rundock.server.services import Services
@@ -39,7 +42,14 @@ def mount_team_ui(app: FastAPI, svc: Services) -> None:
     def pools(principal: Principal) -> list[dict[str, object]]:
         return svc.pools.listing(principal.pools if principal.role == "agent" else None)
 
-    app.state.ui = UiBackend(store=svc.store, artifacts=svc.artifacts, title="rundock team server", pools=pools)
+    def queue(run: RunRecord) -> dict[str, Any] | None:
+        try:
+            return svc.pools.queue_info(run)
+        except errors.ApiError:  # never queued in a pool
+            return None
+
+    app.state.ui = UiBackend(store=svc.store, artifacts=svc.artifacts, title="rundock team server", pools=pools,
+                             queue=queue)
     app.state.ui_auth = ServerAuth(session_key(svc.settings.key_text()), svc.tokens)
     app.include_router(ui_router())
     _root(app)

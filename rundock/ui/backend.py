@@ -25,7 +25,8 @@ class UiBackend:
 
     ``refresh``: the run as it is now (``rundock ui``: the lost-run policy and pulls of remote hosts, as
     ``rundock logs -f`` does; the team server: as stored, its sweeper judges liveness). ``pools``: the team
-    server's pools view for a principal (None: no pools page).
+    server's pools view for a principal (None: no pools page). ``queue``: where a pool run stands in its pool's
+    queue and why it waits (the answer of ``GET /api/v1/runs/{id}/queue``; None: never queued in a pool).
     """
 
     store: RunStore
@@ -33,6 +34,7 @@ class UiBackend:
     title: str
     refresh: Callable[[RunRecord], RunRecord] = _as_is
     pools: Callable[[Principal], list[dict[str, Any]]] | None = None
+    queue: Callable[[RunRecord], dict[str, Any] | None] | None = None
 
     def readable(self, principal: Principal, run_id: str) -> RunRecord:
         """The run if ``principal`` may read it (RunNotFoundError; 403 otherwise)."""

@@ -50,18 +50,19 @@ def join(parts: Iterable[Any], sep: str = "") -> Markup:
 def json_script(element_id: str, data: Any) -> Markup:
     """``data`` as a JSON data block that a script reads with ``JSON.parse(el.textContent)``; ``<``, ``>`` and
     ``&`` are escaped so that no value can end the block. NaN and infinities become null."""
-    text = json.dumps(_finite(data), separators=(",", ":"))
+    text = json.dumps(finite(data), separators=(",", ":"))
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return render('<script type="application/json" id="{id}">', id=element_id) + Markup(text) + Markup("</script>")
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (at any depth of dicts and lists) as None, for strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {str(k): finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 

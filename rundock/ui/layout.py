@@ -27,7 +27,7 @@ def page(viewer: Viewer, title: str, body: Markup, *, active: str = "", product:
     items = join(render('<li class="{css}">{a}</li>', css="active" if key == active else "", a=link(href, text))
                  for key, href, text in NAV if key != "pools" or pools)
     script_tags = join(render('<script src="/ui/static/{s}"></script>', s=s)
-                       for s in ("vendor/uplot/uPlot.iife.min.js", "app.js", *scripts))
+                       for s in ("vendor/uplot/uPlot.iife.min.js", "bins.js", "app.js", *scripts))
     return html_response(render(
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title} · {product}</title>'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

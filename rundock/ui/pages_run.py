@@ -14,10 +14,11 @@ from rundock.history import liveness
 from rundock.history.records import RunRecord
 from rundock.server.access import may_read, snapshot_or_none
 from rundock.server.errors import ApiError
+from rundock.server.responses import json_response
 from rundock.ui import data
 from rundock.ui.auth import Viewer, ui_session
 from rundock.ui.backend import UiBackend, ui_backend
-from rundock.ui.html import Markup, duration, join, json_script, link, number, render, table, when
+from rundock.ui.html import Markup, duration, finite, join, json_script, link, number, render, table, when
 from rundock.ui.layout import empty, page, section, status_badge
 from rundock.ui.render import chart_specs
 
@@ -42,18 +43,15 @@ async def run_page(run_id: str, viewer: Viewer = Depends(ui_session), ui: UiBack
 def _run_body(ui: UiBackend, viewer: Viewer, run: RunRecord) -> Markup:
     store = ui.store
     shown = liveness.shown_status(run)
-    records = store.get_metric_records(run.run_id)
-    specs = chart_specs(records, lambda name: data.metric_series(store, run.run_id, name))
     files = store.list_files(run.run_id)
-    # An image metric names a file; the page shows it only when it is one of this run's files (a job's journal
-    # could name "../../other-run/..." and have the viewer's browser fetch it).
-    specs = [_bounded(s, files) for s in specs]
+    specs = page_specs(ui, run.run_id, files)
     logs = store.log_names(run.run_id)
     log_name = DRIVER_LOG  # the job's own output; the agent's logs are in the list beside it
     logs = [DRIVER_LOG, *(n for n in logs if n != DRIVER_LOG)]
-    head = render('<h1>{title} {badge}</h1><p class="sub"><span id="run-id">{run_id}</span>{name}</p>',
-                  title=f"{run.experiment} #{run.number}", badge=status_badge(shown.value), run_id=run.run_id,
-                  name=f" · {run.display_name}" if run.display_name else "")
+    head = render('<h1>{title} <span id="run-status">{badge}</span></h1><p class="sub"><span id="run-id">{run_id}'
+                  '</span>{name}</p>', title=f"{run.experiment} #{run.number}", badge=status_badge(shown.value),
+                  run_id=run.run_id, name=f" · {run.display_name}" if run.display_name else "")
+    head += _queue(ui, run)
     if run.error:
         head += render('<div class="error-box"><b>{code}</b> <pre>{message}</pre></div>',
                        code=run.error.get("code", "error"), message=run.error.get("message", ""))
@@ -72,7 +70,8 @@ def _run_body(ui: UiBackend, viewer: Viewer, run: RunRecord) -> Markup:
             options=join(render('<option{on}>{n}</option>', n=n, on=Markup(" selected") if n == log_name
                                 else Markup("")) for n in logs))),
         section("Metrics", (table(("metric", "value"), values, css="grid values") if values else Markup(""))
-                + render('<div class="charts" id="charts"></div>') if specs else empty("No metrics logged.")),
+                + (Markup("") if specs else render('<p class="empty" id="no-metrics">No metrics logged.</p>'))
+                + render('<div class="charts" id="charts"></div>')),
         section("Details", _details(run)),
         section("Tags", _tags(run)),
         section("Properties", table(("key", "value"), sorted(run.properties.items())) if run.properties
@@ -84,6 +83,26 @@ def _run_body(ui: UiBackend, viewer: Viewer, run: RunRecord) -> Markup:
         json_script("run-state", {"run_id": run.run_id, "terminal": run.status.is_terminal}),
     ]
     return join(parts)
+
+
+def page_specs(ui: UiBackend, run_id: str, files: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chart specs of the run's metrics as the page draws them (``render.chart_specs``, bounded)."""
+    store = ui.store
+    specs = chart_specs(store.get_metric_records(run_id), lambda name: data.metric_series(store, run_id, name))
+    # An image metric names a file; the page shows it only when it is one of this run's files (a job's journal
+    # could name "../../other-run/..." and have the viewer's browser fetch it).
+    return [_bounded(s, files) for s in specs]
+
+
+@router.get("/api/runs/{run_id}/charts")
+def live_charts(run_id: str, viewer: Viewer = Depends(ui_session), ui: UiBackend = Depends(ui_backend)
+                ) -> Response:
+    """``{"status", "terminal", "specs"}``: the run's status now and the specs of its charts (not the values
+    logged once), which the run page polls while the run is live."""
+    run = ui.readable(viewer.principal, run_id)
+    specs = page_specs(ui, run_id, ui.store.list_files(run_id))
+    return json_response(finite({"status": liveness.shown_status(run).value, "terminal": run.status.is_terminal,
+                                  "specs": [s for s in specs if s["kind"] != "value"]}))
 
 
 def _bounded(spec: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +127,43 @@ def _timeline(history: list[Any], run: RunRecord) -> Markup:
                   t=table(("status", "at (UTC)", "for", "reason"), rows))
 
 
+def _queue(ui: UiBackend, run: RunRecord) -> Markup:
+    """Where a live pool run stands in its pool's queue and why it waits (the team server's queue reason, as
+    ``rundock show`` prints it); nothing for other runs."""
+    info = ui.queue(run) if ui.queue is not None and not run.status.is_terminal else None
+    if not info or not info.get("reason"):
+        return Markup("")
+    where = f"position {info['position']} in the queue of pool {run.target}" \
+        if info.get("state") == "queued" and info.get("position") else f"pool {run.target}"
+    return render('<div class="queue-box" id="queue"><b>{where}</b>: <span id="queue-reason">{reason}</span></div>',
+                  where=where[0].upper() + where[1:], reason=info["reason"])
+
+
+def resources(definition: dict[str, Any]) -> str:
+    """What the run asked of its target, from its run definition: ``2 GPUs · 4 CPUs · …`` (empty: nothing)."""
+    res = definition.get("resources")
+    res = res if isinstance(res, dict) else {}
+    dist = definition.get("distributed")
+    dist = dist if isinstance(dist, dict) else {}
+    parts = []
+    for key, unit in (("gpu_count", "GPU"), ("cpus", "CPU")):
+        if isinstance(res.get(key), int) and res[key] > 0:
+            parts.append(f"{res[key]} {unit}{'s' if res[key] != 1 else ''}")
+    for key, what in (("gpu_memory_mb", "GPU memory"), ("memory_mb", "memory")):
+        if isinstance(res.get(key), int) and res[key] > 0:
+            parts.append(f"{what} {res[key]:,} MB" + (" per GPU" if key == "gpu_memory_mb" else ""))
+    if isinstance(res.get("labels"), list) and res["labels"]:
+        parts.append("labels " + ", ".join(str(label) for label in res["labels"]))
+    if isinstance(res.get("priority"), int) and res["priority"]:
+        parts.append(f"priority {res['priority']}")
+    nodes, per_node = dist.get("node_count"), dist.get("process_count_per_node")
+    if isinstance(nodes, int) and (nodes > 1 or isinstance(per_node, int) and per_node > 1):
+        count = per_node if isinstance(per_node, int) and per_node > 0 else 1
+        parts.append(f"{nodes} node{'s' if nodes != 1 else ''} × {count} process{'es' if count != 1 else ''} "
+                     "per node")
+    return " · ".join(parts)
+
+
 def _details(run: RunRecord) -> Markup:
     definition = run.run_definition
     args = definition.get("arguments") or []
@@ -116,7 +172,8 @@ def _details(run: RunRecord) -> Markup:
     rows: list[tuple[str, Any]] = [
         ("script", definition.get("script") or ""),
         ("arguments", " ".join(str(a) for a in args) if isinstance(args, list) else str(args)),
-        ("target", run.target), ("run type", run.run_type), ("submitted by", run.submitted_by or ""),
+        ("target", run.target), ("resources", resources(definition)), ("run type", run.run_type),
+        ("submitted by", run.submitted_by or ""),
         ("created (UTC)", when(run.created_at)), ("started (UTC)", when(run.start_at)),
         ("ended (UTC)", when(run.end_at)), ("duration", duration(run.start_at, run.end_at)),
         ("snapshot", run.snapshot_id or ""), ("description", run.description or ""),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -13,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from rundock.history import liveness
-from rundock.history.records import RunRecord
+from rundock.history.records import MetricRecord, RunRecord
 from rundock.server.errors import ApiError
 from rundock.states import RunStatus
 from rundock.ui import data
@@ -145,8 +146,9 @@ def _runs_body(request: Request, q: data.TableQuery, columns: list[str], page_nu
         shown = liveness.shown_status(run)
         pick = render('<input type="checkbox" class="pick" name="run" value="{id}" form="compare-form">',
                       id=run.run_id)
+        name = run.display_name or render('<span class="sub">{id}</span>', id=run.run_id)  # the id, when unnamed
         body_rows.append([pick, link(f"/ui/runs/{run.run_id}", f"{run.experiment} #{run.number}", title=run.run_id),
-                          run.display_name or "", run.experiment, status_badge(shown.value), when(run.created_at),
+                          name, run.experiment, status_badge(shown.value), when(run.created_at),
                           duration(run.start_at, run.end_at), run.target, run.submitted_by or "",
                           *[_cell(run, latest, c) for c in columns]])
     grid = table(heads, body_rows, css="grid runs") if body_rows else empty("No runs match these filters.")
@@ -156,8 +158,8 @@ def _runs_body(request: Request, q: data.TableQuery, columns: list[str], page_nu
     choices += [c for c in columns if c not in choices]
     chooser = join(render('<label><input type="checkbox" name="col" value="{c}"{on}> {c}</label>', c=c,
                           on=Markup(" checked") if c in columns else Markup("")) for c in choices)
-    statuses = join(render('<option value="{s}"{on}>{s}</option>', s=s.value,
-                           on=Markup(" selected") if s.value in q.statuses else Markup("")) for s in RunStatus)
+    statuses = join(render('<label><input type="checkbox" name="status" value="{s}"{on}> {s}</label>', s=s.value,
+                           on=Markup(" checked") if s.value in q.statuses else Markup("")) for s in RunStatus)
     params = request.query_params
     pages = max(1, -(-total // q.limit))
     pager = render('<div class="pager"><span id="total">{total} {runs}</span> · page {n} of {pages} {prev} {next}'
@@ -167,7 +169,7 @@ def _runs_body(request: Request, q: data.TableQuery, columns: list[str], page_nu
     form = render(
         '<form method="get" action="/ui/runs" id="filters" class="filters">'
         '<label>Experiment <input name="experiment" value="{experiment}"></label>'
-        '<label>Status <select name="status" multiple size="3">{statuses}</select></label>'
+        '<fieldset class="statuses"><legend>Status</legend>{statuses}</fieldset>'
         '<label>Tag <input name="tag" value="{tag}" placeholder="key or key=value"></label>'
         '<label>Property <input name="prop" value="{prop}" placeholder="key or key=value"></label>'
         '<label>Metric <input name="metric" value="{metric}" placeholder="loss&lt;0.5"></label>'
@@ -201,8 +203,11 @@ async def compare(request: Request, viewer: Viewer = Depends(ui_session), ui: Ui
         body = render("<h1>Compare runs</h1>{e}", e=empty("Pick two or more runs in the runs table "
                                                           "(the boxes in its first column) and press Compare."))
         return page(viewer, "Compare", body, active="compare", pools=ui.pools is not None)
-    specs = await run_in_threadpool(_overlay_specs, ui, runs)
-    rows = []
+    records = {r.run_id: await run_in_threadpool(ui.store.get_metric_records, r.run_id) for r in runs}
+    specs = await run_in_threadpool(_overlay_specs, ui, runs, records)
+    summaries = {run_id: metric_summary(found) for run_id, found in records.items()}
+    metric_names = list(dict.fromkeys(name for summary in summaries.values() for name in summary))
+    rows: list[tuple[Any, ...]] = []
     for label, getter in (("argument", lambda r: _arguments(r)), ("tag", lambda r: r.tags),
                           ("property", lambda r: r.properties)):
         values = [getter(r) for r in runs]
@@ -210,13 +215,21 @@ async def compare(request: Request, viewer: Viewer = Depends(ui_session), ui: Ui
             cells = [v.get(key) for v in values]
             rows.append((label, key, *["" if c is None else c for c in cells], "differs" if
                          len({repr(c) for c in cells}) > 1 else "same"))
+    for name in metric_names:
+        last = [summaries[r.run_id].get(name, (None, None, None))[0] for r in runs]
+        rows.append(("metric (last)", name, *[number(v) for v in last], "differs" if
+                     len({number(v) for v in last}) > 1 else "same"))
     heads = ["", "key", *[link(f"/ui/runs/{r.run_id}", f"{r.experiment} #{r.number}") for r in runs], ""]
+    stats = [(name, stat, *[number(summaries[r.run_id].get(name, (None, None, None))[i]) for r in runs])
+             for name in metric_names for i, stat in enumerate(("last", "min", "max"))]
     diff_rows = [r[:-1] for r in rows if r[-1] == "differs"]
     same = len(rows) - len(diff_rows)
     body = render('<h1>Compare {n} runs</h1>{charts}{diff}{specs}', n=len(runs),
-                  charts=section("Metrics", Markup('<div class="charts" id="charts"></div>')),
+                  charts=section("Metrics", (table(["metric", "", *heads[2:-1]], stats, css="grid metric-summary")
+                                             if stats else empty("None of these runs logged a number."))
+                                 + Markup('<div class="charts" id="charts"></div>')),
                   diff=section("Differences", (table(heads, diff_rows, css="grid diff") if diff_rows else
-                                               empty("Their arguments, tags and properties are the same."))
+                                               empty("Their arguments, tags, properties and metrics are the same."))
                                + render('<p class="note">{n} keys with the same value are not shown.</p>', n=same)),
                   specs=json_script("chart-specs", specs))
     return page(viewer, "Compare", body, active="compare", pools=ui.pools is not None)
@@ -234,11 +247,27 @@ def _series(ui: UiBackend, run_id: str, name: str) -> dict[str, Any]:
     return data.metric_series(ui.store, run_id, name)
 
 
-def _overlay_specs(ui: UiBackend, runs: list[RunRecord]) -> list[dict[str, object]]:
+def metric_summary(records: Iterable[MetricRecord]) -> dict[str, tuple[float, float, float]]:
+    """``{name: (last, min, max)}`` of each scalar metric logged as numbers (NaN and infinities left out), in the
+    order the names were first logged."""
+    found: dict[str, tuple[float, float, float]] = {}
+    for record in records:
+        value = record.value
+        if record.kind != "scalar" or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            continue
+        before = found.get(record.name)
+        found[record.name] = (value, min(value, before[1]), max(value, before[2])) if before else \
+            (value, value, value)
+    return found
+
+
+def _overlay_specs(ui: UiBackend, runs: list[RunRecord], records: dict[str, list[MetricRecord]]
+                   ) -> list[dict[str, object]]:
     """One ``overlay`` spec per scalar metric that any of the runs logged more than once."""
     per_run: dict[str, dict[str, dict[str, Any]]] = {}
     for run in runs:
-        specs = chart_specs(ui.store.get_metric_records(run.run_id), functools.partial(_series, ui, run.run_id))
+        specs = chart_specs(records[run.run_id], functools.partial(_series, ui, run.run_id))
         per_run[run.run_id] = {s["name"]: s for s in specs if s["kind"] == "line"}
     names = list(dict.fromkeys(n for specs in per_run.values() for n in specs))
     return [{"kind": "overlay", "name": name, "series": [

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import html
 import json
 import math
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rundock.history.artifacts import ArtifactStore
-from rundock.history.records import MetricRecord, RunRecord, StatusChange, iso_utc
+from rundock.history.records import MetricRecord, RunRecord, StatusChange
 from rundock.history.store import RunStore
 from rundock.ui import render
 from rundock.ui import report_render as lines
@@ -81,6 +82,19 @@ def _asset(*parts: str) -> str:
         return fh.read()
 
 
+def when(ts: float | None) -> str:
+    """A unix time as the UI shows it, to the second, in the local time of the machine making the report."""
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def zone(ts: float) -> str:
+    """The UTC offset of the local time at ``ts``, as ``UTC+02:00``."""
+    offset = dt.datetime.fromtimestamp(ts).astimezone().strftime("%z") or "+0000"
+    return f"UTC{offset[:3]}:{offset[3:]}"
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -127,13 +141,13 @@ def build_report(store: RunStore, artifacts: ArtifactStore, run_ids: Sequence[st
         f"<title>{esc(title)}</title>",
         f"<style>{_asset('vendor', 'uplot', 'uPlot.min.css')}\n{_asset('report', 'report.css')}</style>",
         "</head><body>",
-        f'<header><h1>rundock report</h1><p class="muted">Generated {esc(iso_utc(now))} from '
-        f"{len(runs)} run{'s' if len(runs) != 1 else ''}. Everything is in this file; it needs no network.</p>"
-        "</header>",
+        f'<header><h1>rundock report</h1><p class="muted">Generated {esc(when(now))} from '
+        f"{len(runs)} run{'s' if len(runs) != 1 else ''}. Times are local to where it was made ({esc(zone(now))})."
+        " Everything is in this file; it needs no network.</p></header>",
         "<main>", *body, "</main>",
         f'<script type="application/json" id="report-data">{script_json({"charts": charts})}</script>',
         f"<script>/*! uPlot 1.6.32, https://github.com/leeoniya/uPlot\n{licence}*/\n{uplot}</script>",
-        f"<script>{_asset('report', 'report.js')}</script>",
+        f"<script>{_asset('bins.js')}</script>", f"<script>{_asset('report', 'report.js')}</script>",
         "</body></html>", ""])
 
 
@@ -145,10 +159,10 @@ def _summary(runs: list[_Run], now: float) -> str:
         rows.append(f'<tr><td><a href="#run-{esc(r.run_id)}">{esc(r.run_id)}</a></td><td>{esc(r.experiment)}</td>'
                     f"<td>{r.number}</td><td>{esc(r.display_name)}</td>"
                     f'<td><span class="status s-{esc(r.status.value)}">{esc(r.status.value)}</span></td>'
-                    f"<td>{esc(r.target)}</td><td>{esc(iso_utc(r.created_at))}</td>"
+                    f"<td>{esc(r.target)}</td><td>{esc(when(r.created_at))}</td>"
                     f"<td>{esc(_duration(end - r.start_at if r.start_at and end else None))}</td></tr>")
     return ('<section><h2>Runs</h2><table class="grid"><thead><tr><th>Run</th><th>Experiment</th><th>#</th>'
-            "<th>Name</th><th>Status</th><th>Target</th><th>Created (UTC)</th><th>Duration</th></tr></thead>"
+            "<th>Name</th><th>Status</th><th>Target</th><th>Created</th><th>Duration</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></section>")
 
 
@@ -202,16 +216,22 @@ def _timeline(run: _Run, now: float) -> str:
         return '<p class="muted">No status changes recorded.</p>'
     end = (run.record.end_at or changes[-1].at) if run.record.status.is_terminal else now
     total = max(end - changes[0].at, 1e-9)
-    segments, rows = [], []
+    segments: list[str] = []
+    rows: list[str] = []
+    spent: dict[str, float] = {}  # seconds in each status, for the legend
     for i, change in enumerate(changes):
         until = changes[i + 1].at if i + 1 < len(changes) else end
+        spent[change.status.value] = spent.get(change.status.value, 0.0) + until - change.at
         share = max((until - change.at) / total * 100, 0.5)
         segments.append(f'<span class="seg s-{esc(change.status.value)}" style="flex-grow:{share:.3f}" '
                         f'title="{esc(change.status.value)}: {esc(_duration(until - change.at))}"></span>')
-        rows.append(f"<tr><td>{esc(iso_utc(change.at))}</td><td>+{esc(_duration(change.at - changes[0].at))}</td>"
+        rows.append(f"<tr><td>{esc(when(change.at))}</td><td>+{esc(_duration(change.at - changes[0].at))}</td>"
                     f'<td><span class="status s-{esc(change.status.value)}">{esc(change.status.value)}</span></td>'
                     f"<td>{esc(change.detail)}</td></tr>")
-    return (f'<div class="timeline">{"".join(segments)}</div><table class="grid"><thead><tr><th>At (UTC)</th>'
+    legend = "".join(f'<li><span class="swatch seg s-{esc(status)}"></span>{esc(status)} {esc(_duration(seconds))}'
+                     "</li>" for status, seconds in spent.items())
+    return (f'<div class="timeline">{"".join(segments)}</div><ul class="timeline-legend">{legend}</ul>'
+            f'<table class="grid"><thead><tr><th>At</th>'
             f"<th>Since start</th><th>Status</th><th>Reason</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
@@ -228,10 +248,10 @@ def _details(record: RunRecord) -> str:
              ("Status detail", record.status_detail), ("Target", record.target), ("Type", record.run_type),
              ("Parent", record.parent_id), ("Script", definition.get("script")),
              ("Arguments", " ".join(str(a) for a in arguments) if isinstance(arguments, list) else arguments),
-             ("Environment", env_name), ("Docker image", docker.get("base_image")),
+             ("Environment", env_name), ("Docker image", docker.get("base_image") if docker.get("enabled") else None),
              ("Snapshot", record.snapshot_id), ("Submitted by", record.submitted_by),
-             ("Created (UTC)", iso_utc(record.created_at)), ("Started (UTC)", iso_utc(record.start_at)),
-             ("Ended (UTC)", iso_utc(record.end_at) if record.status.is_terminal else None)]
+             ("Created", when(record.created_at)), ("Started", when(record.start_at)),
+             ("Ended", when(record.end_at) if record.status.is_terminal else None)]
     error = ""
     if record.error:
         error = (f'<div class="error"><strong>Error {esc(record.error.get("code", ""))}</strong>: '
@@ -243,11 +263,18 @@ def _details(record: RunRecord) -> str:
 def _table(spec: dict[str, Any]) -> str:
     head = "".join(f"<th>{esc(c)}</th>" for c in spec["columns"])
     rows = spec["rows"]
-    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows[:MAX_TABLE_ROWS])
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows[:MAX_TABLE_ROWS])
     more = (f'<p class="note">The first {MAX_TABLE_ROWS:,} of {len(rows):,} rows.</p>'
             if len(rows) > MAX_TABLE_ROWS else "")
     return (f'<figure class="table-box"><figcaption>{esc(spec["name"])}</figcaption><div class="scroll">'
             f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{more}</figure>')
+
+
+def _cell(value: Any) -> str:
+    """A table cell: a float with up to 6 significant digits (the full value in its tooltip when it has more)."""
+    if isinstance(value, float) and math.isfinite(value) and f"{value:.6g}" != repr(value):
+        return f'<td title="{esc(repr(value))}">{esc(f"{value:.6g}")}</td>'
+    return f"<td>{esc(value)}</td>"
 
 
 def _confusion(spec: dict[str, Any]) -> str:
@@ -264,17 +291,6 @@ def _confusion(spec: dict[str, Any]) -> str:
     return (f'<figure class="table-box"><figcaption>{esc(spec["name"])} (rows: true class, columns: predicted '
             f'class)</figcaption><table class="grid confusion"><thead><tr><th></th>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></figure>")
-
-
-def _bars(spec: dict[str, Any]) -> str:
-    counts = [c if isinstance(c, (int, float)) and math.isfinite(c) and c > 0 else 0 for c in spec["counts"]]
-    top = max(counts, default=0) or 1
-    edges = spec["edges"]
-    bars = "".join(f'<span style="height:{100 * c / top:.2f}%" title="[{esc(a)}, {esc(b)}): {esc(c)}"></span>'
-                   for c, a, b in zip(counts, edges, edges[1:], strict=False))
-    return (f'<figure class="chart-box"><figcaption>{esc(spec["name"])}</figcaption><div class="bars">{bars}</div>'
-            f'<p class="note">residuals from {esc(edges[0] if edges else "")} to {esc(edges[-1] if edges else "")}'
-            "</p></figure>")
 
 
 def _image(spec: dict[str, Any], run: _Run, artifacts: ArtifactStore, options: ReportOptions) -> str:
@@ -309,7 +325,9 @@ def _visuals(run: _Run, charted: list[str], artifacts: ArtifactStore, charts: li
         line = lines.line_from_spec(spec, max_points=options.max_points) if spec else None
         if spec is None:
             continue
-        if line is not None:
+        if kind in ("histogram", "predictions"):  # drawn by bins.js, as the UI draws them
+            shown.append(_chart({**spec, "note": lines.bins_note(spec)}, charts))
+        elif line is not None:
             shown.append(_chart(line, charts))
         elif kind == "table":
             shown.append(_table(spec))
@@ -318,8 +336,6 @@ def _visuals(run: _Run, charted: list[str], artifacts: ArtifactStore, charts: li
                                  "rows": [[i, v] for i, v in enumerate(spec["y"])]}))
         elif kind == "confusion_matrix":
             shown.append(_confusion(spec))
-        elif kind == "histogram":
-            shown.append(_bars(spec))
         elif kind == "image":
             shown.extend(_image({"name": name, "file": str(r.value)}, run, artifacts, options)
                          for r in group if r.kind == "image")

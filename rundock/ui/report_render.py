@@ -1,10 +1,11 @@
 """Line charts for the report and the terminal: scalar metrics over steps (several runs overlaid), and the
-line-shaped specs of ``rundock.ui.render`` (lists, ROC curves, predictions) in one form.
+line-shaped specs of ``rundock.ui.render`` (lists, ROC curves) in one form.
 
 A line chart is ``{"name", "x_label", "y_label", "series": [{"label", "x", "y"}], "note"}``: each series sorted
 by x, ``None`` for a gap (NaN or infinite values: the JSON stays strict), and ``note`` saying when a series was
 downsampled (LTTB, ``rundock.ui.series.lttb``) and from how many points. The other kinds of metric (tables,
-confusion matrices, histograms, images) come from ``rundock.ui.render.metric_spec`` as they are.
+confusion matrices, images, and the residuals and predictions that ``static/bins.js`` draws) come from
+``rundock.ui.render.metric_spec`` as they are.
 """
 
 from __future__ import annotations
@@ -78,9 +79,8 @@ def _line(name: str, x_label: str, y_label: str, series: list[Spec], note: str =
 
 
 def line_from_spec(spec: Spec, *, max_points: int) -> Spec | None:
-    """The line chart of a ``render.metric_spec`` of kind list (numbers over their index), accuracy_table (ROC
-    curve per class) or predictions (average prediction per bin against the ideal); None for other kinds and
-    for a list that holds text."""
+    """The line chart of a ``render.metric_spec`` of kind list (numbers over their index) or accuracy_table (ROC
+    curve per class); None for other kinds and for a list that holds text."""
     kind, name = spec.get("kind"), str(spec.get("name"))
     if kind == "list":
         if not spec["y"] or not all(v is None or _number(v) is not None for v in spec["y"]):
@@ -95,12 +95,15 @@ def line_from_spec(spec: Spec, *, max_points: int) -> Spec | None:
             points = sorted({(a, b) for a, b in pairs if a is not None and b is not None})
             curves.append({"label": str(curve["label"]), "x": [p[0] for p in points], "y": [p[1] for p in points]})
         return _line(name, "false positive rate", "true positive rate", curves, "ROC curve per class")
-    if kind == "predictions":
-        edges, averages = spec["edges"], spec["averages"]
-        bins = [((a + b) / 2, _number(averages[i]) if i < len(averages) else None)
-                for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False)) if a is not None and b is not None]
-        centres = [c for c, _ in bins]
-        return _line(name, "true value (bin centre)", "average prediction",
-                     [{"label": "average prediction", "x": centres, "y": [v for _, v in bins]},
-                      {"label": "ideal", "x": centres, "y": list(centres)}])
     return None
+
+
+def bins_note(spec: Spec) -> str:
+    """What a residuals histogram or predictions chart shows, in words (its caption's note)."""
+    counts = [c for c in spec.get("counts") or [] if c is not None]
+    edges = [e for e in spec.get("edges") or [] if e is not None]
+    span = f" from {edges[0]:.6g} to {edges[-1]:.6g}" if edges else ""
+    total = f"{sum(counts):,.0f} values in {len(counts)} bins{span}"
+    if spec.get("kind") == "predictions":
+        return f"mean prediction per bin of true values, ± its error, against the ideal line; bars: {total}"
+    return f"residuals: {total}"

@@ -1,10 +1,14 @@
-/* rundock UI: charts (uPlot), the live log, tag edits, the column chooser. Every value coming from the
-   history goes into the page as text (textContent, createTextNode), never as HTML. */
+/* rundock UI: charts (uPlot), the live log, live charts and status, tag edits, the runs table's filters.
+   Every value coming from the history goes into the page as text (textContent, createTextNode), never as HTML;
+   the only HTML taken in is this UI's own server-rendered page (the sections refreshed when a status changes). */
 (function () {
   "use strict";
   var csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
   var COLORS = ["#0f6cbd", "#d13438", "#107c10", "#8764b8", "#ca5010", "#038387", "#986f0b", "#e3008c"];
-  window.rundockCharts = {};
+  window.rundockCharts = {};  // the data each chart draws, by metric name
+  window.rundockPlots = {};  // the uPlot of each residuals and predictions chart, by metric name
+  var lines = {};  // line charts by metric name: {refresh(spec)} redraws one with a newer spec
+  var TABLE_ROWS_SHOWN = 20;
 
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
@@ -44,23 +48,38 @@
   function lineChart(spec, box) {
     var runId = runState().run_id;
     var tools = el("div", {"class": "tools"});
-    var note = spec.downsampled ? "showing " + spec.x.length + " of " + spec.total_points + " points" :
-      (spec.total_points || spec.y.length) + " points";
-    tools.appendChild(document.createTextNode(note));
+    function noteOf(s) {
+      return s.downsampled ? "showing " + s.x.length + " of " + s.total_points + " points" :
+        (s.total_points || s.y.length) + " points";
+    }
+    var note = el("span", {"class": "points"}, noteOf(spec));
+    tools.appendChild(note);
     var chart;
     if (spec.kind === "line" && runId) {
       var toggle = el("select", {"class": "x-axis"});
       toggle.appendChild(el("option", {value: "step"}, "over steps"));
       toggle.appendChild(el("option", {value: "time"}, "over time"));
-      toggle.addEventListener("change", function () {
-        fetch("/ui/api/runs/" + enc(runId) + "/series?x=" + toggle.value + "&name=" + enc(spec.name),
-              {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(function (s) {
+      var show = function (s, fresh) {
+        if (fresh) {
           chart.destroy();
           chart = plot(box, [{label: spec.name, stroke: COLORS[0]}], [s.x, s.y],
                        {time: toggle.value === "time", xLabel: toggle.value});
-          window.rundockCharts[spec.name] = {x: s.x, y: s.y};
+        } else {
+          chart.setData([s.x, s.y]);
+        }
+        note.textContent = noteOf(s);
+        window.rundockCharts[spec.name] = {x: s.x, y: s.y};
+      };
+      var fetchSeries = function (fresh) {
+        fetch("/ui/api/runs/" + enc(runId) + "/series?x=" + toggle.value + "&name=" + enc(spec.name),
+              {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(function (s) {
+          show(s, fresh);
         });
-      });
+      };
+      toggle.addEventListener("change", function () { fetchSeries(true); });
+      lines[spec.name] = {refresh: function (newer) {
+        if (toggle.value === "step") show(newer, false); else fetchSeries(false);
+      }};
       tools.appendChild(document.createTextNode(" · "));
       tools.appendChild(toggle);
       tools.appendChild(document.createTextNode(" · "));
@@ -89,16 +108,34 @@
     spec.columns.forEach(function (c) { head.appendChild(el("th", {}, c)); });
     table.appendChild(el("thead")).appendChild(head);
     var body = el("tbody");
-    spec.rows.forEach(function (row) {
+    spec.rows.forEach(function (row, i) {
       var tr = el("tr");
-      row.forEach(function (v) { tr.appendChild(el("td", {}, v === null ? "" : v)); });
+      if (i >= TABLE_ROWS_SHOWN) tr.hidden = true;
+      row.forEach(function (v) { tr.appendChild(cell(v)); });
       body.appendChild(tr);
     });
     table.appendChild(body);
     wrap.appendChild(table);
     box.appendChild(wrap);
+    var total = spec.total_rows || spec.rows.length;
+    if (spec.rows.length > TABLE_ROWS_SHOWN) {
+      var more = el("button", {type: "button", "class": "show-all"}, "show all " + total + " rows");
+      more.addEventListener("click", function () {
+        body.querySelectorAll("tr[hidden]").forEach(function (tr) { tr.hidden = false; });
+        more.remove();
+      });
+      box.appendChild(more);
+    }
     if (spec.total_rows) box.appendChild(el("p", {"class": "note"}, "the first " + spec.rows.length + " of " +
-                                            spec.total_rows + " rows"));
+                                            spec.total_rows + " rows are on this page"));
+  }
+  // A table cell: a number that is not whole with up to 6 significant digits (its full value in the tooltip).
+  function cell(v) {
+    if (typeof v === "number" && isFinite(v) && !Number.isInteger(v)) {
+      var td = el("td", {"class": "num", title: String(v)}, String(Number(v.toPrecision(6))));
+      return td;
+    }
+    return el("td", typeof v === "number" ? {"class": "num"} : {}, v === null ? "" : v);
   }
 
   function heatMap(spec, box) {
@@ -145,15 +182,12 @@
     window.rundockCharts[spec.name] = spec.curves;
   }
 
-  function barChart(box, centers, values, label, xLabel) {
-    var bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({size: [0.9, 80]}) : undefined;
-    plot(box, [{label: label, stroke: COLORS[0], fill: "rgba(15,108,189,0.35)", paths: bars}],
-         [centers, values], {xLabel: xLabel, legend: true});
-  }
-  function centersOf(edges) {
-    var out = [];
-    for (var i = 0; i + 1 < edges.length; i++) out.push((edges[i] + edges[i + 1]) / 2);
-    return out;
+  function binned(spec, box) {
+    var holder = el("div", {"class": "plot"});
+    box.appendChild(holder);
+    window.rundockPlots[spec.name] = spec.kind === "histogram" ?
+      window.rundockBins.histogram(holder, spec, width(box), "residual") :
+      window.rundockBins.predictions(holder, spec, width(box));
   }
 
   function imageChart(spec, box) {
@@ -166,24 +200,80 @@
   function drawCharts() {
     var specs = readJson("chart-specs");
     if (!specs || !document.getElementById("charts")) return;
-    specs.forEach(function (spec) {
-      var box = card(spec);
-      try {
-        if (spec.kind === "line" || spec.kind === "list") lineChart(spec, box);
-        else if (spec.kind === "overlay") overlayChart(spec, box);
-        else if (spec.kind === "table") tableChart(spec, box);
-        else if (spec.kind === "confusion_matrix") heatMap(spec, box);
-        else if (spec.kind === "accuracy_table") accuracyChart(spec, box);
-        else if (spec.kind === "histogram") barChart(box, centersOf(spec.edges), spec.counts, "count", "residual");
-        else if (spec.kind === "predictions") barChart(box, centersOf(spec.edges), spec.averages,
-                                                       "average prediction", "true value");
-        else if (spec.kind === "image") imageChart(spec, box);
-        if (spec.kind !== "line" && spec.kind !== "overlay" && spec.kind !== "accuracy_table")
-          window.rundockCharts[spec.name] = spec;
-      } catch (err) {
-        box.appendChild(el("p", {"class": "error"}, "cannot draw: " + err));
-      }
+    specs.forEach(drawSpec);
+  }
+  function drawSpec(spec) {
+    var box = card(spec);
+    try {
+      if (spec.kind === "line" || spec.kind === "list") lineChart(spec, box);
+      else if (spec.kind === "overlay") overlayChart(spec, box);
+      else if (spec.kind === "table") tableChart(spec, box);
+      else if (spec.kind === "confusion_matrix") heatMap(spec, box);
+      else if (spec.kind === "accuracy_table") accuracyChart(spec, box);
+      else if (spec.kind === "histogram" || spec.kind === "predictions") binned(spec, box);
+      else if (spec.kind === "image") imageChart(spec, box);
+      if (spec.kind !== "line" && spec.kind !== "overlay" && spec.kind !== "accuracy_table")
+        window.rundockCharts[spec.name] = spec;
+    } catch (err) {
+      box.appendChild(el("p", {"class": "error"}, "cannot draw: " + err));
+    }
+  }
+
+  /* While the run is live: its charts (new points, new metrics) and its status badge every few seconds; when
+     its status changes, the status timeline, details and queue box as the server renders them now. */
+  var LIVE_SECONDS = 2;
+  var shownStatus = null;
+  function showStatus(status) {
+    var badge = document.querySelector("#run-status .status");
+    if (!badge || !status) return;
+    if (shownStatus === null) shownStatus = badge.textContent;  // as the page was rendered
+    if (status === shownStatus) return;
+    shownStatus = status;
+    badge.textContent = status;
+    badge.className = "status s-" + status.toLowerCase();
+    refreshSections();
+  }
+  function refreshSections() {
+    fetch(window.location.pathname, {credentials: "same-origin"}).then(function (r) {
+      return r.ok ? r.text() : null;
+    }).then(function (text) {
+      if (!text) return;
+      var fresh = new DOMParser().parseFromString(text, "text/html");
+      ["sec-status", "sec-details"].forEach(function (id) {
+        var now = document.getElementById(id), newer = fresh.getElementById(id);
+        if (now && newer) now.replaceWith(document.importNode(newer, true));
+      });
+      var queue = document.getElementById("queue"), newQueue = fresh.getElementById("queue");
+      if (queue && newQueue) queue.replaceWith(document.importNode(newQueue, true));
+      else if (queue) queue.remove();
     });
+  }
+  function followCharts() {
+    var state = runState();
+    var charts = document.getElementById("charts");
+    if (!state.run_id || state.terminal || !charts) return;
+    var timer = null;
+    function poll() {
+      fetch("/ui/api/runs/" + enc(state.run_id) + "/charts", {credentials: "same-origin"}).then(function (r) {
+        return r.ok ? r.json() : null;
+      }).then(function (live) {
+        if (!live) return;
+        live.specs.forEach(function (spec) {
+          if (lines[spec.name] && spec.kind === "line") lines[spec.name].refresh(spec);
+          else if (!charts.querySelector('.chart[data-metric="' + CSS.escape(spec.name) + '"]')) {
+            var none = document.getElementById("no-metrics");
+            if (none) none.remove();
+            drawSpec(spec);
+          }
+        });
+        showStatus(live.status);
+        if (live.terminal) {
+          clearInterval(timer);
+          charts.dataset.ended = "1";
+        }
+      });
+    }
+    timer = setInterval(poll, LIVE_SECONDS * 1000);
   }
 
   var ANSI = /\u001b\[[0-9;?]*[ -\/]*[@-~]|\u001b\][^\u0007\u001b]*(\u0007|\u001b\\)?|\u001b[@-_]/g;
@@ -204,11 +294,13 @@
       });
       source.addEventListener("status", function (e) {
         var s = JSON.parse(e.data);
+        showStatus(s.status);
         state.textContent = s.terminal ? s.status : s.status + " · following";
         pre.dataset.status = s.status;
       });
       source.addEventListener("end", function (e) {
         state.textContent = JSON.parse(e.data).status;
+        showStatus(JSON.parse(e.data).status);
         pre.dataset.ended = "1";
         source.close();
       });
@@ -260,10 +352,15 @@
       window.localStorage.setItem("rundock.columns", JSON.stringify(cols));
       if (!cols.length) form.appendChild(el("input", {type: "hidden", name: "nocols", value: "1"}));
     });
+    // picking a column or a status applies at once (the other filters wait for Apply: they are typed)
+    form.querySelectorAll('input[name="col"], input[name="status"]').forEach(function (box) {
+      box.addEventListener("change", function () { form.requestSubmit(); });
+    });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     drawCharts();
+    followCharts();
     followLog();
     tagEditing();
     columnChooser();

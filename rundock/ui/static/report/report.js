@@ -1,4 +1,5 @@
-/* rundock report: draws the line charts whose specs are in #report-data into their .chart placeholders.
+/* rundock report: draws the charts whose specs are in #report-data into their .chart placeholders (line charts
+   here, residuals and predictions with bins.js).
    Every label goes into the page as text (uPlot sets textContent); nothing here builds HTML from data. */
 (function () {
   "use strict";
@@ -31,6 +32,13 @@
   for (var i = 0; i < holders.length; i++) {
     var holder = holders[i];
     var spec = data.charts[Number(holder.getAttribute("data-chart"))];
+    if (spec && (spec.kind === "histogram" || spec.kind === "predictions")) {  // bins.js, as the UI draws them
+      var width = Math.max(300, (holder.clientWidth || 560) - 4);
+      var chart = spec.kind === "histogram" ? window.rundockBins.histogram(holder, spec, width, "residual")
+        : window.rundockBins.predictions(holder, spec, width);
+      if (chart) { drawn.push(chart); holder.setAttribute("data-drawn", "1"); }
+      continue;
+    }
     if (!spec || !spec.series.length || !spec.series.some(function (s) { return s.x.length; })) {
       holder.textContent = "No values to draw.";
       continue;

@@ -1,4 +1,7 @@
-"""``python -m bench``: run every figure and write BENCHMARKS.md at the repository root."""
+"""``python -m bench``: run every figure and write BENCHMARKS.md at the repository root.
+
+``python -m bench 19-20 21-22`` runs only the steps named (as ``measure`` names them below) and replaces only
+their rows and notes in BENCHMARKS.md, keeping the others."""
 
 from __future__ import annotations
 
@@ -14,19 +17,22 @@ import docker
 
 from bench import files, interactive, latency, metrics, pools, processes, server, ui_data
 from bench.common import Figure, log, render
+from bench.select import merge
 from tests.hosts import has_sshd, start_ssh_host
 
 BASE_IMAGE = "rundock-test-base:3"
 OUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
-def main() -> int:
+def main(only: set[str]) -> int:
     os.environ.setdefault("RUNDOCK_AGENT_IDLE_SECONDS", "15")  # warm agents of the bench's workspaces go away
     started, clock = time.time(), time.perf_counter()
     figures: list[Figure] = []
     failures = []
 
     def measure(name: str, step: Callable[[], Figure | list[Figure]]) -> None:
+        if only and name not in only:
+            return
         try:
             result = step()
             figures.extend(result if isinstance(result, list) else [result])
@@ -42,7 +48,7 @@ def main() -> int:
         disk = root / "host-disk"
         disk.mkdir()
         host = start_ssh_host(client, BASE_IMAGE, root, volumes={str(disk): {"bind": str(disk), "mode": "rw"}}) \
-            if has_sshd(client, BASE_IMAGE) else None
+            if has_sshd(client, BASE_IMAGE) and (not only or only & {"3", "8"}) else None
         try:
             tree = files.make_tree(root / "tree")
             measure("1", lambda: latency.local(root))
@@ -61,15 +67,16 @@ def main() -> int:
             measure("14-17", lambda: server.server_figures(root))
             measure("18", lambda: pools.pickup_latency(root))
             measure("19-20", lambda: ui_data.runs_table(root))
-            measure("21", lambda: ui_data.long_series(root))
+            measure("21-22", lambda: ui_data.long_series(root))
         finally:
             if host is not None:
                 client.containers.get(host.container).remove(force=True)
     figures.sort(key=lambda f: f.number)
-    OUT.write_text(render(figures, started, time.perf_counter() - clock))
+    text = render(figures, started, time.perf_counter() - clock)
+    OUT.write_text(merge(OUT.read_text(), text) if only and OUT.exists() else text)
     log(f"wrote {OUT}" + (f"; failed: {', '.join(failures)}" if failures else ""))
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(set(sys.argv[1:])))

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import abc
 import importlib
+import math
 import re
 import secrets
 import time
 import typing
+from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Optional, Union
 
@@ -194,6 +196,23 @@ class MetricsStore(abc.ABC):
         for m in self.get_metric_records(run_id, name):
             if m.kind == "scalar":
                 yield m.step, m.at, scalar_number(m.value)
+
+    def metric_points(self, run_id: str, name: str, x: str = "step") -> tuple[array[float], array[float]]:
+        """The values of ``metric_values`` as two arrays of doubles, for a chart: x is the step (the value's
+        position among them when it has none) or, with ``x="time"``, when it was logged; y is the number, NaN
+        where there is none. The SQL backends fill the arrays a chunk of rows at a time, without a Python object
+        per value; this default reads ``metric_values``."""
+        xs, ys = array("d"), array("d")
+        for i, (step, at, value) in enumerate(self.metric_values(run_id, name)):
+            xs.append(at if x == "time" else float(i if step is None else step))
+            ys.append(math.nan if value is None else value)
+        return xs, ys
+
+    def metric_version(self, run_id: str, name: str) -> int | None:
+        """A number that grows whenever a value of the metric is logged (where its latest value is stored), for
+        caches of what is computed from all its values; None when this store cannot tell cheaply (or the metric
+        has no value), and then nothing is cached."""
+        return None
 
     def log_metrics(self, run_id: str, metrics: list[MetricRecord]) -> None:
         """Log a batch of values from outside a job."""

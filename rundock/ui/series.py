@@ -1,7 +1,7 @@
 """A metric's values as chart series: downsampled on the server with LTTB, and as a full CSV download.
 
-``metric_series`` reads one metric of one run once (``MetricsStore.metric_values``, in chunks) into two arrays of
-doubles, not into a Python object per value, and sends at most ``max_points`` points: LTTB (Largest-Triangle-
+``metric_series`` reads one metric of one run once (``MetricsStore.metric_points``: in chunks, straight into two
+arrays of doubles, not into a Python object per value), and sends at most ``max_points`` points: LTTB (Largest-Triangle-
 Three-Buckets, Steinarsson 2013) keeps the first and the last point and, in each bucket between, the point that
 makes the largest triangle with the point kept before it and the mean of the next bucket, so that spikes and
 dips survive while flat stretches thin out. Its inner loop runs in C (``map`` over array slices), about a
@@ -11,13 +11,19 @@ NaN and infinite values cannot be drawn: they come out as ``null``. Downsampled,
 point where it starts (a gap in the line), as long as there are at most a quarter of ``max_points`` such runs;
 a series with more is drawn from its numbers alone.
 
+A downsampled series is kept (``CACHED_SERIES`` per store) with the store's ``metric_version`` of the metric, and
+sent again while that has not changed: a chart opened again, or by a second viewer, costs one indexed lookup.
+
 ``metric_csv`` streams every value as ``step,time,value`` lines, a chunk at a time.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from operator import add, mul
@@ -26,6 +32,10 @@ from typing import Any
 from rundock.history.store import MetricsStore
 
 CSV_LINES_PER_CHUNK = 10_000
+CACHED_SERIES = 64  # downsampled series kept per store, the least recently drawn dropped first
+_CACHE: weakref.WeakKeyDictionary[MetricsStore, OrderedDict[tuple[str, str, str, int], tuple[int, dict[str, Any]]]] \
+    = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
 
 
 def lttb(xs: Sequence[float], ys: Sequence[float], threshold: int) -> tuple[list[float], list[float]]:
@@ -66,6 +76,35 @@ def lttb_indices(xs: Sequence[float], ys: Sequence[float], threshold: int) -> li
 
 def metric_series(store: MetricsStore, run_id: str, name: str, *, max_points: int = 2000,
                   x: str = "step") -> dict[str, Any]:
+    """``{"name", "x", "y", "total_points", "downsampled"}`` for a chart of one scalar metric (see
+    ``compute_series``), from the cache while no value of the metric has been logged since it was computed."""
+    version = store.metric_version(run_id, name)
+    key = (run_id, name, x, max_points)
+    if version is not None:
+        with _LOCK:
+            entries = _CACHE.setdefault(store, OrderedDict())
+            hit = entries.get(key)
+            if hit is not None and hit[0] == version:
+                entries.move_to_end(key)
+                return dict(hit[1])
+    computed = compute_series(store, run_id, name, max_points=max_points, x=x)
+    if version is not None:
+        with _LOCK:
+            entries = _CACHE.setdefault(store, OrderedDict())
+            entries[key] = (version, computed)
+            while len(entries) > CACHED_SERIES:
+                entries.popitem(last=False)
+    return dict(computed)
+
+
+def clear_cache() -> None:
+    """Forget every cached series (the benchmarks time the first drawing of a chart)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def compute_series(store: MetricsStore, run_id: str, name: str, *, max_points: int = 2000,
+                   x: str = "step") -> dict[str, Any]:
     """``{"name", "x", "y", "total_points", "downsampled"}`` for a chart of one scalar metric: ``x`` is the
     step (the value's position when it has none) or, with ``x="time"``, when it was logged (unix seconds);
     ``y`` holds null where a value is no finite number."""
@@ -73,26 +112,13 @@ def metric_series(store: MetricsStore, run_id: str, name: str, *, max_points: in
         raise ValueError(f"a metric series is drawn over 'step' or 'time', not {x!r}")
     if max_points < 3:
         raise ValueError(f"a metric series needs max_points >= 3, not {max_points}")
-    over_time = x == "time"
-    xs, ys = array("d"), array("d")  # the finite points
-    where = array("q")  # their positions among all values, once a gap is seen
-    gaps: list[tuple[int, float]] = []  # (position, x) where a run of non-finite values starts
-    total, in_gap = 0, False
-    for step, at, value in store.metric_values(run_id, name):
-        px = at if over_time else (float(step) if step is not None else float(total))
-        if value is None or not math.isfinite(value):
-            if not in_gap:
-                if not gaps:
-                    where.extend(range(len(xs)))
-                gaps.append((total, px))
-            in_gap = True
-        else:
-            xs.append(px)
-            ys.append(value)
-            if gaps:
-                where.append(total)
-            in_gap = False
-        total += 1
+    all_x, all_y = store.metric_points(run_id, name, x)
+    total = len(all_y)
+    gaps: list[tuple[int, float]] = []
+    if math.isfinite(sum(all_y)):  # no gap: the arrays as they are (a sum is finite only if every term is)
+        xs, ys, where = all_x, all_y, array("q")
+    else:
+        xs, ys, where, gaps = _finite_points(all_x, all_y)
     if total <= max_points:
         return _series(name, *_merge(list(xs), list(ys), list(where) if gaps else None, gaps), total, False)
     if len(gaps) > max_points // 4:
@@ -100,6 +126,27 @@ def metric_series(store: MetricsStore, run_id: str, name: str, *, max_points: in
     chosen = lttb_indices(xs, ys, max_points - len(gaps))
     positions = [where[i] for i in chosen] if gaps else None
     return _series(name, *_merge([xs[i] for i in chosen], [ys[i] for i in chosen], positions, gaps), total, True)
+
+
+def _finite_points(all_x: array[float], all_y: array[float]
+                   ) -> tuple[array[float], array[float], array[int], list[tuple[int, float]]]:
+    """The finite points, their positions among all, and where each run of non-finite values starts
+    ((position, x))."""
+    xs, ys = array("d"), array("d")
+    where = array("q")
+    gaps: list[tuple[int, float]] = []
+    in_gap = False
+    for position, (px, value) in enumerate(zip(all_x, all_y, strict=True)):
+        if not math.isfinite(value):
+            if not in_gap:
+                gaps.append((position, px))
+            in_gap = True
+        else:
+            xs.append(px)
+            ys.append(value)
+            where.append(position)
+            in_gap = False
+    return xs, ys, where, gaps
 
 
 def _merge(xs: list[float], ys: list[float], positions: list[int] | None,

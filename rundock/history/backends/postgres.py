@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -47,6 +48,8 @@ from rundock.history.store import RunStore, new_run_id, register_backend
 from rundock.states import RunStatus
 
 VALUES_CHUNK = 50_000  # metric values read at a time by ``metric_values``
+# A stored scalar as a number for ``metric_points`` (the latest-value table's rule); NULL when it is none.
+_NUMBER = postgres_schema.LATEST_VALUE.replace("m.", "")
 _LOCK_MODEL, _LOCK_ENVIRONMENT = 1, 2  # advisory lock classes: the next version of a model, of an environment
 
 
@@ -190,17 +193,37 @@ class PostgresRunStore(RunStore):
                 return
             last = rows[-1][0]
 
+    def metric_points(self, run_id: str, name: str, x: str = "step") -> tuple[array[float], array[float]]:
+        column = "at" if x == "time" else "step"
+        xs, ys = array("d"), array("d")
+        last = 0
+        while True:
+            rows = self.db.read(f"SELECT ord, {column}, {_NUMBER} FROM metrics WHERE run_id = %s AND name = %s "
+                                "AND ord > %s AND kind = 'scalar' ORDER BY ord LIMIT %s",
+                                (run_id, name, last, VALUES_CHUNK))
+            sql_query.add_points(xs, ys, rows)
+            if len(rows) < VALUES_CHUNK:
+                return xs, ys
+            last = rows[-1][0]
+
+    def metric_version(self, run_id: str, name: str) -> int | None:
+        rows = self.db.read("SELECT ord FROM latest_metrics WHERE run_id = %s AND name = %s", (run_id, name))
+        return int(rows[0][0]) if rows else None
+
     def query_runs(self, q: RunQuery) -> RunPage:
         st = sql_query.statements(q, sql_query.POSTGRES, time.time())
 
         def body(cur: Cursor) -> RunPage:
-            row = cur.execute(st.count, st.count_args).fetchone()
-            runs = _hydrate(cur, st.page, st.page_args)
+            rows, total = sql_query.split_page(st, cur.execute(st.page, tuple(st.page_args)).fetchall())
+            if total is None:
+                row = cur.execute(st.count, st.count_args).fetchone()
+                total = int(row[0]) if row else 0
+            runs = _with_tags(cur, [run_record(r) for r in rows])
             latest: list[Any] = []
             if runs and q.metrics:
                 latest = cur.execute(*sql_query.latest_statement(sql_query.POSTGRES, [r.run_id for r in runs],
                                                                  q.metrics)).fetchall()
-            return sql_query.page_of(runs, latest, row[0] if row else 0)
+            return sql_query.page_of(runs, latest, total)
 
         return self.db.run(body, begin=READ, doing="read")
 
@@ -321,7 +344,11 @@ class PostgresRunStore(RunStore):
 # -- statements shared by several transactions -------------------------------------------
 def _hydrate(cur: Cursor, sql: str, args: Iterable[Any]) -> list[RunRecord]:
     """The runs ``sql`` selects (``RUN_COLUMNS``), with their tags and properties."""
-    runs = [run_record(row) for row in cur.execute(sql, tuple(args)).fetchall()]
+    return _with_tags(cur, [run_record(row) for row in cur.execute(sql, tuple(args)).fetchall()])
+
+
+def _with_tags(cur: Cursor, runs: list[RunRecord]) -> list[RunRecord]:
+    """``runs`` with their tags and properties read."""
     if runs:
         by_id = {r.run_id: r for r in runs}
         ids = list(by_id)

@@ -6,6 +6,10 @@ the tags, properties and latest values of those rows), whatever the size of the 
 module). Every value from the query (keys, metric names, text) is a bound parameter, never SQL text; the only
 text spliced in is chosen here (column names, comparison operators from ``METRIC_OPS``).
 
+A page sorted by a column with an index (creation time, number) is read in index order and stops after its
+last row, so its total is a second, separate count. Any other sort has to visit and sort every match anyway, so
+the page's statement counts them in the same pass (``COUNT(*) OVER ()``): the filters run once, not twice.
+
 Both databases give the answers ``query_runs_in_python`` gives: runs without a value for the sort key sort last
 in either direction; ties go by creation time, number and run id; text compares by code point (PostgreSQL
 orders with ``COLLATE "C"``, which is code point order in UTF-8); text search folds ASCII letters only.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,6 +33,7 @@ _OPS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "="}
 _COLUMNS = {"created_at": "r.created_at", "run_number": "r.number", "status": "r.status",
             "display_name": "r.display_name", "experiment": "r.experiment"}
 _TEXT_SORTS = ("status", "display_name", "experiment")
+_INDEXED_SORTS = ("created_at", "run_number")  # an index gives their order: a page of them can stop early
 _UPPER, _LOWER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -49,12 +55,15 @@ POSTGRES = Dialect("%s", ' COLLATE "C"', f"translate({{}}, '{_UPPER}', '{_LOWER}
 
 @dataclasses.dataclass
 class Statements:
-    """The statements of one query: the page of runs (``RUN_COLUMNS``) and the count of all matches."""
+    """The statements of one query: the page of runs (``RUN_COLUMNS``) and the count of all matches. When
+    ``counted``, each row of the page ends with that count too, and ``count`` is needed only for a page that
+    comes back empty (past the last match)."""
 
     page: str
     page_args: list[Any]
     count: str
     count_args: list[Any]
+    counted: bool
 
 
 def statements(q: RunQuery, d: Dialect, now: float) -> Statements:
@@ -81,9 +90,19 @@ def statements(q: RunQuery, d: Dialect, now: float) -> Statements:
     order = (f"({bare} IS NULL), {key} {direction}, r.created_at {direction}, r.number {direction}, "
              f"r.run_id{d.text_order} {direction}")
     conditions = f" WHERE {' AND '.join(where)}" if where else ""
-    page = (f"SELECT {RUN_COLUMNS_R} FROM runs r{join}{conditions} ORDER BY {order} LIMIT {p} OFFSET {p}")
+    counted = q.sort not in _INDEXED_SORTS
+    total = ", COUNT(*) OVER ()" if counted else ""
+    page = f"SELECT {RUN_COLUMNS_R}{total} FROM runs r{join}{conditions} ORDER BY {order} LIMIT {p} OFFSET {p}"
     return Statements(page, [*join_args, *args, *order_args, q.limit, q.offset],
-                      f"SELECT COUNT(*) FROM runs r{conditions}", list(args))
+                      f"SELECT COUNT(*) FROM runs r{conditions}", list(args), counted)
+
+
+def split_page(st: Statements, rows: Sequence[Sequence[Any]]) -> tuple[Sequence[Sequence[Any]], int | None]:
+    """The rows of ``st.page`` as ``RUN_COLUMNS`` rows, and the total when the page carried it (None: run
+    ``st.count``)."""
+    if not st.counted or not rows:
+        return rows, None
+    return [row[:-1] for row in rows], int(rows[0][-1])
 
 
 def _where(q: RunQuery, d: Dialect) -> tuple[list[str], list[Any]]:
@@ -138,13 +157,43 @@ def page_of(runs: list[RunRecord], latest_rows: Iterable[Sequence[Any]], total: 
 
 
 def metric_names_statement(d: Dialect, experiment: str | None) -> tuple[str, list[Any]]:
-    """The names of the metrics with a latest number (in the experiment's runs), sorted: rows (name,)."""
+    """The names of the metrics with a latest number (in the experiment's runs), sorted: rows (name,).
+
+    The distinct names are walked through the ``(name, value)`` index, one step per name (a recursive query,
+    not a scan of every row); each name is then checked by one search that stops at its first run with a
+    number (in the experiment), so the cost follows the number of names, not of runs. (The check is a scalar
+    subquery, not EXISTS: PostgreSQL would turn an EXISTS into a join over every row.)"""
+    p = d.param
     numeric = "(l.value IS NOT NULL OR l.nan)" if d is POSTGRES else "(l.value IS NOT NULL OR l.nan = 1)"
-    if experiment is None:
-        return (f"SELECT l.name FROM latest_metrics l WHERE {numeric} GROUP BY l.name "
-                f"ORDER BY l.name{d.text_order}", [])
-    return (f"SELECT l.name FROM latest_metrics l JOIN runs r ON r.run_id = l.run_id "
-            f"WHERE r.experiment = {d.param} AND {numeric} GROUP BY l.name ORDER BY l.name{d.text_order}", [experiment])
+    scope, args = ("JOIN runs r ON r.run_id = l.run_id ", [experiment]) if experiment is not None else ("", [])
+    where = f" AND r.experiment = {p}" if experiment is not None else ""
+    return ("WITH RECURSIVE n(name) AS (SELECT MIN(name) FROM latest_metrics UNION ALL SELECT (SELECT MIN(l.name) "
+            "FROM latest_metrics l WHERE l.name > n.name) FROM n WHERE n.name IS NOT NULL) "
+            f"SELECT n.name FROM n WHERE n.name IS NOT NULL AND (SELECT 1 FROM latest_metrics l {scope}"
+            f"WHERE l.name = n.name{where} AND {numeric} LIMIT 1) IS NOT NULL ORDER BY n.name{d.text_order}", args)
+
+
+def add_points(xs: array[float], ys: array[float], rows: Sequence[Sequence[Any]]) -> None:
+    """Append a chunk of rows ``(ord, x, y)`` of ``metric_points`` to its arrays: ``x`` a number or None (the
+    value's position), ``y`` a float or the stored text of a value SQL did not turn into one. A chunk of plain
+    numbers goes into the arrays in C; only a chunk with something else is looked at value by value."""
+    if not rows:
+        return
+    _ords, col_x, col_y = zip(*rows)
+    try:
+        xs.extend(array("d", col_x))
+    except TypeError:
+        start = len(xs)
+        xs.extend(array("d", (float(start + i if v is None else v) for i, v in enumerate(col_x))))
+    try:
+        ys.extend(array("d", col_y))
+    except TypeError:
+        ys.extend(array("d", (_point(v) for v in col_y)))
+
+
+def _point(value: Any) -> float:
+    number = number_of(value) if isinstance(value, str) else value
+    return math.nan if number is None else float(number)
 
 
 def number_of(text: str) -> float | None:

@@ -20,7 +20,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rundock.context.names import artifact_name
@@ -197,7 +198,7 @@ class SqliteRunStore(RunStore):
             sql += " WHERE " + " AND ".join(where)
         return self._hydrate(self._read(sql + " ORDER BY created_at DESC, number DESC", args))
 
-    def _hydrate(self, rows: list[sqlite3.Row]) -> list[RunRecord]:
+    def _hydrate(self, rows: Sequence[Sequence[Any]]) -> list[RunRecord]:
         runs = [run_record(row) for row in rows]
         if runs:
             by_id = {r.run_id: r for r in runs}
@@ -328,6 +329,23 @@ class SqliteRunStore(RunStore):
                 return
             last = rows[-1][0]
 
+    def metric_points(self, run_id: str, name: str, x: str = "step") -> tuple[array[float], array[float]]:
+        column = "at" if x == "time" else "step"
+        xs, ys = array("d"), array("d")
+        last = 0
+        while True:
+            rows = self._read(f"SELECT ord, {column}, {_NUMBER} FROM metrics WHERE run_id = ? AND name = ? "
+                              "AND ord > ? AND kind = 'scalar' ORDER BY ord LIMIT ?",
+                              (run_id, name, last, VALUES_CHUNK))
+            sql_query.add_points(xs, ys, rows)
+            if len(rows) < VALUES_CHUNK:
+                return xs, ys
+            last = rows[-1][0]
+
+    def metric_version(self, run_id: str, name: str) -> int | None:
+        rows = self._read("SELECT ord FROM latest_metrics WHERE run_id = ? AND name = ?", (run_id, name))
+        return int(rows[0][0]) if rows else None
+
     def query_runs(self, q: RunQuery) -> RunPage:
         st = sql_query.statements(q, sql_query.SQLITE, time.time())
         with self._lock:  # the count and the page from one snapshot
@@ -336,8 +354,10 @@ class SqliteRunStore(RunStore):
             except sqlite3.Error as exc:
                 raise store_error(exc, self.path, "read") from exc
             try:
-                total = self._read(st.count, st.count_args)[0][0]
-                runs = self._hydrate(self._read(st.page, st.page_args))
+                rows, total = sql_query.split_page(st, self._read(st.page, st.page_args))
+                if total is None:
+                    total = self._read(st.count, st.count_args)[0][0]
+                runs = self._hydrate(rows)
                 latest = self._read(*sql_query.latest_statement(sql_query.SQLITE, [r.run_id for r in runs],
                                                                  q.metrics)) if runs and q.metrics else []
             finally:

@@ -433,3 +433,22 @@ def test_a_cached_environment_on_a_remote_host(workspace: Workspace, box: Remote
     second.wait_for_completion()
     assert "reusing cached environment" in workspace.store.read_log(second.id, "system_logs/prepare_log.txt").decode()
     assert workspace.store.read_log(second.id, "system_logs/driver_log.txt").decode().split()[1] == prefix
+
+
+def test_a_live_run_is_followed_after_rundock_is_upgraded_here(workspace: Workspace, box: RemoteTarget,
+                                                               ssh_host: SshHost, source: Callable[..., Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run submitted by one version of rundock is followed by the next: the host gets the new agent on demand
+    instead of `pull` failing with "No module named 'rundock'"."""
+    from rundock.submitter.targets import remote
+
+    src = source(**{"train.py": "import time\nfrom rundock.context import Run\nrun = Run.get_context()\n"
+                                "for i in range(30):\n    run.log('i', i)\n    time.sleep(0.1)\n"})
+    run = _submit(workspace, src)
+    wait_until(lambda: run.get_status() == "Running", timeout=60, message="Running")
+    digest, bundle = remote.agent_bundle()
+    monkeypatch.setattr(remote, "agent_bundle", lambda: ("upgraded-" + digest, bundle))  # this side upgraded
+    run.wait_for_completion(raise_on_error=True)
+    assert run.get_metrics()["i"] == list(range(30))
+    installed = ssh_host.sh("import os; print(sorted(os.listdir('/root/.rundock/agent')))")
+    assert f"upgraded-{digest}" in installed and digest in installed.replace(f"upgraded-{digest}", "")

@@ -131,23 +131,34 @@ class RemoteTarget:
 
         return retrying(attempt, on_retry=lambda _: self._forget(used[-1]) if used else None)
 
+    def _agent_dir(self, conn: SshConnection) -> str:
+        return f"{self.root(conn)}/agent/{agent_bundle()[0]}"
+
     def _agent_command(self, conn: SshConnection, command: str, *args: str) -> str:
-        digest, _ = agent_bundle()
-        root = self.root(conn)
-        return (f"PYTHONPATH={shlex.quote(f'{root}/agent/{digest}')} {shlex.quote(self.config.python)} "
+        """The host command, which exits ``NO_AGENT`` when this version of the agent is not installed there (a
+        run submitted before rundock was upgraded here is followed with the new agent, installed on demand)."""
+        agent_dir, root = self._agent_dir(conn), self.root(conn)
+        return (f"test -f {shlex.quote(agent_dir)}/.complete || exit {NO_AGENT}; "
+                f"PYTHONPATH={shlex.quote(agent_dir)} {shlex.quote(self.config.python)} "
                 f"-m rundock.agent.remote {command} {shlex.quote(root)} {' '.join(shlex.quote(a) for a in args)}")
 
     def _remote(self, command: str, *args: str, stdin: Stdin = b"", sink: IO[bytes] | None = None,
                 heard: Callable[[], None] | None = None) -> bytes:
         """Run a host command (every one is safe to repeat: see rundock.agent.remote); its stdout.
         ``heard`` is called when the host has answered."""
-        def attempt(conn: SshConnection) -> bytes:
+        def run_once(conn: SshConnection) -> tuple[int, bytes, bytes]:
             if sink is not None:
                 sink.seek(0)
                 sink.truncate()
+            return conn.run(self._agent_command(conn, command, *args),
+                            stdin=stdin if isinstance(stdin, bytes) else stdin(), sink=sink)
+
+        def attempt(conn: SshConnection) -> bytes:
             COMMANDS[command] += 1
-            code, out, err = conn.run(self._agent_command(conn, command, *args),
-                                      stdin=stdin if isinstance(stdin, bytes) else stdin(), sink=sink)
+            code, out, err = run_once(conn)
+            if code == NO_AGENT:  # this version's agent is not there yet: install it, then ask again
+                self._install_agent(conn, self._agent_dir(conn))
+                code, out, err = run_once(conn)
             if heard is not None:
                 heard()
             if code != 0:
@@ -188,9 +199,8 @@ class RemoteTarget:
         request = json.dumps(digests).encode()
 
         def attempt(conn: SshConnection) -> tuple[dict[str, Any], list[str]]:
-            agent_dir = f"{self.root(conn)}/agent/{agent_bundle()[0]}"
-            line = (f"test -f {shlex.quote(agent_dir)}/.complete || exit {NO_AGENT}; "
-                    f"{self._agent_command(conn, 'prepare')}")
+            agent_dir = self._agent_dir(conn)
+            line = self._agent_command(conn, "prepare")
             for tried in (1, 2):
                 code, out, err = conn.run(line, stdin=request)
                 if code == NO_AGENT and tried == 1:

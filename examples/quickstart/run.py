@@ -44,6 +44,7 @@ elif os.path.exists(cli):
 else:
     command = f"{shlex.quote(sys.executable)} -m rundock"
 cd = "" if os.path.samefile(here, os.getcwd()) else f"cd {shlex.quote(os.path.relpath(here))} && "
-print("\nTry the CLI next (this demo's runs are in examples/quickstart/.rundock):")
-for args in ("runs", f"show {run.id}", "experiments", "submit scripts/train.py -- --alpha 0.2"):
+print(f"\nTry the CLI next (this demo's runs are in {os.path.relpath(os.path.join(here, '.rundock'))}):")
+for args in ("runs", f"show {run.id}", "experiments", "submit scripts/train.py -- --alpha 0.2",
+             f"plot {run.id} mse", f"report {run.id} -o report.html", "ui    # the web UI, on 127.0.0.1"):
     print(f"  {cd}{command} {args}")

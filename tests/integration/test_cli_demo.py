@@ -40,6 +40,17 @@ def test_the_quick_starts_closing_commands_work_as_printed(tmp_path: Path) -> No
     assert commands and all(c.startswith("cd examples/quickstart && ") for c in commands)
     run_id = re.search(r"show (\S+)", result.stdout).group(1)  # type: ignore[union-attr]
     for command in commands:
+        if " ui " in f"{command} ":  # serves until stopped: it must print its one-time URL
+            line = command.split("#")[0].replace("&& ", "&& exec ").replace(" ui", " ui --port 0")
+            server = subprocess.Popen(["bash", "-c", line], cwd=tmp_path / "repo", env=env, stdout=subprocess.PIPE,
+                                      text=True)
+            try:
+                assert server.stdout is not None
+                assert re.match(r"http://127\.0\.0\.1:\d+/ui/\?token=", server.stdout.readline()), command
+            finally:
+                server.terminate()
+                server.wait(30)
+            continue
         done = subprocess.run(["bash", "-c", command], cwd=tmp_path / "repo", env=env, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0, (command, done.stderr)

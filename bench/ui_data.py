@@ -1,12 +1,11 @@
-"""Figures 19-22: the web UI on a large history, timed as a user waits for it: a page of the runs table, the chart
-of a long metric.
+"""Figures 19-20: the web UI on a large history, timed as a user waits for it: a page of the runs table (the chart
+of a long metric and its run's page are in ``bench.ui_series``).
 
 The 100,000 runs go in through each database's fastest path (one transaction of ``executemany`` in SQLite,
 ``COPY`` in PostgreSQL), then the latest-value table is filled the way an upgrade fills it. Each figure is one
 HTTP request to ``rundock ui``'s app on a real server on loopback, signed in (``bench.ui_http``): the runs page
-(HTML) and the chart data of a 1,000,000-point metric; figure 22 is the same chart drawn in Chromium. The
-baselines are what a UI without the query and LTTB would do: ``list_runs`` and the filtering and sorting in
-Python (sorting by creation time: reading each run's metrics as well would take minutes), every point as JSON.
+(HTML). The baseline is what a UI without the query would do: ``list_runs`` and the filtering and sorting in
+Python (sorting by creation time: reading each run's metrics as well would take minutes).
 """
 
 from __future__ import annotations
@@ -25,9 +24,7 @@ from rundock.history import wire
 from rundock.history.backends import postgres_schema, sqlite_file
 from rundock.history.backends.sqlite import SqliteRunStore
 from rundock.history.query import RunQuery
-from rundock.history.records import MetricRecord
 from rundock.history.store import RunStore
-from rundock.ui import series
 
 RUNS = 100_000
 POINTS = 1_000_000
@@ -154,58 +151,3 @@ def runs_table(root: Path) -> list[Figure]:
             figures.append(_table_figure(20, "PostgreSQL", pg_store, root))
     return figures
 
-
-def _fill_series(store: RunStore) -> str:
-    run = store.create_run("series", created_at=1.7e9).run_id
-    rnd = random.Random(21)
-    began, y = time.perf_counter(), 0.0
-    for start in range(0, POINTS, 100_000):
-        batch = []
-        for i in range(start, start + 100_000):
-            y += rnd.uniform(-1, 1)
-            batch.append(MetricRecord("loss", "scalar", y, i, "", 1.7e9 + i))
-        store.log_metrics(run, batch)
-    log(f"{POINTS:,} values stored in {time.perf_counter() - began:.1f} s")
-    return run
-
-
-def long_series(root: Path) -> list[Figure]:
-    with SqliteRunStore(str(root / "ui-series.db")) as store:
-        run = _fill_series(store)
-        path = f"/ui/api/runs/{run}/series?name=loss"
-        with ui_http.serve(store, root) as (base, session):
-            answer = ui_http.get(session, base + path).json()
-            if len(answer["x"]) != 2000 or answer["total_points"] != POINTS:
-                raise RuntimeError(f"the series endpoint sent {len(answer['x'])} of {answer['total_points']} points")
-
-            def first_drawing() -> None:
-                series.clear_cache()
-                ui_http.get(session, base + path)
-
-            ours = _times(first_drawing, 7)
-            cached = _times(lambda: ui_http.get(session, base + path), 7)
-            log(f"the same chart again (cached): p50 {p50(cached) * 1000:.0f} ms")
-            page = _times(lambda: ui_http.get(session, f"{base}/ui/runs/{run}"), 3)
-            log(f"the run's page (which embeds the chart): p50 {p50(page):.2f} s")
-            drawn: list[float] = []
-            for _ in range(5):  # first drawings
-                series.clear_cache()
-                drawn += ui_http.draw_times(base, session, "/ui/experiments", path, 1)
-            again = ui_http.draw_times(base, session, "/ui/experiments", path, 5)
-        baseline = _times(lambda: json.dumps({"x": [s for s, _t, _v in store.metric_values(run, "loss")],
-                                              "y": [v for _s, _t, v in store.metric_values(run, "loss")]}), 3)
-    figures = [Figure(21, f"a {POINTS:,}-point metric's chart data: `GET /ui/api/runs/…/series` (read, LTTB to "
-                          "2,000 points, JSON; SQLite)", "s", ours, "p50 <= 1 s", p50(ours) <= 1.0,
-                      "every point read and sent as JSON (no HTTP)", baseline,
-                      f"the whole request on loopback, signed in, the first time the chart is drawn (cache "
-                      f"emptied); drawn again it took {p50(cached) * 1000:.0f} ms (the downsampled series is kept "
-                      f"while no value is logged). The run's page, which embeds the same chart data, took "
-                      f"{p50(page):.2f} s: it still reads every metric record. The values are read as numbers in "
-                      "SQL, in chunks, into arrays of doubles; LTTB's inner loop runs in C.")]
-    if drawn:
-        figures.append(Figure(22, f"the same {POINTS:,}-point metric drawn in Chromium: request, JSON, uPlot's first "
-                                  "draw of the 2,000 points", "s", drawn, "p50 <= 1 s", p50(drawn) <= 1.0,
-                              note=f"`performance.now()` from the `fetch` of the series to uPlot's `draw` hook, in "
-                                   f"headless Chromium (no GPU) on the same machine as the server, the first time the "
-                                   f"chart is drawn (server cache emptied); drawn again: p50 {p50(again):.2f} s."))
-    return figures

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Optional, Union
 
 from rundock.errors import ConfigError
+from rundock.history.metric_reads import MetricBuckets, MetricSummary, buckets_of, summaries_of
 from rundock.history.query import RunPage, RunQuery, metric_names_in_python, query_runs_in_python, scalar_number
 from rundock.history.records import FileRecord, JournalPlan, MetricRecord, ModelRecord, RunRecord, StatusChange
 from rundock.states import RunStatus
@@ -207,6 +208,19 @@ class MetricsStore(abc.ABC):
             xs.append(at if x == "time" else float(i if step is None else step))
             ys.append(math.nan if value is None else value)
         return xs, ys
+
+    def metric_summaries(self, run_id: str) -> list[MetricSummary]:
+        """Each metric of the run (kind, number of values, last value) in the order first logged, without its
+        values (``rundock.history.metric_reads``); the SQL backends answer in one statement. This default reads
+        ``get_metric_records``."""
+        return summaries_of(self.get_metric_records(run_id))
+
+    def metric_buckets(self, run_id: str, name: str, x: str = "step", buckets: int = 2000) -> MetricBuckets:
+        """The chart candidates of one metric in at most ``buckets`` buckets (first, last, lowest and highest
+        finite points and where a gap starts, per bucket; every point when there are no more values than
+        ``buckets``; see ``rundock.history.metric_reads``). The SQL backends compute them in the database; this
+        default reads ``metric_points``."""
+        return buckets_of(*self.metric_points(run_id, name, x), buckets)
 
     def metric_version(self, run_id: str, name: str) -> int | None:
         """A number that grows whenever a value of the metric is logged (where its latest value is stored), for

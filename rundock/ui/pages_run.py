@@ -20,7 +20,7 @@ from rundock.ui.auth import Viewer, ui_session
 from rundock.ui.backend import UiBackend, ui_backend
 from rundock.ui.html import Markup, duration, finite, join, json_script, link, number, render, table, when
 from rundock.ui.layout import empty, page, section, status_badge
-from rundock.ui.render import chart_specs
+from rundock.ui.render import summary_specs
 
 router = APIRouter(prefix="/ui")
 DRIVER_LOG = "system_logs/driver_log.txt"
@@ -86,9 +86,11 @@ def _run_body(ui: UiBackend, viewer: Viewer, run: RunRecord) -> Markup:
 
 
 def page_specs(ui: UiBackend, run_id: str, files: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chart specs of the run's metrics as the page draws them (``render.chart_specs``, bounded)."""
+    """The chart specs of the run's metrics as the page draws them (``render.summary_specs``, bounded): only the
+    metrics other than scalars are read whole; a scalar series comes downsampled from the store."""
     store = ui.store
-    specs = chart_specs(store.get_metric_records(run_id), lambda name: data.metric_series(store, run_id, name))
+    specs = summary_specs(store.metric_summaries(run_id), lambda name: store.get_metric_records(run_id, name),
+                          lambda name: data.metric_series(store, run_id, name))
     # An image metric names a file; the page shows it only when it is one of this run's files (a job's journal
     # could name "../../other-run/..." and have the viewer's browser fetch it).
     return [_bounded(s, files) for s in specs]

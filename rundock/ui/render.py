@@ -21,10 +21,12 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from rundock.history.metric_reads import MetricSummary
 from rundock.history.records import MetricRecord
 
 Spec = dict[str, Any]
 SeriesOf = Callable[[str], Spec]
+RecordsOf = Callable[[str], list[MetricRecord]]
 
 
 def _number(value: Any) -> bool:
@@ -38,6 +40,29 @@ def chart_specs(records: Iterable[MetricRecord], series: SeriesOf) -> list[Spec]
     for record in records:
         by_name.setdefault(record.name, []).append(record)
     return [spec for name, group in by_name.items() if (spec := metric_spec(name, group, series)) is not None]
+
+
+def is_series(summary: MetricSummary) -> bool:
+    """Whether a metric is drawn as a line over steps: a scalar logged more than once, some of it numbers."""
+    return summary.kind == "scalar" and summary.count > 1 and summary.numeric
+
+
+def summary_specs(summaries: Iterable[MetricSummary], records_of: RecordsOf, series: SeriesOf) -> list[Spec]:
+    """The specs of a run's metrics from their summaries (``MetricsStore.metric_summaries``), the same as
+    ``chart_specs`` gives without reading every value: a scalar needs none (a chart's points come from
+    ``series(name)``, downsampled in the store), the other kinds are read whole (``records_of(name)``)."""
+    specs = []
+    for summary in summaries:
+        if summary.kind != "scalar":
+            spec = metric_spec(summary.name, records_of(summary.name), series)
+        elif is_series(summary):
+            spec = {"name": summary.name, "description": summary.description, "kind": "line", **series(summary.name)}
+        else:
+            spec = {"name": summary.name, "description": summary.description, "kind": "value",
+                    "value": _plain(summary.last)}
+        if spec is not None:
+            specs.append(spec)
+    return specs
 
 
 def metric_spec(name: str, group: list[MetricRecord], series: SeriesOf) -> Spec | None:

@@ -26,9 +26,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rundock.history.artifacts import ArtifactStore
+from rundock.history.metric_reads import MetricSummary
 from rundock.history.records import MetricRecord, RunRecord, StatusChange
 from rundock.history.store import RunStore
-from rundock.ui import render
+from rundock.ui import render, series
 from rundock.ui import report_render as lines
 
 DRIVER_LOG = "system_logs/driver_log.txt"
@@ -52,7 +53,9 @@ class ReportOptions:
 class _Run:
     record: RunRecord
     changes: list[StatusChange]
-    metrics: list[MetricRecord]
+    metrics: list[MetricSummary]
+    records: dict[str, list[MetricRecord]]  # every value of the metrics other than scalars
+    series: dict[str, dict[str, Any]]  # the scalar series drawn over steps (``series.metric_series``)
     files: dict[str, Any]
     log: bytes
 
@@ -113,12 +116,17 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def collect(store: RunStore, run_ids: Iterable[str]) -> list[_Run]:
-    """What the report shows of each run, read once (an unknown id raises RunNotFoundError)."""
+def collect(store: RunStore, run_ids: Iterable[str], max_points: int = 2000) -> list[_Run]:
+    """What the report shows of each run, read once (an unknown id raises RunNotFoundError): its metrics'
+    summaries, the values of those other than scalars, and its scalar series downsampled in the store."""
     runs = []
     for run_id in run_ids:
         record = store.get_run(run_id)
-        runs.append(_Run(record, store.status_history(run_id), store.get_metric_records(run_id),
+        summaries = store.metric_summaries(run_id)
+        records = {s.name: store.get_metric_records(run_id, s.name) for s in summaries if s.kind != "scalar"}
+        drawn = {s.name: series.metric_series(store, run_id, s.name, max_points=max_points)
+                 for s in summaries if render.is_series(s)}
+        runs.append(_Run(record, store.status_history(run_id), summaries, records, drawn,
                          store.list_files(run_id), store.read_log(run_id, DRIVER_LOG)))
     return runs
 
@@ -126,7 +134,7 @@ def collect(store: RunStore, run_ids: Iterable[str]) -> list[_Run]:
 def build_report(store: RunStore, artifacts: ArtifactStore, run_ids: Sequence[str],
                  options: ReportOptions = ReportOptions(), now: float | None = None) -> str:
     """The whole HTML document for ``run_ids`` (metric charts overlay every run)."""
-    runs = collect(store, run_ids)
+    runs = collect(store, run_ids, options.max_points)
     now = time.time() if now is None else now
     charts: list[dict[str, Any]] = []
     charted = charted_names(runs)
@@ -174,17 +182,9 @@ def _chart(spec: dict[str, Any], charts: list[dict[str, Any]]) -> str:
             f'<div class="chart" data-chart="{len(charts) - 1}"></div>{note}</figure>')
 
 
-def _by_name(records: Iterable[MetricRecord]) -> dict[str, list[MetricRecord]]:
-    by_name: dict[str, list[MetricRecord]] = {}
-    for record in records:
-        by_name.setdefault(record.name, []).append(record)
-    return by_name
-
-
 def charted_names(runs: list[_Run]) -> list[str]:
     """The scalar metrics drawn over steps (numbers logged more than once by some run), in first-logged order."""
-    return list(dict.fromkeys(name for run in runs for name, group in _by_name(run.metrics).items()
-                              if lines.is_chartable(group)))
+    return list(dict.fromkeys(name for run in runs for name in run.series))
 
 
 def _scalar_section(runs: list[_Run], names: list[str], charts: list[dict[str, Any]],
@@ -193,9 +193,8 @@ def _scalar_section(runs: list[_Run], names: list[str], charts: list[dict[str, A
         return '<section><h2>Metrics</h2><p class="muted">No metric was logged as a series of numbers.</p></section>'
     figures = []
     for name in names:
-        per_run = [(run.label, group) for run in runs
-                   if lines.is_numeric_scalar(group := _by_name(run.metrics).get(name, []))]
-        figures.append(_chart(lines.scalar_chart(name, per_run, max_points=options.max_points), charts))
+        per_run = [(run.label, run.series[name]) for run in runs if name in run.series]
+        figures.append(_chart(lines.series_chart(name, per_run), charts))
     return f'<section><h2>Metrics</h2><div class="charts">{"".join(figures)}</div></section>'
 
 
@@ -317,9 +316,14 @@ def _visuals(run: _Run, charted: list[str], artifacts: ArtifactStore, charts: li
     logged once come first, as one table."""
     values: list[tuple[str, Any]] = []
     shown: list[str] = []
-    for name, group in _by_name(run.metrics).items():
-        if name in charted and lines.is_numeric_scalar(group):
+    for summary in run.metrics:
+        name = summary.name
+        if name in run.series:
             continue
+        if summary.kind == "scalar":  # a value logged once, or values that are no numbers: the last one
+            values.append((name, summary.last))
+            continue
+        group = run.records[name]
         spec = render.metric_spec(name, group, lambda _name: {})
         kind = spec.get("kind") if spec else None
         line = lines.line_from_spec(spec, max_points=options.max_points) if spec else None

@@ -11,10 +11,8 @@ confusion matrices, images, and the residuals and predictions that ``static/bins
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
-
-from rundock.history.records import MetricRecord
 
 Spec = dict[str, Any]
 
@@ -25,24 +23,6 @@ def _number(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def is_numeric_scalar(records: Sequence[MetricRecord]) -> bool:
-    """Whether these values of one metric can be drawn over steps: scalars, numbers (or NaN/inf) only."""
-    return bool(records) and all(r.kind == "scalar" and isinstance(r.value, (int, float))
-                                 and not isinstance(r.value, bool) for r in records)
-
-
-def scalar_points(records: Sequence[MetricRecord], x: str = "step") -> tuple[list[float], list[float | None]]:
-    """The points of a scalar metric sorted by x: its step (the value's index where none was logged), or with
-    ``x="time"`` seconds since its first value."""
-    if x == "time":
-        start = min((r.at for r in records), default=0.0)
-        pairs = [(r.at - start, _number(r.value)) for r in records]
-    else:
-        pairs = [(float(i if r.step is None else r.step), _number(r.value)) for i, r in enumerate(records)]
-    pairs.sort(key=lambda p: p[0])
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def downsample(xs: list[float], ys: list[float | None], max_points: int) -> tuple[list[float], list[float | None]]:
@@ -57,20 +37,15 @@ def downsample(xs: list[float], ys: list[float | None], max_points: int) -> tupl
     return list(sx), list(sy)
 
 
-def is_chartable(records: Sequence[MetricRecord]) -> bool:
-    """Whether a metric of one run is drawn as a line over steps: numbers, logged more than once."""
-    return len(records) > 1 and is_numeric_scalar(records)
-
-
-def scalar_chart(name: str, per_run: Iterable[tuple[str, Sequence[MetricRecord]]], *, max_points: int) -> Spec:
-    """One line chart of scalar metric ``name`` with one series per run (``per_run``: label, records)."""
+def series_chart(name: str, per_run: Iterable[tuple[str, Spec]]) -> Spec:
+    """One line chart of scalar metric ``name`` with one series per run (``per_run``: label, the run's
+    ``rundock.ui.series.metric_series``, downsampled in the store)."""
     series, notes = [], []
-    for label, records in per_run:
-        xs, ys = scalar_points(records)
-        sx, sy = downsample(xs, ys, max_points)
-        if len(sx) < len(xs):
-            notes.append(f"{label}: {len(sx):,} of {len(xs):,} points shown (LTTB downsampling)")
-        series.append({"label": label, "x": sx, "y": sy})
+    for label, drawn in per_run:
+        pairs = sorted(zip(drawn["x"], drawn["y"], strict=True), key=lambda p: p[0])
+        if drawn["downsampled"]:
+            notes.append(f"{label}: {len(pairs):,} of {drawn['total_points']:,} points shown (LTTB downsampling)")
+        series.append({"label": label, "x": [p[0] for p in pairs], "y": [_number(p[1]) for p in pairs]})
     return _line(name, "step", name, series, "; ".join(notes))
 
 

@@ -1,15 +1,18 @@
 """A metric's values as chart series: downsampled on the server with LTTB, and as a full CSV download.
 
-``metric_series`` reads one metric of one run once (``MetricsStore.metric_points``: in chunks, straight into two
-arrays of doubles, not into a Python object per value), and sends at most ``max_points`` points: LTTB (Largest-Triangle-
-Three-Buckets, Steinarsson 2013) keeps the first and the last point and, in each bucket between, the point that
-makes the largest triangle with the point kept before it and the mean of the next bucket, so that spikes and
-dips survive while flat stretches thin out. Its inner loop runs in C (``map`` over array slices), about a
-second for ten million points.
+``metric_series`` sends at most ``max_points`` points of one metric, chosen by MinMaxLTTB: the store splits the
+metric into ``max_points`` buckets and hands back only each bucket's first, last, lowest and highest points
+(``MetricsStore.metric_buckets``, computed in SQL by the SQLite and PostgreSQL backends: a million values become
+a few thousand candidates without leaving the database), then LTTB (Largest-Triangle-Three-Buckets, Steinarsson
+2013) picks among those: it keeps the first and the last point and, in each bucket between, the point that makes
+the largest triangle with the point kept before it and the mean of the next bucket. Spikes and dips survive
+(every bucket's extremes are among the candidates, and the triangles favour them) while flat stretches thin out.
+A metric with no more values than ``max_points`` is sent whole. LTTB's inner loop runs in C (``map`` over array
+slices).
 
-NaN and infinite values cannot be drawn: they come out as ``null``. Downsampled, each run of them is one null
-point where it starts (a gap in the line), as long as there are at most a quarter of ``max_points`` such runs;
-a series with more is drawn from its numbers alone.
+NaN and infinite values cannot be drawn: they come out as ``null``. Downsampled, each bucket with some of them
+gives one null point where the first starts (a gap in the line), as long as there are at most a quarter of
+``max_points`` such runs among the candidates; a series with more is drawn from its numbers alone.
 
 A downsampled series is kept (``CACHED_SERIES`` per store) with the store's ``metric_version`` of the metric, and
 sent again while that has not changed: a chart opened again, or by a second viewer, costs one indexed lookup.
@@ -112,8 +115,8 @@ def compute_series(store: MetricsStore, run_id: str, name: str, *, max_points: i
         raise ValueError(f"a metric series is drawn over 'step' or 'time', not {x!r}")
     if max_points < 3:
         raise ValueError(f"a metric series needs max_points >= 3, not {max_points}")
-    all_x, all_y = store.metric_points(run_id, name, x)
-    total = len(all_y)
+    candidates = store.metric_buckets(run_id, name, x, max_points)
+    all_x, all_y, total = candidates.xs, candidates.ys, candidates.total
     gaps: list[tuple[int, float]] = []
     if math.isfinite(sum(all_y)):  # no gap: the arrays as they are (a sum is finite only if every term is)
         xs, ys, where = all_x, all_y, array("q")

@@ -3,8 +3,10 @@
 Each character cell holds 2 x 4 dots, so a 100-column chart has 200 dots across. Several series (one per run)
 share a chart, each in its own colour with a legend line that also gives its last, lowest and highest value, so
 the chart still reads where colours do not show (output piped to a file). Works over SSH: it prints text and
-needs no display. Series longer than the chart is wide are downsampled first (LTTB), so a metric with a million
-points draws as fast as one with a thousand.
+needs no display. A long metric is read as its chart candidates (``MetricsStore.metric_buckets``: the first, last,
+lowest and highest points of each of a thousand buckets, computed in SQL by the SQLite and PostgreSQL histories),
+never whole, then downsampled to the chart's width (LTTB); the legend's lowest and highest values are exact, since
+every bucket's extremes are among the candidates.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from rundock.errors import RundockError
-from rundock.history.records import MetricRecord
-from rundock.ui.report_render import downsample, is_numeric_scalar, scalar_points
+from rundock.history.metric_reads import MetricSummary
+from rundock.history.store import MetricsStore
+from rundock.ui.report_render import downsample
 
 COLOURS = ("bright_blue", "bright_red", "bright_green", "bright_magenta", "bright_yellow", "bright_cyan",
            "blue", "red", "green", "magenta")
+CANDIDATE_BUCKETS = 1000  # buckets a long metric is read in: more than a terminal has dots across
 # The bit of each dot of a braille cell, by (column, row) within the cell.
 _DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 
@@ -31,24 +35,30 @@ class MetricNotPlottable(RundockError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Series:
-    """One line: its legend label and its points, sorted by x (``None``: a gap, e.g. a NaN value)."""
+    """One line: its legend label and its points, sorted by x (``None``: a gap, e.g. a NaN value), and the
+    number of values it stands for (more than its points when drawn from a long metric's candidates)."""
 
     label: str
     xs: list[float]
     ys: list[float | None]
+    total: int | None = None
 
 
-def series_of(label: str, name: str, records: Sequence[MetricRecord], x: str = "step") -> Series:
-    """The series of scalar metric ``name`` of one run (``x``: "step" or "time"); MetricNotPlottable when the
-    metric holds tables, images, lists or text."""
-    if not is_numeric_scalar(records):
-        kind = records[-1].kind if records else "nothing"
-        what = "text or booleans" if kind == "scalar" else f"a {kind.replace('_', ' ')}"
-        raise MetricNotPlottable(f"metric {name!r} of run {label} holds {what}, not numbers over steps; "
+def series_of(store: MetricsStore, run_id: str, summary: MetricSummary, x: str = "step") -> Series:
+    """The series of one scalar metric of a run (``x``: "step", or "time": seconds since its first value), from
+    the store's chart candidates (``MetricsStore.metric_buckets``: every bucket's first, last, lowest and
+    highest points, so the legend's lowest and highest are exact however long the metric); MetricNotPlottable
+    when the metric holds tables, images, lists or text."""
+    if summary.kind != "scalar" or not summary.numeric:
+        what = "text or booleans" if summary.kind == "scalar" else f"a {summary.kind.replace('_', ' ')}"
+        raise MetricNotPlottable(f"metric {summary.name!r} of run {run_id} holds {what}, not numbers over steps; "
                                  "rundock plot draws scalar metrics (run.log(name, number)); "
-                                 f"see the rest with: rundock report {label} -o report.html")
-    xs, ys = scalar_points(records, x)
-    return Series(label, xs, ys)
+                                 f"see the rest with: rundock report {run_id} -o report.html")
+    found = store.metric_buckets(run_id, summary.name, x, CANDIDATE_BUCKETS)
+    start = found.xs[0] if x == "time" and found.xs else 0.0
+    pairs = sorted(((px - start, py if math.isfinite(py) else None) for px, py in zip(found.xs, found.ys, strict=True)),
+                   key=lambda p: p[0])
+    return Series(run_id, [p[0] for p in pairs], [p[1] for p in pairs], found.total)
 
 
 def _fmt(value: float) -> str:
@@ -129,7 +139,8 @@ def render(title: str, series: Sequence[Series], *, width: int = 80, height: int
     text.append(" " * (margin + 1) + left + middle + right + "\n", style="dim")
     for index, s in enumerate(series):
         values = [y for y in s.ys if y is not None]
-        count = f"{len(s.ys):,} point" + ("s" if len(s.ys) != 1 else "")
+        total = len(s.ys) if s.total is None else s.total
+        count = f"{total:,} point" + ("s" if total != 1 else "")
         stats = (f"last={_fmt(values[-1])} min={_fmt(min(values))} max={_fmt(max(values))} ({count})"
                  if values else "no finite values")
         label = s.label if len(s.label) <= width - 3 else s.label[:max(width - 4, 1)] + "…"

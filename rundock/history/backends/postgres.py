@@ -27,13 +27,14 @@ from typing import Any
 import psycopg
 
 from rundock.errors import StoreError
-from rundock.history.backends import postgres_schema, postgres_writes, sql_query
+from rundock.history.backends import postgres_schema, postgres_writes, sql_metrics, sql_query
 from rundock.history.backends.postgres_admin import PostgresAdmin
 from rundock.history.backends.postgres_conn import connect, connection_params, redact, store_error
 from rundock.history.backends.postgres_tx import POOL_SIZE, READ, STATEMENT, Cursor, Database
 from rundock.history.backends.postgres_writes import missing
 from rundock.history.backends.sql_common import MODEL_COLUMNS, RUN_COLUMNS, model_record, run_record
 from rundock.history.backends.sql_query import number_of
+from rundock.history.metric_reads import MetricBuckets, MetricSummary
 from rundock.history.query import RunPage, RunQuery
 from rundock.history.records import (
     FileRecord,
@@ -205,6 +206,13 @@ class PostgresRunStore(RunStore):
             if len(rows) < VALUES_CHUNK:
                 return xs, ys
             last = rows[-1][0]
+
+    def metric_summaries(self, run_id: str) -> list[MetricSummary]:
+        return sql_metrics.summaries(self.db.read, sql_metrics.POSTGRES, run_id)
+
+    def metric_buckets(self, run_id: str, name: str, x: str = "step", buckets: int = 2000) -> MetricBuckets:
+        return sql_metrics.buckets(self.db.read, sql_metrics.POSTGRES, run_id, name, x, buckets,
+                                   lambda: self.metric_points(run_id, name, x))
 
     def metric_version(self, run_id: str, name: str) -> int | None:
         rows = self.db.read("SELECT ord FROM latest_metrics WHERE run_id = %s AND name = %s", (run_id, name))

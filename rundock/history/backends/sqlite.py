@@ -20,7 +20,6 @@ import os
 import sqlite3
 import threading
 import time
-from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +27,6 @@ from rundock.context.names import artifact_name
 from rundock.errors import RunNotFoundError, StoreError, StoreReplacedError
 from rundock.history.backends import sql_query
 from rundock.history.backends.sql_common import MODEL_COLUMNS, RUN_COLUMNS, model_record, run_record
-from rundock.history.backends.sql_query import number_of
 from rundock.history.backends.sqlite_admin import SqliteAdmin
 from rundock.history.backends.sqlite_file import (
     LATEST_FROM_METRICS,
@@ -38,11 +36,11 @@ from rundock.history.backends.sqlite_file import (
     rollback,
     store_error,
 )
+from rundock.history.backends.sqlite_metrics import SqliteMetricReads
 from rundock.history.query import RunPage, RunQuery
 from rundock.history.records import (
     FileRecord,
     JournalPlan,
-    MetricRecord,
     ModelRecord,
     RunRecord,
     StatusChange,
@@ -54,13 +52,9 @@ from rundock.history.store import RunStore, new_run_id, register_backend
 from rundock.states import RunStatus, can_transition
 
 BUSY_TIMEOUT_S = 60.0
-VALUES_CHUNK = 20_000  # metric values read at a time by ``metric_values``
-# A plain number is turned into a float by SQLite, faster than by Python; the rest is parsed by ``number_of``.
-_NUMBER = ("CASE WHEN length(value) < 40 AND (value GLOB '[0-9]*' OR value GLOB '-[0-9]*') THEN CAST(value AS REAL) "
-           "ELSE value END")
 
 
-class SqliteRunStore(RunStore):
+class SqliteRunStore(SqliteMetricReads, RunStore):
     """RunStore in one SQLite file; safe across threads and processes."""
 
     def __init__(self, path: str) -> None:
@@ -307,44 +301,6 @@ class SqliteRunStore(RunStore):
         if plan.heartbeat is not None:
             db.execute("UPDATE runs SET last_heartbeat = MAX(COALESCE(last_heartbeat, 0), ?), "
                        "heartbeat_interval = ? WHERE run_id = ?", (*plan.heartbeat, run_id))
-
-    def get_metric_records(self, run_id: str, name: str | None = None) -> list[MetricRecord]:
-        sql = "SELECT name, kind, value, step, description, at FROM metrics WHERE run_id = ?"
-        args: list[Any] = [run_id]
-        if name is not None:
-            sql += " AND name = ?"
-            args.append(name)
-        return [MetricRecord(n, k, json.loads(v), s, d, at) for n, k, v, s, d, at in self._read(sql + " ORDER BY ord",
-                                                                                               args)]
-
-    def metric_values(self, run_id: str, name: str) -> Iterator[tuple[int | None, float, float | None]]:
-        last = 0  # read in chunks by position, the lock let go between them
-        while True:
-            rows = self._read(f"SELECT ord, step, at, {_NUMBER} FROM metrics WHERE run_id = ? AND name = ? "
-                              "AND ord > ? AND kind = 'scalar' ORDER BY ord LIMIT ?",
-                              (run_id, name, last, VALUES_CHUNK))
-            yield from ((step, at, value if type(value) is float else number_of(value))
-                        for _ord, step, at, value in rows)
-            if len(rows) < VALUES_CHUNK:
-                return
-            last = rows[-1][0]
-
-    def metric_points(self, run_id: str, name: str, x: str = "step") -> tuple[array[float], array[float]]:
-        column = "at" if x == "time" else "step"
-        xs, ys = array("d"), array("d")
-        last = 0
-        while True:
-            rows = self._read(f"SELECT ord, {column}, {_NUMBER} FROM metrics WHERE run_id = ? AND name = ? "
-                              "AND ord > ? AND kind = 'scalar' ORDER BY ord LIMIT ?",
-                              (run_id, name, last, VALUES_CHUNK))
-            sql_query.add_points(xs, ys, rows)
-            if len(rows) < VALUES_CHUNK:
-                return xs, ys
-            last = rows[-1][0]
-
-    def metric_version(self, run_id: str, name: str) -> int | None:
-        rows = self._read("SELECT ord FROM latest_metrics WHERE run_id = ? AND name = ?", (run_id, name))
-        return int(rows[0][0]) if rows else None
 
     def query_runs(self, q: RunQuery) -> RunPage:
         st = sql_query.statements(q, sql_query.SQLITE, time.time())

@@ -8,7 +8,6 @@ import shutil
 import click
 
 from rundock.errors import RunNotFoundError
-from rundock.history.records import MetricRecord
 from rundock.history.store import RunsStore
 from rundock.submitter.cli import complete
 from rundock.submitter.cli.base import _workspace, cli, console, history_label, out
@@ -64,21 +63,15 @@ def _split(store: RunsStore, args: tuple[str, ...]) -> tuple[list[str], list[str
 def plot(args: tuple[str, ...], x_axis: str, width: int | None, height: int) -> None:
     """Draw scalar metrics of RUN... in the terminal, one chart per METRIC with the runs overlaid (every scalar
     metric when no METRIC is named), e.g. rundock plot RUN_A RUN_B loss acc."""
-    from rundock.ui.report_render import is_chartable
+    from rundock.ui.render import is_series
     from rundock.ui.termplot import MetricNotPlottable, render, series_of
 
     ws = _workspace()
     store = ws.store
     run_ids, names = _split(store, args)
-    logged: dict[str, dict[str, list[MetricRecord]]] = {}
-    for run_id in run_ids:
-        by_name: dict[str, list[MetricRecord]] = {}
-        for record in store.get_metric_records(run_id):
-            by_name.setdefault(record.name, []).append(record)
-        logged[run_id] = by_name
+    logged = {run_id: {s.name: s for s in store.metric_summaries(run_id)} for run_id in run_ids}
     if not names:
-        names = list(dict.fromkeys(n for by_name in logged.values() for n, recs in by_name.items()
-                                   if is_chartable(recs)))
+        names = list(dict.fromkeys(n for by_name in logged.values() for n, s in by_name.items() if is_series(s)))
         if not names:
             raise MetricNotPlottable(f"no scalar metrics to plot: {', '.join(run_ids)} logged none "
                                      f"(in {history_label(ws)})")
@@ -90,7 +83,7 @@ def plot(args: tuple[str, ...], x_axis: str, width: int | None, height: int) -> 
                                      f"id: no such run in {history_label(ws)}). Metrics logged: {known}")
     columns = width or shutil.get_terminal_size((80, 24)).columns
     for name in names:
-        series = [series_of(run_id, name, logged[run_id][name], x_axis) for run_id in run_ids
+        series = [series_of(store, run_id, logged[run_id][name], x_axis) for run_id in run_ids
                   if name in logged[run_id]]
         missing = [run_id for run_id in run_ids if name not in logged[run_id]]
         x_label = "step" if x_axis == "step" else "seconds since the first value"

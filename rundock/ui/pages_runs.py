@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Iterable
@@ -14,7 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from rundock.history import liveness
-from rundock.history.records import MetricRecord, RunRecord
+from rundock.history.metric_reads import MetricSummary, is_number
+from rundock.history.records import RunRecord
+from rundock.history.store import RunStore
 from rundock.server.errors import ApiError
 from rundock.states import RunStatus
 from rundock.ui import data
@@ -22,7 +23,7 @@ from rundock.ui.auth import Viewer, ui_session
 from rundock.ui.backend import UiBackend, ui_backend
 from rundock.ui.html import Markup, duration, join, json_script, link, number, render, table, when
 from rundock.ui.layout import empty, page, section, status_badge
-from rundock.ui.render import chart_specs
+from rundock.ui.render import is_series
 
 router = APIRouter(prefix="/ui")
 PER_PAGE = (25, 50, 100, 200)
@@ -203,9 +204,10 @@ async def compare(request: Request, viewer: Viewer = Depends(ui_session), ui: Ui
         body = render("<h1>Compare runs</h1>{e}", e=empty("Pick two or more runs in the runs table "
                                                           "(the boxes in its first column) and press Compare."))
         return page(viewer, "Compare", body, active="compare", pools=ui.pools is not None)
-    records = {r.run_id: await run_in_threadpool(ui.store.get_metric_records, r.run_id) for r in runs}
-    specs = await run_in_threadpool(_overlay_specs, ui, runs, records)
-    summaries = {run_id: metric_summary(found) for run_id, found in records.items()}
+    found = {r.run_id: await run_in_threadpool(ui.store.metric_summaries, r.run_id) for r in runs}
+    specs = await run_in_threadpool(_overlay_specs, ui, runs, found)
+    summaries = {run_id: await run_in_threadpool(metric_summary, ui.store, run_id, listed)
+                 for run_id, listed in found.items()}
     metric_names = list(dict.fromkeys(name for summary in summaries.values() for name in summary))
     rows: list[tuple[Any, ...]] = []
     for label, getter in (("argument", lambda r: _arguments(r)), ("tag", lambda r: r.tags),
@@ -247,28 +249,31 @@ def _series(ui: UiBackend, run_id: str, name: str) -> dict[str, Any]:
     return data.metric_series(ui.store, run_id, name)
 
 
-def metric_summary(records: Iterable[MetricRecord]) -> dict[str, tuple[float, float, float]]:
-    """``{name: (last, min, max)}`` of each scalar metric logged as numbers (NaN and infinities left out), in the
-    order the names were first logged."""
+def metric_summary(store: RunStore, run_id: str, summaries: Iterable[MetricSummary]
+                   ) -> dict[str, tuple[float, float, float]]:
+    """``{name: (last, min, max)}`` of each scalar metric of a run logged as numbers (NaN and infinities left out),
+    in the order the names were first logged: the extremes from the store's chart candidates (every bucket's
+    lowest and highest finite points), so a long metric is not read whole."""
     found: dict[str, tuple[float, float, float]] = {}
-    for record in records:
-        value = record.value
-        if record.kind != "scalar" or isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
+    for summary in summaries:
+        if summary.kind != "scalar" or not summary.numeric:
             continue
-        before = found.get(record.name)
-        found[record.name] = (value, min(value, before[1]), max(value, before[2])) if before else \
-            (value, value, value)
+        ys = [y for y in store.metric_buckets(run_id, summary.name).ys if math.isfinite(y)]
+        if not ys:
+            continue
+        last = summary.last
+        shown = float(last) if is_number(last) and math.isfinite(last) else ys[-1]
+        found[summary.name] = (shown, min(ys), max(ys))
     return found
 
 
-def _overlay_specs(ui: UiBackend, runs: list[RunRecord], records: dict[str, list[MetricRecord]]
+def _overlay_specs(ui: UiBackend, runs: list[RunRecord], summaries: dict[str, list[MetricSummary]]
                    ) -> list[dict[str, object]]:
     """One ``overlay`` spec per scalar metric that any of the runs logged more than once."""
     per_run: dict[str, dict[str, dict[str, Any]]] = {}
     for run in runs:
-        specs = chart_specs(records[run.run_id], functools.partial(_series, ui, run.run_id))
-        per_run[run.run_id] = {s["name"]: s for s in specs if s["kind"] == "line"}
+        per_run[run.run_id] = {m.name: _series(ui, run.run_id, m.name) for m in summaries[run.run_id]
+                               if is_series(m)}
     names = list(dict.fromkeys(n for specs in per_run.values() for n in specs))
     return [{"kind": "overlay", "name": name, "series": [
         {"label": f"{run.experiment} #{run.number}", "run_id": run.run_id, "x": per_run[run.run_id][name]["x"],

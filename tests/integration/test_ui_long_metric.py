@@ -16,6 +16,7 @@ from rundock.history.records import MetricRecord
 from rundock.submitter.workspace import Workspace
 from rundock.ui.backend import UiBackend
 from rundock.ui.pages_run import page_specs
+from rundock.ui.pages_runs import metric_summary
 from rundock.ui.report import ReportOptions, build_report
 from tests.ui_fixtures import LocalUi, ui_process
 
@@ -90,6 +91,11 @@ def test_run_page_report_and_plot_of_a_long_metric(workspace: Workspace, ui_proc
         html = build_report(store, workspace.artifacts, [run], ReportOptions(max_points=500))
         assert store.read == ["per_class"]
         assert "500 of 200,000 points shown (LTTB downsampling)" in html and "eel" in html and "0.875" in html
+        store.read = []  # the compare page's last / min / max, exact, from the store's candidates
+        values = [SPIKE if i == SPIKE_AT else math.sin(i / 1000.0) for i in range(POINTS)]
+        assert metric_summary(store, run, store.metric_summaries(run))["loss"] == (values[-1], min(values),
+                                                                                   max(values))
+        assert store.read == []
     finally:
         store.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 
 from rich.text import Text
@@ -95,9 +96,21 @@ def _line(a: tuple[int, int], b: tuple[int, int]) -> list[tuple[int, int]]:
             err, y0 = err + dx, y0 + sy
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (ESC, C1 codes, newlines…) shown as ``?``: a metric name or run label
+    comes from a job and must not move the cursor, clear the screen or write the clipboard of whoever plots it."""
+    return _CONTROL.sub("?", text)
+
+
 def render(title: str, series: Sequence[Series], *, width: int = 80, height: int = 15,
            x_label: str = "step") -> Text:
-    """A chart ``width`` columns wide with ``height`` rows of plot area, plus its title, x axis and legend."""
+    """A chart ``width`` columns wide with ``height`` rows of plot area, plus its title, x axis and legend
+    (every label from a run made printable)."""
+    title = printable(title)
+    series = [dataclasses.replace(s, label=printable(s.label)) for s in series]
     x0, x1, y0, y1 = _bounds(series)
     y_labels = [_fmt(y1), _fmt((y0 + y1) / 2), _fmt(y0)]
     margin = max(len(s) for s in y_labels) + 1

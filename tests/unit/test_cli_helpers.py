@@ -165,3 +165,13 @@ def test_the_summary_leaves_out_the_stderr_tail_already_shown() -> None:
     assert "ValueError" not in shown.getvalue() and "ValueError: x" in full.getvalue()
     assert follow.error_headline(run.error) == "the script exited with code 1"
     assert follow.error_headline({"message": "no GPU"}) == "no GPU"
+
+
+def test_plot_shows_a_jobs_control_characters_as_text() -> None:
+    """A metric name or label from a job cannot clear the screen or write the clipboard of whoever plots it."""
+    from rundock.ui.termplot import Series, render
+
+    chart = render("loss\x1b[2J\x1b]52;c;ZXZpbA==\x07", [Series("run\x1b[31m\u009b1", [0.0, 1.0], [1.0, 2.0])],
+                   width=60, height=5).plain
+    assert not any(ord(c) < 32 and c != "\n" or 0x7f <= ord(c) <= 0x9f for c in chart), repr(chart)
+    assert "loss?[2J?]52;c;ZXZpbA==?" in chart and "run?[31m?1" in chart

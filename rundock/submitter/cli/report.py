@@ -64,7 +64,7 @@ def plot(args: tuple[str, ...], x_axis: str, width: int | None, height: int) -> 
     """Draw scalar metrics of RUN... in the terminal, one chart per METRIC with the runs overlaid (every scalar
     metric when no METRIC is named), e.g. rundock plot RUN_A RUN_B loss acc."""
     from rundock.ui.render import is_series
-    from rundock.ui.termplot import MetricNotPlottable, render, series_of
+    from rundock.ui.termplot import MetricNotPlottable, printable, render, series_of
 
     ws = _workspace()
     store = ws.store
@@ -78,7 +78,7 @@ def plot(args: tuple[str, ...], x_axis: str, width: int | None, height: int) -> 
     for name in names:
         having = [run_id for run_id in run_ids if name in logged[run_id]]
         if not having:
-            known = "; ".join(f"{run_id}: {', '.join(logged[run_id]) or 'none'}" for run_id in run_ids)
+            known = printable("; ".join(f"{run_id}: {', '.join(logged[run_id]) or 'none'}" for run_id in run_ids))
             raise MetricNotPlottable(f"no metric {name!r} in {', '.join(run_ids)} (if {name!r} is meant as a run "
                                      f"id: no such run in {history_label(ws)}). Metrics logged: {known}")
     columns = width or shutil.get_terminal_size((80, 24)).columns

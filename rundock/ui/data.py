@@ -40,8 +40,11 @@ def query_runs(store: RunStore, q: TableQuery, pools: tuple[str, ...] | None = N
     return [(row.record, dict(row.latest)) for row in page.rows], int(page.total)
 
 
-def metric_names(store: RunStore, experiment: str | None) -> list[str]:
-    """Names of the metrics with a number as latest value in ``experiment`` (every one: None), for the columns."""
+def metric_names(store: RunStore, experiment: str | None, pools: tuple[str, ...] | None = None) -> list[str]:
+    """Names of the metrics with a number as latest value in ``experiment`` (every one: None), for the columns;
+    ``pools``: of the runs whose target is one of them only (an agent token sees no other run's names)."""
+    if pools is not None:
+        return history_query.metric_names_in_python(_PoolsView(store, pools), experiment)
     return list(store.metric_names(experiment))
 
 

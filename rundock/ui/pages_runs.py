@@ -126,7 +126,7 @@ async def runs(request: Request, viewer: Viewer = Depends(ui_session), ui: UiBac
     """The runs table."""
     q, columns, page_number = parse_query(request)
     rows, total = await run_in_threadpool(data.query_runs, ui.store, q, _pools_of(viewer))
-    names = await run_in_threadpool(data.metric_names, ui.store, q.experiment)
+    names = await run_in_threadpool(data.metric_names, ui.store, q.experiment, _pools_of(viewer))
     return page(viewer, "Runs", _runs_body(request, q, columns, page_number, rows, total, names), active="runs",
                 pools=ui.pools is not None)
 

@@ -21,6 +21,7 @@ from urllib.parse import quote, urljoin
 import pytest
 import requests
 
+from rundock.history.backends.http import HttpRunStore
 from rundock.history.records import MetricRecord
 from rundock.submitter.workspace import Workspace
 from rundock.ui.pages_run import MAX_TABLE_ROWS
@@ -177,7 +178,8 @@ server = server_fixtures.server
 store_uri_per_module = server_fixtures.store_uri_per_module
 
 
-def test_team_tokens_reach_only_what_their_role_allows_through_every_ui_route(server: ServerHandle) -> None:
+def test_team_tokens_reach_only_what_their_role_allows_through_every_ui_route(server: ServerHandle,
+                                                                             tmp_path: Path) -> None:
     stamp = time.time_ns()
     alice = str(server.create_token(f"alice-{stamp}", "user")["token"])
     bob = str(server.create_token(f"bob-{stamp}", "user")["token"])
@@ -197,8 +199,12 @@ def test_team_tokens_reach_only_what_their_role_allows_through_every_ui_route(se
                  f"{server.url}/ui/runs/{run}/snapshot/train.py", f"{server.url}/ui/compare?run={run}&run={run}x"):
         answer = as_agent.get(path, timeout=30)
         assert answer.status_code == 403, (path, answer.status_code)  # an agent: only its pools' runs
+    with HttpRunStore(server.url, artifacts_root=str(tmp_path / "cache"), token=alice) as as_alice:
+        as_alice.log_metrics(run, [MetricRecord(f"alices_secret_metric_{stamp}", "scalar", 1.0)])
+    assert f"alices_secret_metric_{stamp}" in as_bob.get(f"{server.url}/ui/runs", timeout=30).text
     agent_page = as_agent.get(f"{server.url}/ui/runs?experiment=team-roles", timeout=30).text
     assert run not in agent_page and "alice" not in agent_page
+    assert "alices_secret_metric" not in as_agent.get(f"{server.url}/ui/runs", timeout=30).text  # not even names
     with server.session(alice) as api:
         assert api.get(server.api(f"/runs/{run}")).json()["tags"]["owner"] == "alice"
 

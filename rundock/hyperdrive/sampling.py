@@ -169,8 +169,17 @@ class GridParameterSampling(ParameterSampling):
         return {key: params[key] for key in self._space}
 
     def suggest(self, trials: Sequence[Trial], count: int, goal: PrimaryMetricGoal) -> list[dict[str, Any]]:
-        start, total = _next_index(trials), self.max_trials()
-        return [self.combination(i) for i in range(start, min(start + max(count, 0), total))]
+        """The next ``count`` combinations in grid order that no trial of this sweep has run yet (a sweep that
+        reran earlier runs' values with ``resume_child_runs`` still covers the whole grid, each point once)."""
+        done = [t.params for t in trials if t.index >= 0]
+        picks: list[dict[str, Any]] = []
+        for i in range(self.max_trials()):
+            if len(picks) >= count:
+                break
+            combination = self.combination(i)
+            if combination not in done:
+                picks.append(combination)
+        return picks
 
     def max_trials(self) -> int:
         return math.prod(len(expr.values) for expr in self._space.values() if isinstance(expr, Choice))

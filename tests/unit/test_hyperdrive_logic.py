@@ -204,6 +204,15 @@ def test_grid_tries_every_combination_once_in_a_stable_order_then_stops() -> Non
     assert ParameterSampling.from_json(grid.to_json()).suggest(trials[:2], 1, MAX) == [trials[2].params]
 
 
+def test_a_grid_resumed_with_earlier_runs_values_still_covers_every_point_once() -> None:
+    grid = GridParameterSampling({"--batch": choice(16, 32), "--act": choice("relu", "tanh", "gelu")})
+    every = grid.all_combinations()
+    resumed = [Trial(0, every[3], "Completed", (0.5,)), Trial(1, every[4], "Completed", (0.6,))]  # reran first
+    warm = [Trial(-1, every[0], "Completed", (0.4,))]  # an earlier sweep's trial (resume_from) is not this sweep's
+    assert grid.suggest([*warm, *resumed], 10, MAX) == [every[0], every[1], every[2], every[5]]
+    assert grid.suggest([*resumed, Trial(2, every[0], "Running", ())], 2, MAX) == [every[1], every[2]]
+
+
 def test_grid_refuses_anything_but_choice_naming_the_parameter() -> None:
     with pytest.raises(ConfigError, match=r"supports only choice\(\); parameter '--lr' is uniform\(0, 1\)"):
         GridParameterSampling({"--batch": choice(16), "--lr": uniform(0, 1)})

@@ -26,6 +26,10 @@ ENV_USER_PYTHONPATH = "RUNDOCK_USER_PYTHONPATH"
 MODE_STORE = "store"  # it writes the history at ``store_uri`` itself (local and Docker runs)
 MODE_JOURNAL = "journal"  # it keeps everything in the run directory for the submitter to pull (SSH hosts)
 MODES = (MODE_STORE, MODE_JOURNAL)
+# ``JobSpec.distributed``: the processes the agent starts on this one node (``rundock.agent.launch``).
+DISTRIBUTED_KINDS = ("pytorch", "mpi")
+DISTRIBUTED_LAUNCHERS = ("per-process", "torchrun")
+DISTRIBUTED_KEYS = ("kind", "process_count_per_node", "launcher")
 
 
 class JobSpecError(ValueError):
@@ -61,6 +65,9 @@ class JobSpec:
     workspace_name: str = ""  # what ``run.experiment.workspace.name`` says inside the job
     workspace_path: str = ""  # the submitting workspace (local runs): where the job's submit_child requests go
     shown_script: str = ""  # the user's script when ``script`` is a launcher that starts it (multi-node runs)
+    # {"kind", "process_count_per_node", "launcher"} of a distributed run on this one node: the agent starts the
+    # script through ``rundock.agent.launch`` as node 0 of 1 (None: the script runs as it is)
+    distributed: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -93,6 +100,8 @@ class JobSpec:
             raise JobSpecError("job field 'environment_variables' must map strings to strings")
         if not isinstance(self.environment, dict):
             raise JobSpecError("job field 'environment' must be an object")
+        if self.distributed is not None:
+            _validate_distributed(self.distributed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,6 +137,22 @@ class JobSpec:
         except (OSError, ValueError) as exc:
             raise JobSpecError(f"cannot read the job file {path}: {exc}") from None
         return cls.from_dict(data, source=path)
+
+
+def _validate_distributed(value: Any) -> None:
+    if not isinstance(value, dict) or sorted(value) != sorted(DISTRIBUTED_KEYS):
+        raise JobSpecError(f"job field 'distributed' must be null or an object with exactly the keys "
+                           f"{', '.join(DISTRIBUTED_KEYS)}, got {value!r}")
+    if value["kind"] not in DISTRIBUTED_KINDS:
+        raise JobSpecError(f"job field 'distributed.kind' must be one of {', '.join(DISTRIBUTED_KINDS)}, "
+                           f"got {value['kind']!r}")
+    count = value["process_count_per_node"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise JobSpecError(f"job field 'distributed.process_count_per_node' must be a whole number >= 1, "
+                           f"got {count!r}")
+    if value["launcher"] not in DISTRIBUTED_LAUNCHERS:
+        raise JobSpecError(f"job field 'distributed.launcher' must be one of {', '.join(DISTRIBUTED_LAUNCHERS)}, "
+                           f"got {value['launcher']!r}")
 
 
 def request_cancel(run_dir: str) -> None:

@@ -28,7 +28,9 @@ _FILES = ("__init__.py", "states.py", "errors.py", "context/__init__.py", "conte
           "context/run.py", "context/schemas.py",
           # the sweeps' pure parts, for the azureml.train.hyperdrive shim (no __init__: nothing else of the package)
           "hyperdrive/goal.py", "hyperdrive/parameters.py", "hyperdrive/sampling.py", "hyperdrive/policies.py",
-          "hyperdrive/_tpe.py")
+          "hyperdrive/_tpe.py",
+          # a distributed run's launcher (``python -m rundock.agent.launch``; no __init__, as above)
+          "agent/launch.py")
 
 
 _SHIM_RUN = """\"\"\"rundock's stand-in for Azure ML inside a job: Run maps onto rundock's job-side run.\"\"\"

@@ -14,6 +14,11 @@ stops the others and exits with the failing one's status. An MPI run's processes
 ``torchrun_command`` is the alternative for ``PyTorchConfiguration(launcher="torchrun")``: one ``torchrun``
 line per node (``python -m torch.distributed.run --nnodes … --node_rank … --nproc_per_node … --master_addr …
 --master_port … train.py args…``), which sets the per-process variables itself.
+
+``node_command`` is the one rewrite of a job into one node's launch, used by a pool's multi-node runs
+(``rundock.pool_agent.nodes``) and by the agent for a run on one node (``rundock.agent.prepare.distribute``:
+node 0 of 1, ``MASTER_ADDR`` 127.0.0.1, a free port). The job lib carries this file, so a job's Python (on
+the host or in a container) runs it as ``python -m rundock.agent.launch``.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from typing import Any, Mapping
 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
+MODULE = "rundock.agent.launch"  # ``python -m`` name, where the job lib is on the path
 
 
 def node_environment(node_rank: int, nodes: int, per_node: int, master_addr: str, master_port: int) -> dict[str, str]:
@@ -53,6 +61,35 @@ def torchrun_command(python: str, node_rank: int, nodes: int, per_node: int, mas
     return [python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank", str(node_rank),
             "--nproc_per_node", str(per_node), "--master_addr", master_addr, "--master_port", str(master_port),
             script, *arguments]
+
+
+def node_command(distributed: Mapping[str, Any], node_rank: int, nodes: int, master_addr: str, master_port: int,
+                 launcher: list[str], python: str, script: str,
+                 arguments: list[str]) -> tuple[list[str] | None, dict[str, str]]:
+    """How node ``node_rank`` runs ``script``: (the command after the interpreter, the variables to add).
+
+    ``distributed`` holds ``kind`` (``pytorch`` or ``mpi``), ``process_count_per_node`` and ``launcher``
+    (``per-process`` or ``torchrun``); ``launcher`` here is how the interpreter starts this file (its path, or
+    ``["-m", MODULE]``). The command is None when the script itself is the node's one process (the variables
+    then include its ``RANK`` and ``LOCAL_RANK``)."""
+    per_node = int(distributed.get("process_count_per_node") or 1)
+    kind = "mpi" if distributed.get("kind") == "mpi" else "pytorch"
+    env = node_environment(node_rank, nodes, per_node, master_addr, master_port)
+    head = [*launcher, "--node-rank", str(node_rank), "--nodes", str(nodes), "--kind", kind]
+    if distributed.get("launcher") == "torchrun":
+        line = torchrun_command(python, node_rank, nodes, per_node, master_addr, master_port, script, arguments)
+        return [*head, "--processes", "1", "--", *line[1:]], env
+    if per_node > 1:
+        return [*head, "--processes", str(per_node), "--", script, *arguments], env
+    env.update(process_environment(kind, node_rank, nodes, 1, 0))
+    return None, env
+
+
+def free_port() -> int:
+    """A TCP port of this host's loopback that nobody listens on now (the rendezvous of a one-node run)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def run_processes(kind: str, node_rank: int, nodes: int, per_node: int, command: list[str]) -> int:

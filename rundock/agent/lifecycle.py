@@ -44,7 +44,7 @@ from rundock.agent.jobenv import job_base_environment
 from rundock.agent.joblib import ensure_azureml_shim, ensure_job_lib
 from rundock.agent.materialize import materialize
 from rundock.agent.outputs import OutputCollector
-from rundock.agent.prepare import Plan, prepare
+from rundock.agent.prepare import Plan, distribute, prepare
 from rundock.agent.slots import Slot, Ticket, try_acquire
 from rundock.context import run as ctx
 from rundock.context import rundir
@@ -221,6 +221,7 @@ class Agent:
             env["PYTHONPATH"] = user_path
         env.update(spec.environment_variables)
         env.update(((spec.environment or {}).get("environment_variables")) or {})
+        env.update(distribute(plan, spec))  # a distributed run on this node: the launcher and its variables
         env["PYTHONPATH"] = os.pathsep.join(p for p in (*paths, env.get("PYTHONPATH", "")) if p)
         env.update({ctx.ENV_RUN_ID: spec.run_id, ctx.ENV_RUN_DIR: run_dir, ctx.ENV_EXPERIMENT: spec.experiment,
                     ctx.ENV_DISPLAY_NAME: spec.display_name or spec.run_id, "PYTHONUNBUFFERED": "1"})
@@ -272,6 +273,9 @@ class Agent:
             json.dump({"host": socket.gethostname(), "agent_pid": os.getpid(), "job_pgid": executor.pid,
                        "container": executor.container_id or None}, fh)
         where = f"container {plan.image}" if plan.image else f"pid {executor.pid}"
+        processes = int((spec.distributed or {}).get("process_count_per_node") or 1)
+        if processes > 1:
+            where = f"{processes} processes, {where}"
         self.state(RunStatus.RUNNING, f"running {os.path.basename(spec.shown_script or spec.script)} ({where})")
         deadline = self.clock() + spec.max_run_duration_seconds
         self.children = ChildSubmitter(self.run_dir, spec, RUN_MOUNT if plan.image is not None else self.run_dir)

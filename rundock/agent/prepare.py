@@ -5,6 +5,9 @@ environment; a Docker environment gets its image (built and cached). GPUs are
 checked against the host. Whether the job's Python has a real ``azureml``
 package decides whether rundock's ``azureml.core`` shim goes on its path
 (probed once per image for containers).
+
+A distributed run on one node (``JobSpec.distributed``) runs its script through the launcher:
+``distribute`` rewrites the plan right before the job starts, so that the rendezvous port is picked then.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import socket
 import subprocess
 from typing import Any, Callable
 
+from rundock.agent import launch
 from rundock.agent.cachefile import read_json, write_json
 from rundock.agent.environments import PrepareError, host_gpus, pick_gpus, resolve_interpreter, system_managed_python
 from rundock.agent.job import JobSpec
@@ -38,6 +42,8 @@ class Plan:
     gpus: list[str] = dataclasses.field(default_factory=list)
     docker_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     docker_client: Any = None
+    interpreter: str = ""  # the job's Python and script, as the job sees them (``distribute`` uses them)
+    script: str = ""
 
 
 def _command(interpreter: str, script: str, script_on_host: str, arguments: list[str]) -> list[str]:
@@ -67,8 +73,22 @@ def prepare(spec: JobSpec, src: str, agent_root: str, prepare_log: str, note: No
     note(f"interpreter: {interpreter}")
     shim = _interpreter_lacks_azureml(interpreter, os.path.join(agent_root, "interpreters"))
     _note_shim(note, shim)
-    return Plan(_command(interpreter, os.path.join(src, spec.script), os.path.join(src, spec.script),
-                         spec.arguments), azureml_shim=shim, gpus=gpus)
+    script = os.path.join(src, spec.script)
+    return Plan(_command(interpreter, script, script, spec.arguments), azureml_shim=shim, gpus=gpus,
+                interpreter=interpreter, script=script)
+
+
+def distribute(plan: Plan, spec: JobSpec) -> dict[str, str]:
+    """For a distributed run on this one node: point ``plan.argv`` at the launcher (``python -m
+    rundock.agent.launch``, from the job lib on the job's path) and return the variables the job gets (node 0
+    of 1, ``MASTER_ADDR`` 127.0.0.1, a port free now). Nothing for any other run."""
+    if not spec.distributed:
+        return {}
+    command, variables = launch.node_command(spec.distributed, 0, 1, "127.0.0.1", launch.free_port(),
+                                             ["-m", launch.MODULE], plan.interpreter, plan.script, spec.arguments)
+    if command is not None:
+        plan.argv = [plan.interpreter, *command]
+    return variables
 
 
 def _package_dirs(interpreter: str) -> list[str]:
@@ -120,7 +140,7 @@ def _prepare_docker(spec: JobSpec, environment: dict[str, Any], agent_root: str,
     shim = _image_lacks_azureml(client, image, image_id, interpreter, os.path.join(agent_root, "images"))
     _note_shim(note, shim)
     return Plan(_command(interpreter, spec.script, "", spec.arguments), image=image, azureml_shim=shim, gpus=gpus,
-                docker_settings=settings, docker_client=client)
+                docker_settings=settings, docker_client=client, interpreter=interpreter, script=spec.script)
 
 
 def _image_lacks_azureml(client: Any, image: str, image_id: str, interpreter: str, cache_dir: str) -> bool:

@@ -10,9 +10,11 @@ no node ends the run by itself: the server settles the run from every node's out
   ``system_logs/node-k/driver_log.txt`` (the rule for outputs is simply "node k's outputs are under
   ``outputs/node-k/``", so two nodes writing ``outputs/model.pt`` never clash, whichever finishes first);
   its journal sources are ``node<k>.<source>`` (sequence numbers are per source);
-- state records change nothing on the run but node 0's Preparing/Running/Finalizing (and heartbeats); each
-  node's final state (and its error message) is kept as the node's ``outcome``, which ``agent serve`` sends when
-  it ends the attempt.
+- state records change nothing on the run but node 0's Preparing/Running; each node's final state (and its
+  error message) is kept as the node's ``outcome``, which ``agent serve`` sends when it ends the attempt. Node 0's
+  Finalizing is not shipped either (node 0 storing its outputs says nothing of the nodes still training: the
+  run goes from Running to its final state once every node ended), while every node's heartbeats are (the run
+  keeps the latest), so the run does not look NotResponding while any node still runs.
 
 The job gets the launcher variables of ``rundock.agent.launch``; with more than one process per node its script
 is that launcher (copied into the run directory), or a ``torchrun`` line when the run asks for it.
@@ -36,8 +38,8 @@ from rundock.states import RunStatus
 
 LAUNCHER_FILE = "launch.py"
 NODE_FILE = "node.json"  # the node's {rank, count, master_addr, master_port}: a restarted ``agent serve`` reads it
-_KEEP_STATES = frozenset({RunStatus.PREPARING.value, RunStatus.QUEUED.value, RunStatus.RUNNING.value,
-                          RunStatus.FINALIZING.value})
+_KEEP_STATES = frozenset({RunStatus.PREPARING.value, RunStatus.QUEUED.value, RunStatus.RUNNING.value})
+_QUIET_STATES = frozenset({RunStatus.FINALIZING.value})  # not an outcome, not shown
 
 
 def node_name(name: str, node: int) -> str:
@@ -52,27 +54,17 @@ def node_job(spec: JobSpec, node: dict[str, Any], distributed: dict[str, Any], r
     """The job file of one node: journal mode, the launcher variables, and the launch line."""
     rank, count = int(node["rank"]), int(node["count"])
     addr, port = str(node["master_addr"]), int(node["master_port"])
-    per_node = int(distributed.get("process_count_per_node") or 1)
-    kind = "mpi" if distributed.get("kind") == "mpi" else "pytorch"
-    env = dict(spec.environment_variables)
-    env.update(launch.node_environment(rank, count, per_node, addr, port))
+    command, variables = launch.node_command(distributed, rank, count, addr, port,
+                                             [os.path.join(run_dir, LAUNCHER_FILE)], spec.interpreter, spec.script,
+                                             spec.arguments)
+    env = {**spec.environment_variables, **variables}
     spec.mode = MODE_JOURNAL
     with open(os.path.join(run_dir, NODE_FILE), "w", encoding="utf-8") as fh:
         json.dump({"rank": rank, "count": count, "master_addr": addr, "master_port": port}, fh)
-    if distributed.get("launcher") == "torchrun" or per_node > 1:
+    if command is not None:
+        _launcher(run_dir)
         spec.shown_script = spec.script  # the status names the user's script, not the launcher
-    if distributed.get("launcher") == "torchrun":
-        line = launch.torchrun_command(spec.interpreter, rank, count, per_node, addr, port, spec.script,
-                                       spec.arguments)
-        spec.arguments = ["--processes", "1", "--node-rank", str(rank), "--nodes", str(count), "--kind", kind,
-                          "--", *line[1:]]
-        spec.script = _launcher(run_dir)
-    elif per_node > 1:
-        spec.arguments = ["--processes", str(per_node), "--node-rank", str(rank), "--nodes", str(count), "--kind",
-                          kind, "--", spec.script, *spec.arguments]
-        spec.script = _launcher(run_dir)
-    else:
-        env.update(launch.process_environment(kind, rank, count, 1, 0))
+        spec.script, spec.arguments = command[0], command[1:]
     spec.environment_variables = env
     return spec
 
@@ -111,6 +103,8 @@ class NodeStore:
             kind = rec.get("type")
             if run_id == self.run_id and kind == rec_types.STATE:
                 status = str(rec.get("status"))
+                if status in _QUIET_STATES:
+                    continue
                 if status not in _KEEP_STATES:
                     self.outcome = status
                     error = rec.get("error")
@@ -119,8 +113,6 @@ class NodeStore:
                     continue
                 if self.node:
                     continue
-            if self.node and kind == rec_types.HEARTBEAT:
-                continue
             if self.node and kind == rec_types.FILE and isinstance(rec.get("name"), str):
                 rec = {**rec, "name": node_name(rec["name"], self.node)}
             kept.append(rec)
@@ -148,9 +140,10 @@ class NodeSync:
         self.syncer.start()
 
     def finish(self) -> tuple[str | None, str | None]:
-        """Ship what is left (raises if the server cannot be reached); the node's (outcome, message)."""
-        try:
-            self.syncer.stop()
-        finally:
-            self.http.close()
+        """Ship what is left; the node's (outcome, message). Raises if the server cannot be reached: call it
+        again (what was not applied is read again from the run directory); ``close`` once done."""
+        self.syncer.stop()
         return self.store.outcome, self.store.message
+
+    def close(self) -> None:
+        self.http.close()

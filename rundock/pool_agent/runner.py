@@ -37,6 +37,7 @@ from rundock.history import wire
 from rundock.history.artifacts import ArtifactStore
 from rundock.history.backends.http import ENV_ATTEMPT, HttpRunStore
 from rundock.pool_agent.client import Assignment, Attempt
+from rundock.runconfig.distributed import job_distributed
 from rundock.states import RunStatus
 from rundock.submitter.mlflow_env import pool_job_environment
 
@@ -99,7 +100,9 @@ class Runner:
             cancel_grace_seconds=float(definition.get("cancel_grace_seconds", 10.0)),
             heartbeat_seconds=_heartbeat_seconds(), slots_dir=os.path.join(self.work_dir, "slots"),
             max_concurrent_runs=self.slots, target=self.pool, submitted_at=run.created_at, secrets_file=secrets_file,
-            environment=environment, run_as=f"{os.getuid()}:{os.getgid()}")
+            environment=environment, run_as=f"{os.getuid()}:{os.getgid()}",
+            # one box's processes (a node of a multi-node run gets its launch from ``node_job`` instead)
+            distributed=job_distributed(definition) if assignment.node is None else None)
 
     def prepare(self, assignment: Assignment) -> str:
         """Make the run directory with its job file, secrets and snapshot blobs; return its path."""

@@ -52,6 +52,7 @@ from rundock.history.backends.http import HttpRunStore
 from rundock.history.backends.http_client import ServerAuthError, ServerPermissionError
 from rundock.history.wire import Gpu, max_retries
 from rundock.pool_agent import adopt, docker_runner
+from rundock.pool_agent.address import primary_address, too_old
 from rundock.pool_agent.client import Assignment, Attempt, PoolClient, Registration
 from rundock.pool_agent.gpus import detect
 from rundock.pool_agent.nodes import NodeSync, read_node
@@ -131,10 +132,14 @@ class PoolAgent:
         with self.lock:
             running = [h.attempt.to_json() for h in self.handles.values() if not h.ending]
         labels = list(dict.fromkeys([*self.options.labels, *(["docker"] if self.options.docker else [])]))
-        return {"name": self.host, "pool": self.options.pool, "slots": self.slots,
-                "gpus": [g.to_json() for g in self.gpus], "cpus": os.cpu_count() or 1, "memory_mb": _memory_mb(),
-                "labels": labels, "version": str(__version__), "running": running,
-                "address": self.options.address or primary_address(self.options.server)}
+        body: dict[str, Any] = {"name": self.host, "pool": self.options.pool, "slots": self.slots,
+                                "gpus": [g.to_json() for g in self.gpus], "cpus": os.cpu_count() or 1,
+                                "memory_mb": _memory_mb(), "labels": labels, "version": str(__version__),
+                                "running": running}
+        address = self.options.address or primary_address(self.options.server)
+        if address:  # only multi-node runs need it; a server that predates them refuses unknown fields
+            body["address"] = address
+        return body
 
     def adopt(self) -> None:
         """Take up the per-run agents still running here; end the attempts that ended while nobody watched."""
@@ -161,7 +166,18 @@ class PoolAgent:
                 break
             except (ServerAuthError, ServerPermissionError):
                 raise
-            except (StoreError, OSError) as exc:
+            except (StoreError, ValueError) as exc:
+                if too_old(exc):
+                    raise RundockError(f"the server {self.store.url} refused this agent's registration: {exc}. "
+                                       "It is older than this agent (rundock "
+                                       f"{self.register_body()['version']}): upgrade the server first, then the "
+                                       "agents") from exc
+                if isinstance(exc, ValueError):
+                    raise
+                log.warning("cannot register with %s: %s; retrying in %.0f s", self.store.url, exc, pause)
+                self._pause(pause)
+                pause = min(pause * 2, RETRY_MAX_SECONDS)
+            except OSError as exc:
                 log.warning("cannot register with %s: %s; retrying in %.0f s", self.store.url, exc, pause)
                 self._pause(pause)
                 pause = min(pause * 2, RETRY_MAX_SECONDS)
@@ -272,16 +288,36 @@ class PoolAgent:
         sync.start()
         if not wait():
             return
-        outcome = message = None
         try:
-            outcome, message = sync.finish()
-        except (RundockError, OSError, ValueError) as exc:
-            log.error("run %s (node %s): could not ship its last records: %s", attempt.run_id, node["rank"], exc)
+            outcome, message = self._finish_node(sync, attempt, node["rank"])
+        except Stopping:
+            return  # left unreported: the next ``agent serve`` ships the node's records again from node.json
         if outcome is None:
             kill_attempt_processes(run_dir)
         log.info("run %s (attempt %d, node %s of %s) ended: %s", attempt.run_id, attempt.attempt, node["rank"],
                  node["count"], outcome or "without an outcome")
         self._end(handle, outcome, message)
+
+    def _finish_node(self, sync: NodeSync, attempt: Attempt, rank: Any) -> tuple[str | None, str | None]:
+        """Ship a node's last records and read its outcome, retrying with backoff while the server cannot be
+        reached (a node's end is not reported without them: that would fail a run that succeeded). Raises
+        ``Stopping`` when this ``agent serve`` stops first; (None, None) when the server refuses the attempt."""
+        pause = 0.5
+        try:
+            while True:
+                try:
+                    return sync.finish()
+                except (AttemptFencedError, RunNotFoundError) as exc:
+                    log.error("run %s (node %s): its last records are refused: %s", attempt.run_id, rank, exc)
+                    return None, None
+                except (RundockError, OSError, ValueError) as exc:
+                    log.warning("run %s (node %s): could not ship its last records: %s; retrying in %.1f s",
+                                attempt.run_id, rank, exc, pause)
+                if self.stopping.wait(pause):
+                    raise Stopping()
+                pause = min(pause * 2, RETRY_MAX_SECONDS)
+        finally:
+            sync.close()
 
     def _watch_adopted(self, handle: Handle) -> None:
         if self._wait_adopted(handle):
@@ -399,19 +435,6 @@ def kill_attempt_processes(run_dir: str, timeout: float = 10.0) -> list[int]:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         time.sleep(0.05)
-
-
-def primary_address(server_url: str) -> str:
-    """This box's address on the route to the server (its primary IP; no packet is sent), or its host name."""
-    from urllib.parse import urlsplit
-
-    host = urlsplit(server_url).hostname or "8.8.8.8"
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((host, 9))
-            return str(probe.getsockname()[0])
-    except OSError:
-        return socket.gethostname()
 
 
 def _gpu_list(gpus: list[int]) -> str:

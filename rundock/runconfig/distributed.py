@@ -3,7 +3,9 @@
 Passed as ``ScriptRunConfig(..., distributed_job_config=...)``; stored in the run definition as
 ``distributed``: ``{"kind", "node_count", "process_count_per_node", "communication_backend_name", "launcher"}``.
 A run with ``node_count`` > 1 on a team server's pool runs on that many agents at once (``server.pools_gang``);
-what each node and process gets is in ``rundock.agent.launch``.
+what each node and process gets is in ``rundock.agent.launch``. A run with one node (any target) gets the same
+launch on its one box: its job carries ``job_distributed``'s part and the agent starts the processes. Targets that
+are not a pool refuse ``node_count`` > 1 at submit (``single_node_problem``).
 
 ``PyTorchConfiguration`` takes v1's ``process_count`` (all processes of all nodes) or, as a shorthand,
 ``process_count_per_node``; ``launcher="torchrun"`` starts each node with one ``torchrun`` line instead of one
@@ -96,3 +98,26 @@ def multi_node_problem(run_definition: Mapping[str, Any]) -> str | None:
         return (f"resources.max_retries={retries}: a multi-node run (node_count={nodes}) is not retried (a lost "
                 "node ends the whole run Failed); set max_retries=0 and submit the run again if a node is lost")
     return None
+
+
+def job_distributed(run_definition: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the agent needs to start a one-node distributed run's processes (``JobSpec.distributed``), or None
+    for a run that is not distributed."""
+    distributed = run_definition.get("distributed")
+    if not isinstance(distributed, Mapping) or not distributed:
+        return None
+    return {"kind": "mpi" if distributed.get("kind") == "mpi" else "pytorch",
+            "process_count_per_node": _count(distributed.get("process_count_per_node") or 1,
+                                             "process_count_per_node"),
+            "launcher": "torchrun" if distributed.get("launcher") == "torchrun" else "per-process"}
+
+
+def single_node_problem(run_definition: Mapping[str, Any], target: str) -> str | None:
+    """Why ``target`` (not a pool) cannot run this run definition, naming the fix; None when it can."""
+    distributed = run_definition.get("distributed")
+    nodes = distributed.get("node_count") if isinstance(distributed, Mapping) else None
+    if not isinstance(nodes, int) or nodes <= 1:
+        return None
+    return (f"node_count={nodes}, but target {target!r} runs a job on one box: multi-node runs need a pool of the "
+            "team server: --target <pool> (ScriptRunConfig(..., compute_target='<pool>')), or node_count=1 to "
+            "start every process on this one box")

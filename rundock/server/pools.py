@@ -136,13 +136,14 @@ class Pools:
         answer: dict[str, Any] = {"state": entry.state, "position": self.position(entry), "reason": "",
                                   "attempt": None, "agent": None, "shown_status": run.status.value}
         attempts = self.state.attempts(run.run_id)
-        if attempts:
-            answer["attempt"] = attempts[-1].number
-            answer["agent"] = _name(self.state.agent(attempts[-1].agent_id), attempts[-1].agent_id)
+        shown = _shown_node(attempts) if attempts else None
+        if shown is not None:
+            answer["attempt"] = shown.number
+            answer["agent"] = _name(self.state.agent(shown.agent_id), shown.agent_id)
         if entry.state == "queued":
             answer["reason"] = self._waiting_reason(entry, answer["position"] - 1)
-        elif entry.state == "assigned" and attempts:
-            answer["reason"], silent = self._held_reason(attempts[-1], answer["agent"])
+        elif entry.state == "assigned" and shown is not None:
+            answer["reason"], silent = self._held_reason(shown, answer["agent"])
             if silent and not run.status.is_terminal:
                 answer["shown_status"] = RunStatus.NOT_RESPONDING.value
         else:
@@ -365,6 +366,14 @@ class Pools:
                 f"is not the run's current attempt ({current.number})"
             raise ApiError(409, f"attempt {attempt} of run {run_id} {why}; stop the job", code="fenced",
                            run_id=run_id, attempt=attempt)
+
+
+def _shown_node(attempts: list[AttemptRecord]) -> AttemptRecord:
+    """The row of the current attempt that ``GET /runs/{id}/queue`` speaks of: for a multi-node run, a lost
+    node, else a silent one still running, else one still running (not a node that already ended)."""
+    current = [a for a in attempts if a.number == attempts[-1].number]
+    return min(current, key=lambda a: (a.state != "fenced", a.state != "running" or a.silent_since is None,
+                                       a.state != "running", -a.node))
 
 
 def _name(agent: AgentRecord | None, agent_id: str) -> str:

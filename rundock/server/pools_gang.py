@@ -165,7 +165,7 @@ def node_ended(pools: Pools, agent: AgentRecord, held: AttemptRecord, outcome: s
     """A node's agent ended its attempt with ``outcome`` (its job's final state): settle the run (see the module
     docstring). False when the node was not running on that agent."""
     state, store = pools.state, pools.store
-    if not state.end(agent.agent_id, held.run_id, held.number, outcome=outcome or "Lost"):
+    if not state.end(agent.agent_id, held.run_id, held.number, outcome=outcome or "Lost", leave_queue=False):
         return False
     nodes = [a for a in state.attempts(held.run_id) if a.number == held.number]
     try:

@@ -330,17 +330,20 @@ class PoolsState:
         return None
 
     def end(self, agent_id: str, run_id: str, number: int, *, requeue: bool = False,
-            outcome: str | None = None) -> bool:
+            outcome: str | None = None, leave_queue: bool = True) -> bool:
         """The agent is done with an attempt: its GPUs are free and the run leaves the queue (False: it was not
         running on that agent, e.g. already fenced). ``requeue``: the attempt was lost and its run may be tried
-        again: the attempt is fenced (its late writes are refused) and the run goes back to the queue."""
+        again: the attempt is fenced (its late writes are refused) and the run goes back to the queue.
+        ``leave_queue=False`` (a node of a multi-node run): the run stays assigned, so a node lost after this
+        one ended is still judged by the sweeper; the caller finishes the run once no node runs."""
         with self.state.transaction() as tx:
             if not tx.execute(f"UPDATE {ATTEMPTS} SET state = ?, outcome = ? WHERE run_id = ? AND number = ? AND "
                               "agent_id = ? AND state = 'running'",
                               ("fenced" if requeue else "ended", outcome, run_id, number, agent_id)):
                 return False
-            tx.execute(f"UPDATE {QUEUE} SET state = ? WHERE run_id = ? AND state = 'assigned'",
-                       ("queued" if requeue else "done", run_id))
+            if leave_queue or requeue:
+                tx.execute(f"UPDATE {QUEUE} SET state = ? WHERE run_id = ? AND state = 'assigned'",
+                           ("queued" if requeue else "done", run_id))
             return True
 
     # -- leases (the sweeper) ------------------------------------------------------------------------------------
@@ -349,9 +352,9 @@ class PoolsState:
         with self.state.transaction() as tx:
             rows = tx.query(f"SELECT {_ATTEMPT_COLUMNS} FROM {ATTEMPTS} WHERE state = 'running' AND "
                             "silent_since IS NULL AND renewed_at < ?", (now - after,))
-            for row in rows:
-                tx.execute(f"UPDATE {ATTEMPTS} SET silent_since = ? WHERE run_id = ? AND number = ? AND "
-                           "silent_since IS NULL", (now, row[0], row[1]))
+            for row in rows:  # one node of a multi-node attempt going silent says nothing of the others
+                tx.execute(f"UPDATE {ATTEMPTS} SET silent_since = ? WHERE run_id = ? AND number = ? AND node = ? "
+                           "AND agent_id = ? AND silent_since IS NULL", (now, row[0], row[1], row[9], row[2]))
         return [_attempt(r) for r in rows]
 
     def expired(self, now: float) -> list[AttemptRecord]:
@@ -364,7 +367,8 @@ class PoolsState:
         ``requeue`` puts its run back in the queue in the same transaction."""
         with self.state.transaction() as tx:
             if not tx.execute(f"UPDATE {ATTEMPTS} SET state = 'fenced' WHERE run_id = ? AND number = ? AND "
-                              "state = 'running' AND lease_expires < ?", (attempt.run_id, attempt.number, now)):
+                              "node = ? AND state = 'running' AND lease_expires < ?",
+                              (attempt.run_id, attempt.number, attempt.node, now)):
                 return False
             if requeue:
                 tx.execute(f"UPDATE {QUEUE} SET state = 'queued' WHERE run_id = ? AND state = 'assigned'",

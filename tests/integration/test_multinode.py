@@ -9,6 +9,7 @@ ends the run Failed naming node 1.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -28,13 +29,16 @@ from rundock.submitter.experiment import Experiment
 from rundock.submitter.run import Run
 from tests.conftest import REPO, wait_until
 from tests.integration.test_pool_agent import POOL, Box, Team, team, wait_status
+from tests.server_fixtures import ServerHandle
+from tests.tcp_proxy import proxy_for
 
 __all__ = ["team"]  # the fixture, shared with the single-node pool tests
 
-# argv: mode ("meet", "fail", "slow", "hang" or "gloo"), a folder where each process leaves its pid. Every process
-# checks its variables; they meet over loopback (rank 0 listens on MASTER_PORT, every other rank connects and sends
-# its rank, rank 0 sends the sum back to each: a stand-in all-reduce), then: "fail": the last rank exits 1 and the
-# others wait; "slow": each logs 20 steps over about 10 s; "hang": every rank waits.
+# argv: mode ("meet", "fail", "slow", "hang", "early", "gate" or "gloo"), a folder where each process leaves its pid.
+# Every process checks its variables; they meet over loopback (rank 0 listens on MASTER_PORT, every other rank
+# connects and sends its rank, rank 0 sends the sum back to each: a stand-in all-reduce), then: "fail": the last rank
+# exits 1 and the others wait; "slow": each logs 20 steps over about 10 s; "hang": every rank waits; "early": rank 0
+# waits, the others complete; "gate": each waits for a file "go" in the folder, then logs 5 steps.
 NODE = """
 import os, socket, sys, time
 from rundock.context import Run
@@ -83,8 +87,13 @@ if mode == "fail":
     if rank == world - 1:
         sys.exit(f"rank {rank} gives up")
     time.sleep(600)
-if mode == "hang":
+if mode == "hang" or (mode == "early" and rank == 0):
     time.sleep(600)
+if mode == "gate":
+    while not os.path.exists(os.path.join(folder, "go")):
+        time.sleep(0.1)
+    for step in range(5):
+        run.log("step", step)
 if mode == "slow":
     for step in range(20):
         run.log("step", step)
@@ -114,11 +123,12 @@ class NodeBox(Box):
                    message=f"agent serve on {self.name} to register")
 
 
-def boxes(team: Team, *names: str) -> list[NodeBox]:
+def boxes(team: Team, *names: str, server: ServerHandle | None = None) -> list[NodeBox]:
+    """Boxes of ``team``; ``server``: the server as they reach it (through a proxy), if not directly."""
     made = []
     for name in names:
-        box = NodeBox(name, team.server, team.server.make_token(name, "agent", [POOL]), team.folder / name,
-                      team.folder / "bin")
+        box = NodeBox(name, server or team.server, team.server.make_token(name, "agent", [POOL]),
+                      team.folder / name, team.folder / "bin")
         box.folder.mkdir()
         team.boxes.append(box)
         made.append(box)
@@ -246,6 +256,57 @@ def test_a_lost_node_fails_the_run_naming_it_and_stops_the_other(team: Team) -> 
     assert " was lost: " in error["message"] and "stopped reporting" in error["message"], error
     wait_until(lambda: gone(survivor), timeout=60, message="node 0's job to be stopped")
     wait_until(lambda: held_gpus(team) == [], timeout=60, message="both nodes' GPUs to be free")
+
+
+def test_a_node_lost_after_the_other_completed_fails_the_run_naming_it(team: Team) -> None:
+    made = boxes(team, "box-a", "box-b")
+    for box in made:
+        box.start()
+    run = submit(team, "early")
+    head, early = pid_of(team, "early", 0), pid_of(team, "early", 1)
+    dead = box_of(made, head)
+    met(team, "early", 0, 1)
+    wait_until(lambda: gone(early) and len(held_gpus(team)) == 1, timeout=120,
+               message="node 1 to complete and free its GPU while node 0 runs on")
+    assert run.get_status() in {RunStatus.RUNNING.value, RunStatus.NOT_RESPONDING.value}, run.get_detailed_status()
+    dead.kill()  # node 0's box dies: its agent serve, its per-run agent and its job, all at once
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid == head or any(str(dead.folder) in part for part in proc.info["cmdline"] or []):
+            proc.kill()
+    assert wait_status(run, {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}, timeout=60) == \
+        RunStatus.FAILED.value  # once node 0's lease (8 s) ran out
+    error = run.get_details()["error"]["error"]
+    assert error["code"] == "AgentLost" and error["message"].startswith("node 0 of 2 (agent "), error
+    assert " was lost: " in error["message"] and "stopped reporting" in error["message"], error
+    wait_until(lambda: held_gpus(team) == [], timeout=60, message="both nodes' GPUs to be free")
+
+
+@pytest.mark.parametrize("team", [90], indirect=True)  # leases outlast the outage: no node is lost
+def test_a_server_unreachable_when_the_nodes_finish_loses_nothing(team: Team) -> None:
+    with proxy_for(team.server.url) as proxy:
+        behind = dataclasses.replace(team.server, url=proxy.url_for(team.server.url))
+        made = boxes(team, "box-a", "box-b", server=behind)
+        for box in made:
+            box.start()
+        run = submit(team, "gate")
+        jobs = [pid_of(team, "gate", rank) for rank in (0, 1)]
+        met(team, "gate", 0, 1)
+        wait_until(lambda: run.get_status() == RunStatus.RUNNING.value, timeout=60, message="the run to be Running")
+        proxy.cut()  # the boxes' link to the server is down as the nodes finish, longer than a request's retries
+        (team.folder / "pids-gate" / "go").touch()
+        wait_until(lambda: all(gone(p) for p in jobs), timeout=60, message="both nodes' jobs to end")
+        wait_until(lambda: any("could not ship its last records" in b.log.read_text(errors="replace") for b in made),
+                   timeout=120, interval=1.0, message="a node's last records to fail to ship (after 30 s of retries)")
+        # nothing reaches the server: the run looks NotResponding (no heartbeats), but nothing ended it
+        assert run.get_status() in {RunStatus.RUNNING.value, RunStatus.NOT_RESPONDING.value}, run.get_detailed_status()
+        proxy.restore()
+        assert wait_status(run, {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}, timeout=120) == \
+            RunStatus.COMPLETED.value, (run.get_detailed_status(), run.get_details().get("error"))
+    metrics = run.get_metrics()
+    assert sorted(metrics["step"]) == sorted(list(range(5)) * 2), metrics  # both nodes' last values, each once
+    assert sorted(metrics["rank"]) == [0, 1] and metrics["rank_sum"] == [1, 1], metrics
+    assert {"outputs/result.txt", "outputs/node-1/result.txt"} <= set(run.get_file_names())
+    wait_until(lambda: held_gpus(team) == [], timeout=30, message="both nodes' GPUs to be free")
 
 
 def test_a_restarted_agent_serve_adopts_its_node_and_the_run_completes(team: Team) -> None:

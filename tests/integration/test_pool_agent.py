@@ -142,14 +142,16 @@ class Team:
 
 
 @pytest.fixture()
-def team(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Team]:
+def team(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Team]:
+    """A server with 8-second leases (a test may ask for others: ``parametrize("team", [60], indirect=True)``)."""
+    lease = getattr(request, "param", 8)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"
     smi.write_text(FAKE_SMI)
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")  # the test's own prepare checks
-    with running_server(tmp_path, extra_args=["--lease-seconds", "8"]) as server:
+    with running_server(tmp_path, extra_args=["--lease-seconds", str(lease)]) as server:
         project = tmp_path / "project"
         project.mkdir()
         (project / "train.py").write_text(TRAIN)

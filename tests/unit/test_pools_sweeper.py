@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rundock.history.store import RunStore, open_store
+from rundock.server import pools_gang
 from rundock.server.pools import Pools
 from rundock.server.pools_match import Requirements
 from rundock.server.pools_state import AgentRecord, PoolsState
@@ -108,3 +109,56 @@ def test_a_lost_run_a_stopped_server_left_half_done_is_finished_by_the_next_swee
     assert pools.store.get_run(run_id).status == RunStatus.QUEUED
     assert [a.run_id for a in Sweeper(pools).sweep(T0 + LEASE + 2).lost] == [run_id]
     assert pools.store.get_run(run_id).status == RunStatus.FAILED
+
+
+def two_node_run(pools: Pools) -> tuple[str, AgentRecord, AgentRecord]:
+    """A 2-node run held by agents gpu-1 (node 0) and gpu-2 (node 1), Running."""
+    first, second = agent(pools, "gpu-1"), agent(pools, "gpu-2")
+    store = pools.store
+    run_id = store.create_run("sweep", target="a100").run_id
+    pools.state.enqueue(run_id, "a100", 0, "alice", Requirements(nodes=2), T0)
+    store.transition(run_id, RunStatus.QUEUED)
+    (taken,) = pools_gang.claim(pools.state, first.agent_id, None, LEASE, T0, T0 - LEASE, lambda entry: True)
+    assert taken[0].run_id == run_id
+    store.transition(run_id, RunStatus.RUNNING)
+    return run_id, first, second
+
+
+def test_a_node_lost_after_another_node_ended_fails_the_run_naming_it(pools: Pools) -> None:
+    run_id, first, second = two_node_run(pools)
+    assert pools.end(second, run_id, 1, "Completed")  # node 1 finished early
+    assert pools.store.get_run(run_id).status == RunStatus.RUNNING  # node 0 still trains
+    report = Sweeper(pools).sweep(T0 + LEASE + 1)  # node 0's box died: nobody renews its lease
+    assert [(a.run_id, a.node) for a in report.lost] == [(run_id, 0)]
+    run = pools.store.get_run(run_id)
+    assert run.status == RunStatus.FAILED and run.error is not None and run.error["code"] == "AgentLost", run.error
+    assert run.error["message"].startswith("node 0 of 2 (agent gpu-1) was lost: "), run.error
+    assert pools.state.running() == []  # every GPU of the run is free
+    assert pools.state.entry(run_id).state == "done"  # type: ignore[union-attr]
+
+
+def test_the_run_of_every_node_completed_leaves_the_queue_once_the_last_ends(pools: Pools) -> None:
+    run_id, first, second = two_node_run(pools)
+    assert pools.end(first, run_id, 1, "Completed")
+    assert pools.state.entry(run_id).state == "assigned"  # type: ignore[union-attr]
+    assert pools.end(second, run_id, 1, "Completed")
+    assert pools.store.get_run(run_id).status == RunStatus.COMPLETED
+    assert pools.state.entry(run_id).state == "done"  # type: ignore[union-attr]
+    assert Sweeper(pools).sweep(T0 + LEASE + 1).lost == []
+
+
+def test_one_silent_node_marks_only_itself_silent(pools: Pools) -> None:
+    run_id, first, second = two_node_run(pools)
+    pools.state.renew(second.agent_id, [(run_id, 1)], LEASE, T0 + 14)  # node 1's box keeps polling
+    report = Sweeper(pools).sweep(T0 + LEASE / 2 + 1)
+    assert [(a.run_id, a.node) for a in report.silent] == [(run_id, 0)]
+    silent = {a.node: a.silent_since is not None for a in pools.state.attempts(run_id)}
+    assert silent == {0: True, 1: False}, silent
+    # the run's queue speaks of the silent node, not of the other one
+    answer = pools.queue_info(pools.store.get_run(run_id))
+    assert answer["shown_status"] == RunStatus.NOT_RESPONDING.value and "agent gpu-1 has not reported" in \
+        answer["reason"], answer
+    pools.end(first, run_id, 1, "Completed")  # node 0 ended after all; node 1 trains on
+    answer = pools.queue_info(pools.store.get_run(run_id))
+    assert answer["shown_status"] == RunStatus.RUNNING.value and answer["reason"].startswith(
+        "running on agent gpu-2"), answer

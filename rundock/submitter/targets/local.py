@@ -20,8 +20,9 @@ from rundock.agent.job import MODE_STORE, JobSpec, request_cancel
 from rundock.agent.runlock import write_heartbeat
 from rundock.agent.slots import Ticket, issue_ticket
 from rundock.context import rundir
-from rundock.errors import RundockError
+from rundock.errors import ConfigError, RundockError
 from rundock.history.records import RunRecord
+from rundock.runconfig.distributed import job_distributed, single_node_problem
 from rundock.runconfig.environment import Environment
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.states import RunStatus
@@ -48,6 +49,9 @@ class LocalTarget:
                progress: Progress | None = None, parent_id: str | None = None) -> RunRecord:
         ws = self.workspace
         config.validate()
+        problem = single_node_problem(config.run_config.to_mapping(), NAME)
+        if problem:
+            raise ConfigError(problem, source="distributed_job_config", field="node_count")
         env = config.job_environment(Environment.submitting_interpreter)
         snapshot = take_snapshot(config.source_directory, ws.store, ws.artifacts, ws.snapshot_limits, progress)
         run_definition = config.run_config.to_mapping()
@@ -76,7 +80,7 @@ class LocalTarget:
                     max_concurrent_runs=ws.max_concurrent_runs, target=NAME,
                     submitted_at=record.created_at, secrets_file=secrets_file, environment=env.to_mapping(),
                     run_as=f"{os.getuid()}:{os.getgid()}", workspace_name=ws.name,
-                    workspace_path=ws.path).save(run_dir)
+                    workspace_path=ws.path, distributed=job_distributed(run_definition)).save(run_dir)
             issue_ticket(os.path.join(ws.local_root, "slots"), record.created_at, record.run_id)
             ws.store.transition(record.run_id, RunStatus.STARTING, detail="starting the local agent")
             self._spawn_agent(run_dir)

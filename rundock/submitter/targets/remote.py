@@ -44,6 +44,7 @@ from rundock.context import rundir
 from rundock.errors import ConfigError, RundockError
 from rundock.history import liveness
 from rundock.history.records import RunRecord
+from rundock.runconfig.distributed import job_distributed, single_node_problem
 from rundock.runconfig.environment import Environment, PythonSection
 from rundock.runconfig.script_run_config import ScriptRunConfig
 from rundock.states import RunStatus
@@ -233,6 +234,9 @@ class RemoteTarget:
                progress: Progress | None = None, parent_id: str | None = None) -> RunRecord:
         ws = self.workspace
         config.validate()
+        problem = single_node_problem(config.run_config.to_mapping(), self.name)
+        if problem:
+            raise ConfigError(problem, source="distributed_job_config", field="node_count")
         env = config.job_environment(lambda: Environment(name="rundock-remote-python", python=PythonSection(
             user_managed_dependencies=True, interpreter_path="python3")))
         names = getattr(config.run_config, "secrets", None)
@@ -269,7 +273,8 @@ class RemoteTarget:
                 heartbeat_seconds=ws.heartbeat_seconds, slots_dir=f"{root}/slots",
                 max_concurrent_runs=self.config.max_concurrent_runs or host["cpus"], target=self.name,
                 submitted_at=record.created_at, environment=env.to_mapping(),
-                secrets_file=f"{run_dir}/{rundir.SECRETS_FILE}" if secrets else None, workspace_name=ws.name)
+                secrets_file=f"{run_dir}/{rundir.SECRETS_FILE}" if secrets else None, workspace_name=ws.name,
+                distributed=job_distributed(run_definition))
             request = {"job": job.to_dict(), "manifest": snapshot.manifest, "secrets": secrets}
             started = json.loads(self._remote("start", record.run_id, stdin=json.dumps(request).encode()))
             ws.store.update_run(record.run_id, run_dir=started["run_dir"])

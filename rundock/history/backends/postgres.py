@@ -184,28 +184,19 @@ class PostgresRunStore(RunStore):
         return [MetricRecord(n, k, json.loads(v), s, d, at) for n, k, v, s, d, at in rows]
 
     def metric_values(self, run_id: str, name: str) -> Iterator[tuple[int | None, float, float | None]]:
-        last = 0  # read in chunks by position, each in a statement of its own
-        while True:
-            rows = self.db.read("SELECT ord, step, at, value FROM metrics WHERE run_id = %s AND name = %s "
-                                "AND ord > %s AND kind = 'scalar' ORDER BY ord LIMIT %s",
-                                (run_id, name, last, VALUES_CHUNK))
+        sql = ("SELECT ord, step, at, value FROM metrics WHERE run_id = %s AND name = %s AND ord > %s "
+               "AND kind = 'scalar' ORDER BY ord LIMIT %s")  # each chunk in a statement of its own
+        for rows in sql_metrics.by_position(self.db.read, sql, run_id, name, VALUES_CHUNK):
             yield from ((step, at, number_of(value)) for _ord, step, at, value in rows)
-            if len(rows) < VALUES_CHUNK:
-                return
-            last = rows[-1][0]
 
     def metric_points(self, run_id: str, name: str, x: str = "step") -> tuple[array[float], array[float]]:
         column = "at" if x == "time" else "step"
         xs, ys = array("d"), array("d")
-        last = 0
-        while True:
-            rows = self.db.read(f"SELECT ord, {column}, {_NUMBER} FROM metrics WHERE run_id = %s AND name = %s "
-                                "AND ord > %s AND kind = 'scalar' ORDER BY ord LIMIT %s",
-                                (run_id, name, last, VALUES_CHUNK))
+        sql = (f"SELECT ord, {column}, {_NUMBER} FROM metrics WHERE run_id = %s AND name = %s AND ord > %s "
+               "AND kind = 'scalar' ORDER BY ord LIMIT %s")
+        for rows in sql_metrics.by_position(self.db.read, sql, run_id, name, VALUES_CHUNK):
             sql_query.add_points(xs, ys, rows)
-            if len(rows) < VALUES_CHUNK:
-                return xs, ys
-            last = rows[-1][0]
+        return xs, ys
 
     def metric_summaries(self, run_id: str) -> list[MetricSummary]:
         return sql_metrics.summaries(self.db.read, sql_metrics.POSTGRES, run_id)

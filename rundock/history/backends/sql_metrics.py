@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Tuple
 
 from rundock.history.backends.sql_query import POSTGRES, SQLITE, Dialect
@@ -206,3 +206,16 @@ def _positions(read: Read, d: Dialect, run_id: str, name: str, rows: list[tuple[
 
 
 __all__ = ["POSTGRES", "SQLITE", "buckets", "summaries"]
+
+
+def by_position(read: Read, sql: str, run_id: str, name: str, chunk: int) -> Iterator[list[Any]]:
+    """The rows of ``sql`` for one metric, ``chunk`` at a time in order of writing: its first column is the row's
+    ``ord`` and its last two parameters are ``ord >`` and ``LIMIT`` (each chunk a statement of its own, so a
+    lock or a snapshot is never held across a long read)."""
+    last = 0
+    while True:
+        rows = list(read(sql, (run_id, name, last, chunk)))
+        yield rows
+        if len(rows) < chunk:
+            return
+        last = rows[-1][0]

@@ -38,29 +38,20 @@ class SqliteMetricReads(abc.ABC):
                                                                                                args)]
 
     def metric_values(self, run_id: str, name: str) -> Iterator[tuple[int | None, float, float | None]]:
-        last = 0  # read in chunks by position, the lock let go between them
-        while True:
-            rows = self._read(f"SELECT ord, step, at, {_NUMBER} FROM metrics WHERE run_id = ? AND name = ? "
-                              "AND ord > ? AND kind = 'scalar' ORDER BY ord LIMIT ?",
-                              (run_id, name, last, VALUES_CHUNK))
+        sql = (f"SELECT ord, step, at, {_NUMBER} FROM metrics WHERE run_id = ? AND name = ? AND ord > ? "
+               "AND kind = 'scalar' ORDER BY ord LIMIT ?")  # the lock let go between chunks
+        for rows in sql_metrics.by_position(self._read, sql, run_id, name, VALUES_CHUNK):
             yield from ((step, at, value if type(value) is float else number_of(value))
                         for _ord, step, at, value in rows)
-            if len(rows) < VALUES_CHUNK:
-                return
-            last = rows[-1][0]
 
     def metric_points(self, run_id: str, name: str, x: str = "step") -> tuple[array[float], array[float]]:
         column = "at" if x == "time" else "step"
         xs, ys = array("d"), array("d")
-        last = 0
-        while True:
-            rows = self._read(f"SELECT ord, {column}, {_NUMBER} FROM metrics WHERE run_id = ? AND name = ? "
-                              "AND ord > ? AND kind = 'scalar' ORDER BY ord LIMIT ?",
-                              (run_id, name, last, VALUES_CHUNK))
+        sql = (f"SELECT ord, {column}, {_NUMBER} FROM metrics WHERE run_id = ? AND name = ? AND ord > ? "
+               "AND kind = 'scalar' ORDER BY ord LIMIT ?")
+        for rows in sql_metrics.by_position(self._read, sql, run_id, name, VALUES_CHUNK):
             sql_query.add_points(xs, ys, rows)
-            if len(rows) < VALUES_CHUNK:
-                return xs, ys
-            last = rows[-1][0]
+        return xs, ys
 
     def metric_version(self, run_id: str, name: str) -> int | None:
         rows = self._read("SELECT ord FROM latest_metrics WHERE run_id = ? AND name = ?", (run_id, name))

@@ -54,8 +54,10 @@ class SqliteMetricReads(abc.ABC):
         return xs, ys
 
     def metric_version(self, run_id: str, name: str) -> int | None:
-        rows = self._read("SELECT ord FROM latest_metrics WHERE run_id = ? AND name = ?", (run_id, name))
-        return int(rows[0][0]) if rows else None
+        # From the metrics themselves (the index's last entry), not latest_metrics: a writer from before the
+        # table existed (an agent started before an upgrade) still moves the version on.
+        rows = self._read("SELECT MAX(ord) FROM metrics WHERE run_id = ? AND name = ?", (run_id, name))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def metric_summaries(self, run_id: str) -> list[MetricSummary]:
         return sql_metrics.summaries(self._read, sql_metrics.SQLITE, run_id)

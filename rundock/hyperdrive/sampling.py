@@ -171,13 +171,15 @@ class GridParameterSampling(ParameterSampling):
     def suggest(self, trials: Sequence[Trial], count: int, goal: PrimaryMetricGoal) -> list[dict[str, Any]]:
         """The next ``count`` combinations in grid order that no trial of this sweep has run yet (a sweep that
         reran earlier runs' values with ``resume_child_runs`` still covers the whole grid, each point once)."""
-        done = [t.params for t in trials if t.index >= 0]
+        done = [t.params for t in trials if t.index >= 0]  # each trial accounts for one grid point
         picks: list[dict[str, Any]] = []
         for i in range(self.max_trials()):
             if len(picks) >= count:
                 break
             combination = self.combination(i)
-            if combination not in done:
+            if combination in done:
+                done.remove(combination)  # once: a grid that lists a value twice runs it twice
+            else:
                 picks.append(combination)
         return picks
 

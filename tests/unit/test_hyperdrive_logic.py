@@ -211,6 +211,8 @@ def test_a_grid_resumed_with_earlier_runs_values_still_covers_every_point_once()
     warm = [Trial(-1, every[0], "Completed", (0.4,))]  # an earlier sweep's trial (resume_from) is not this sweep's
     assert grid.suggest([*warm, *resumed], 10, MAX) == [every[0], every[1], every[2], every[5]]
     assert grid.suggest([*resumed, Trial(2, every[0], "Running", ())], 2, MAX) == [every[1], every[2]]
+    twice = GridParameterSampling({"--fail": choice(0, 1, 0)})  # a value listed twice is tried twice
+    assert twice.suggest([Trial(0, {"--fail": 0}, "Completed", ())], 5, MAX) == [{"--fail": 1}, {"--fail": 0}]
 
 
 def test_grid_refuses_anything_but_choice_naming_the_parameter() -> None:

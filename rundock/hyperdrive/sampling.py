@@ -114,13 +114,9 @@ class ParameterSampling(abc.ABC):
         return f"{type(self).__name__}({{{space}}}, properties={self.properties()!r})"
 
 
-class RandomParameterSampling(ParameterSampling):
-    """Each parameter drawn at random from its expression; any of the ten expressions may be used.
-
-    ``properties={"rngSeed": 7}`` (v1's spelling) or ``seed=7`` makes the sweep repeatable.
-    """
-
-    json_name = "RANDOM"
+class _Seeded(ParameterSampling):
+    """A sampling drawn with a seed: v1's ``properties={"rngSeed": 7}`` or ``seed=7`` (chosen once and kept in
+    ``to_json()`` when neither is given, so a restarted controller draws the same trials)."""
 
     def __init__(
         self,
@@ -134,6 +130,15 @@ class RandomParameterSampling(ParameterSampling):
 
     def properties(self) -> dict[str, Any]:
         return {"rngSeed": self.seed}
+
+
+class RandomParameterSampling(_Seeded):
+    """Each parameter drawn at random from its expression; any of the ten expressions may be used.
+
+    ``properties={"rngSeed": 7}`` (v1's spelling) or ``seed=7`` makes the sweep repeatable.
+    """
+
+    json_name = "RANDOM"
 
     def sample(self, index: int) -> dict[str, Any]:
         """The parameters of trial ``index``: a pure function of (seed, index)."""
@@ -193,7 +198,7 @@ class GridParameterSampling(ParameterSampling):
         return [dict(zip(keys, combo)) for combo in itertools.product(*options)]  # noqa: B905  (3.8 on job hosts)
 
 
-class BayesianParameterSampling(ParameterSampling):
+class BayesianParameterSampling(_Seeded):
     """Tree-structured Parzen Estimator (Optuna's TPE): each trial is chosen from the results so far.
 
     Only ``choice``, ``uniform`` and ``quniform`` are allowed, and no early-termination policy (both as in
@@ -211,18 +216,14 @@ class BayesianParameterSampling(ParameterSampling):
         *,
         seed: int | None = None,
     ) -> None:
-        super().__init__(parameter_space)
+        super().__init__(parameter_space, properties, seed=seed)
         for key, expr in self._space.items():
             if type(expr) not in (Choice, Uniform, QUniform):
                 raise ConfigError(
                     f"BayesianParameterSampling supports only choice(), uniform() and quniform(); "
                     f"parameter {key!r} is {expr}. Use RandomParameterSampling for other expressions."
                 )
-        self.seed = _resolve_seed(type(self).__name__, properties, seed)
         _tpe.require_optuna()
-
-    def properties(self) -> dict[str, Any]:
-        return {"rngSeed": self.seed}
 
     def suggest(self, trials: Sequence[Trial], count: int, goal: PrimaryMetricGoal) -> list[dict[str, Any]]:
         # Each new trial sees the ones before it in this batch as pending, exactly as a restarted
